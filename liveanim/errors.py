@@ -1,0 +1,40 @@
+"""User-facing errors: each message says what went wrong and what the person can do.
+
+Internal contracts (tensor shapes, programming errors) use asserts instead.
+"""
+
+
+class LiveAnimError(Exception):
+    """Base of every error a user may see; the CLI prints its message without a traceback."""
+
+
+class CheckpointError(LiveAnimError):
+    """The weights file cannot be used (missing, truncated, corrupt or another model)."""
+
+
+class WeightsDownloadError(LiveAnimError):
+    """The weights could not be fetched from the hub."""
+
+
+class NoFaceError(LiveAnimError):
+    """An input image or frame holds no detectable face."""
+
+
+class MediaError(LiveAnimError):
+    """An image or video cannot be read or written."""
+
+
+class CameraError(LiveAnimError):
+    """A camera cannot be opened or stopped delivering frames."""
+
+
+class VirtualCameraUnavailable(LiveAnimError):
+    """No virtual-camera driver is installed or it refused to start."""
+
+
+class BackendUnavailable(LiveAnimError):
+    """An inference backend (TensorRT, ONNX Runtime, CUDA) is not installed or not usable."""
+
+
+class EngineError(LiveAnimError):
+    """An engine file is missing, stale, built for another GPU, or failed to run."""

@@ -1,0 +1,158 @@
+"""The LIA-X decoder G: a StyleGAN2-like generator that warps the source features by predicted flows.
+
+From a learned 4x4 constant it goes up to 512x512 in 7 stages. Each stage (8x8 ... 512x512)
+runs modulated convs on the motion path `h`, predicts a flow and a mask (`ToFlow`), warps the
+source feature map of its scale, refines the warped features (`ResBlock`s) and accumulates RGB.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from liveanim.model.dictionary import MotionDictionary
+from liveanim.model.layers import (ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Upsample,
+                                   group_norm)
+
+STAGE_NAMES = ("_512", "2", "3", "4", "5", "6", "7")  # checkpoint prefixes; 8x8 .. 512x512
+BLOCKS_PER_STAGE = 4
+
+
+class FlowResBlock(nn.Module):
+    """Two modulated convs with a GroupNorm between them and a learned residual gain."""
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv1 = StyledConv(channels, channels, 3, style_dim)
+        self.conv2 = StyledConv(channels, channels, 3, style_dim)
+        self.gamma = nn.Parameter(1e-5 * torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        skip = self.conv1(x, style)
+        return self.gamma * self.conv2(self.norm(skip), style) + skip
+
+
+class ResBlock(nn.Module):
+    """Two plain convs with an identity skip (the decoder's feature-refinement path)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3)
+        self.conv2 = ConvLayer(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + x) / math.sqrt(2.0)
+
+
+class ToRGB(nn.Module):
+    """1x1 conv to RGB, added to the upsampled RGB of the previous stage."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.up = Upsample()
+        self.conv = ConvLayer(in_channels, 3, 1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x) + self.bias
+        return out if skip is None else out + self.up(skip)
+
+
+def identity_grid(size: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, size, size, 2) sampling grid of the identity warp, x first, corners at -1 and 1."""
+    ramp = torch.linspace(-1.0, 1.0, size, device=like.device, dtype=like.dtype)
+    ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
+    return torch.stack((xs, ys), dim=-1).unsqueeze(0)
+
+
+class ToFlow(nn.Module):
+    """Predicts a flow (2 channels, tanh) and a mask (sigmoid) and warps the source features.
+
+    The raw 3-channel prediction is accumulated across stages (upsampled), like RGB.
+    """
+
+    def __init__(self, in_channels: int, style_dim: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.up = Upsample()
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+
+    def forward(self, h: torch.Tensor, style: torch.Tensor, feat: torch.Tensor,
+                skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (warped features, h blended with them, raw prediction for the next stage)."""
+        out = self.conv(h, style) + self.bias
+        if skip is not None:
+            out = out + self.up(skip)
+        grid = torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1) + identity_grid(out.shape[-1], out)
+        mask = torch.sigmoid(out[:, 2:3])
+        warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True) * mask
+        return warped, warped + (1 - mask) * h, out
+
+
+class Stage(NamedTuple):
+    """The modules of one decoder stage, looked up under their checkpoint names."""
+
+    conv_up: StyledConv
+    flow_blocks: nn.ModuleList
+    skip_up: ConvLayer | None
+    rgb_blocks: nn.ModuleList
+    to_rgb: ToRGB
+    to_flow: ToFlow
+
+
+class Decoder(nn.Module):
+    """G: (z_target, source features) -> image (B, 3, 512, 512), not clamped."""
+
+    def __init__(self, width: float, latent_dim: int, motion_dim: int):
+        """
+        width:      channel multiplier: stage widths 512w (8x8..64x64), 256w, 128w, 64w.
+        latent_dim: style length L (512w).
+        motion_dim: number of dictionary directions.
+        """
+        super().__init__()
+        c = [int(512 * width), int(256 * width), int(128 * width), int(64 * width)]
+        widths = [c[0], c[0], c[0], c[0], c[1], c[2], c[3]]
+        self.direction = MotionDictionary(latent_dim, motion_dim)
+        self.input = ConstantInput(c[0])
+        self.conv1 = StyledConv(c[0], c[0], 3, latent_dim)
+        cin = c[0]
+        for index, (name, cout) in enumerate(zip(STAGE_NAMES, widths)):
+            setattr(self, f"conv{name}_1", StyledConv(cin, cout, 3, latent_dim, upsample=True))
+            setattr(self, f"conv{name}_2",
+                    nn.ModuleList(FlowResBlock(cout, latent_dim) for _ in range(BLOCKS_PER_STAGE)))
+            if index > 0:
+                setattr(self, f"conv{name}_2_up", ConvLayer(cin, cout, 3, upsample=True))
+            setattr(self, f"conv{name}_2_rgb", nn.ModuleList(ResBlock(cout) for _ in range(BLOCKS_PER_STAGE)))
+            setattr(self, f"rgb{name}", ToRGB(cout))
+            setattr(self, f"flow{name}", ToFlow(cout, latent_dim))
+            cin = cout
+
+    def stage(self, index: int) -> Stage:
+        name = STAGE_NAMES[index]
+        return Stage(getattr(self, f"conv{name}_1"), getattr(self, f"conv{name}_2"),
+                     getattr(self, f"conv{name}_2_up", None), getattr(self, f"conv{name}_2_rgb"),
+                     getattr(self, f"rgb{name}"), getattr(self, f"flow{name}"))
+
+    def forward(self, z: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """z: (B, L) target latent; feats: 7 source maps, coarsest first, batch 1 or B."""
+        batch = z.shape[0]
+        h = self.conv1(self.input(batch), z)
+        warped = flow = rgb = None
+        for index, feat in enumerate(feats):
+            stage = self.stage(index)
+            h = stage.conv_up(h, z)
+            for block in stage.flow_blocks:
+                h = block(h, z)
+            new_warped, h, flow = stage.to_flow(h, z, feat.expand(batch, -1, -1, -1), flow)
+            if stage.skip_up is not None:
+                new_warped = new_warped + stage.skip_up(warped)
+            for block in stage.rgb_blocks:
+                new_warped = block(new_warped)
+            warped = new_warped
+            rgb = stage.to_rgb(warped, rgb)
+        return rgb

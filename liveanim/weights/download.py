@@ -1,0 +1,147 @@
+"""Find the LIA-X weights on this computer, or fetch them once from the Hugging Face Hub.
+
+Lookup order when no path is given: a file placed by hand in the cache folder
+(`lia-x.safetensors`, then `lia-x.pt`), the hub cache inside that folder, then a download.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import EntryNotFoundError
+
+from liveanim.errors import CheckpointError, WeightsDownloadError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LIVEANIM_CACHE"
+HUB_SUBDIR = "hub"
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """Where the released weights live, and what they look like on disk.
+
+    repo_id:      the Hugging Face repository.
+    filename:     the file inside it, also the name we look for in the cache folder.
+    approx_bytes: the size of the complete file, quoted when a file looks truncated.
+    """
+
+    repo_id: str = "YaohuiW/LIA-X"
+    filename: str = "lia-x.pt"
+    approx_bytes: int = 3_642_000_000
+
+    @property
+    def url(self) -> str:
+        """The repository page a person can download the file from."""
+        return f"https://huggingface.co/{self.repo_id}"
+
+    @property
+    def hand_placed_names(self) -> tuple[str, ...]:
+        """Names accepted in the cache folder, fastest to load first."""
+        stem = Path(self.filename).stem
+        return (f"{stem}.safetensors", self.filename)
+
+
+LIAX_RELEASE = HubFile()
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache folder: $LIVEANIM_CACHE, else the platform's usual place."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else home / "AppData" / "Local") / "LiveAnim"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "LiveAnim"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else home / ".cache") / "liveanim"
+
+
+def manual_instructions(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> str:
+    """The sentences that tell a person how to install the weights by hand."""
+    return (
+        f"Download {source.filename} from {source.url} (about {source.approx_bytes / 1e9:.1f} GB) "
+        f"and save it as {cache_dir / source.filename}, "
+        f"or pass its location with the --weights PATH option."
+    )
+
+
+def download_weights(cache_dir: Path | None = None, source: HubFile = LIAX_RELEASE) -> Path:
+    """Fetch the weights into the hub cache (resumable, with a progress bar); return the file."""
+    cache_dir = cache_dir or default_cache_dir()
+    log.info("Downloading %s from %s (about %.1f GB, once)", source.filename, source.url,
+             source.approx_bytes / 1e9)
+    try:
+        found = huggingface_hub.hf_hub_download(
+            repo_id=source.repo_id, filename=source.filename, cache_dir=cache_dir / HUB_SUBDIR
+        )
+    except (OSError, EntryNotFoundError) as exc:
+        raise WeightsDownloadError(_download_failure(exc, cache_dir, source)) from exc
+    return Path(found)
+
+
+def _download_failure(exc: BaseException, cache_dir: Path, source: HubFile) -> str:
+    """Why the download failed, in one line, followed by the manual route."""
+    offline = " (offline mode is on: HF_HUB_OFFLINE is set)" if hub_constants.is_offline_mode() else ""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"Could not download the LIA-X weights: the Hugging Face Hub could not be reached{offline}. "
+        f"Reason: {reason}\n{manual_instructions(cache_dir, source)}"
+    )
+
+
+def find_cached_weights(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> Path | None:
+    """A complete weights file already on disk (placed by hand or downloaded), or None."""
+    for name in source.hand_placed_names:
+        candidate = cache_dir / name
+        if candidate.is_file():
+            return candidate
+    cached = huggingface_hub.try_to_load_from_cache(
+        repo_id=source.repo_id, filename=source.filename, cache_dir=cache_dir / HUB_SUBDIR
+    )
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def resolve_weights(
+    path: Path | None, download: bool = True, *, cache_dir: Path | None = None
+) -> Path:
+    """The weights file to load: the explicit path, else the cached file, else a fresh download."""
+    cache_dir = cache_dir or default_cache_dir()
+    if path is not None:
+        return _explicit_path(Path(path).expanduser(), cache_dir)
+    found = find_cached_weights(cache_dir)
+    if found is not None:
+        log.debug("Using weights at %s", found)
+        return found
+    if not download:
+        raise CheckpointError(
+            f"No LIA-X weights found in {cache_dir} and downloading is turned off. "
+            f"{manual_instructions(cache_dir)}"
+        )
+    return download_weights(cache_dir)
+
+
+def _explicit_path(path: Path, cache_dir: Path) -> Path:
+    """A path the person named must be an existing file; say so plainly if it is not."""
+    if path.is_dir():
+        raise CheckpointError(
+            f"The weights path {path} is a folder; pass the file itself "
+            f"(e.g. {path / LIAX_RELEASE.filename}) with --weights PATH."
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"The weights file {path} does not exist. Check the path given with --weights PATH, "
+            f"or leave --weights out to use {cache_dir / LIAX_RELEASE.filename} "
+            f"(downloaded from {LIAX_RELEASE.url} on first use)."
+        )
+    return path
