@@ -1,0 +1,89 @@
+"""The one interface every inference backend implements.
+
+Every engine takes and returns float32 torch tensors on `engine.device`, by name:
+
+    encode_source({"image": (1,3,512,512)})            -> {"z": (1,L), "alpha": (1,40), "feat0".."feat6"}
+    encode_motion({"image": (B,3,512,512)})            -> {"alpha": (B,40)}
+    render({"z_target": (B,L), "feat0".."feat6"})      -> {"image": (B,3,512,512)}
+
+Nothing outside `engines/` knows which backend runs. The names are those of the exported
+ONNX graphs (see `export/`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+FEATURE_NAMES = tuple(f"feat{i}" for i in range(7))
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to run and where.
+
+    backend:   'torch', 'onnxruntime' or 'tensorrt' ('auto' is resolved by `engines.create_engine`).
+    device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
+    precision: 'fp32', 'fp16' or 'bf16' (reduced precision on GPUs only).
+    weights:   checkpoint path; None means the released model, downloaded on first use.
+    seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
+    seeded:    use seeded random weights instead of a checkpoint.
+    width:     model width for seeded weights (2.0 = released size).
+    cache_dir: where exported graphs and built engines are kept.
+    compile:   torch backend: torch.compile the per-frame graphs.
+    cuda_graphs: torch backend: replay the per-frame step as a CUDA graph.
+    """
+
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    weights: Path | None = None
+    seeded: bool = False
+    seed: int = 0
+    width: float = 2.0
+    cache_dir: Path | None = None
+    compile: bool = False
+    cuda_graphs: bool = False
+
+
+class Engine(ABC):
+    """An LIA-X runtime: the three graphs and the dictionary basis Q."""
+
+    name: str = "base"
+
+    def __init__(self, config: EngineConfig, device: torch.device):
+        self.config = config
+        self.device = device
+
+    @property
+    def precision(self) -> str:
+        return self.config.precision
+
+    @property
+    @abstractmethod
+    def directions(self) -> torch.Tensor:
+        """Q: (L, 40) float32 on `device`, so that z_target = z + code @ Q.T needs no model."""
+
+    @abstractmethod
+    def encode_source(self, inputs: Tensors) -> Tensors:
+        """{"image"} -> {"z", "alpha", "feat0".."feat6"}; run once per avatar."""
+
+    @abstractmethod
+    def encode_motion(self, inputs: Tensors) -> Tensors:
+        """{"image"} -> {"alpha"}; run per driving frame."""
+
+    @abstractmethod
+    def render(self, inputs: Tensors) -> Tensors:
+        """{"z_target", "feat0".."feat6"} -> {"image"} (not clamped); run per frame."""
+
+    def describe(self) -> str:
+        """What the user sees: backend, device and precision."""
+        return f"{self.name} on {self.device} ({self.precision})"
+
+    def close(self) -> None:
+        """Release GPU memory and handles."""

@@ -1,0 +1,26 @@
+"""Building the PyTorch model an engine or an export starts from."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from engines.base import EngineConfig
+from liveanim.model import LIAX
+
+log = logging.getLogger(__name__)
+
+
+def load_model(config: EngineConfig) -> LIAX:
+    """The LIA-X model of `config`: the checkpoint (downloaded on first need) or seeded weights."""
+    if config.seeded:
+        log.info("using seeded random weights (width %s, seed %d): for benchmarks and tests only",
+                 config.width, config.seed)
+        torch.manual_seed(config.seed)
+        return LIAX(config.width).eval().requires_grad_(False)
+    from liveanim.weights import resolve_weights
+
+    path = resolve_weights(config.weights)
+    log.info("loading weights from %s", path)
+    return LIAX.from_checkpoint(path)
