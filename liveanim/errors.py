@@ -38,3 +38,7 @@ class BackendUnavailable(LiveAnimError):
 
 class EngineError(LiveAnimError):
     """An engine file is missing, stale, built for another GPU, or failed to run."""
+
+
+class UsageError(LiveAnimError):
+    """A command-line value or setting that cannot be used as given."""

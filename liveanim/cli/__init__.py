@@ -1,0 +1,52 @@
+"""`python main.py <command>`: one module per command, each with `register(subparsers)`.
+
+A command module adds its parser and sets `run=function(args) -> int` on it. Errors of type
+`LiveAnimError` are printed as one actionable line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from liveanim.errors import LiveAnimError
+
+COMMANDS = ("weights",)
+
+log = logging.getLogger("liveanim")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="LiveAnim: drive a portrait with your face (LIA-X). Without a command the desktop app starts.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"liveanim.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command is None:
+        from ui.app import run_app
+
+        return run_app()
+    try:
+        return args.run(args)
+    except LiveAnimError as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        log.info("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
