@@ -6,6 +6,7 @@ Lookup order when no path is given: a file placed by hand in the cache folder
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HTTPError, XetDownloadError
 
 from liveanim.errors import CheckpointError, WeightsDownloadError
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "LIVEANIM_CACHE"
 HUB_SUBDIR = "hub"
+# What hf_hub_download raises when the hub, the network or the disk fails. HTTPError is the
+# hub's transport base class: connection drops and timeouts mid-download escape as such.
+HUB_FAILURES = (OSError, EntryNotFoundError, HTTPError, XetDownloadError)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else home / ".cache") / "liveanim"
 
 
-def manual_instructions(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> str:
+def _manual_instructions(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> str:
     """The sentences that tell a person how to install the weights by hand."""
     return (
         f"Download {source.filename} from {source.url} (about {source.approx_bytes / 1e9:.1f} GB) "
@@ -85,19 +89,20 @@ def download_weights(cache_dir: Path | None = None, source: HubFile = LIAX_RELEA
         found = huggingface_hub.hf_hub_download(
             repo_id=source.repo_id, filename=source.filename, cache_dir=cache_dir / HUB_SUBDIR
         )
-    except (OSError, EntryNotFoundError) as exc:
+    except HUB_FAILURES as exc:
         raise WeightsDownloadError(_download_failure(exc, cache_dir, source)) from exc
     return Path(found)
 
 
 def _download_failure(exc: BaseException, cache_dir: Path, source: HubFile) -> str:
     """Why the download failed, in one line, followed by the manual route."""
-    offline = " (offline mode is on: HF_HUB_OFFLINE is set)" if hub_constants.is_offline_mode() else ""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (
-        f"Could not download the LIA-X weights: the Hugging Face Hub could not be reached{offline}. "
-        f"Reason: {reason}\n{manual_instructions(cache_dir, source)}"
-    )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        why = f"the disk holding {cache_dir} is full (the file needs {source.approx_bytes / 1e9:.1f} GB)"
+    else:
+        offline = " (offline mode is on: unset HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else ""
+        detail = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        why = f"the Hugging Face Hub could not be reached{offline}. Reason: {detail}"
+    return f"Could not download the LIA-X weights: {why}.\n{_manual_instructions(cache_dir, source)}"
 
 
 def find_cached_weights(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> Path | None:
@@ -126,7 +131,7 @@ def resolve_weights(
     if not download:
         raise CheckpointError(
             f"No LIA-X weights found in {cache_dir} and downloading is turned off. "
-            f"{manual_instructions(cache_dir)}"
+            f"{_manual_instructions(cache_dir)}"
         )
     return download_weights(cache_dir)
 

@@ -1,0 +1,431 @@
+"""What a person sees when the LIA-X weights are missing, broken, foreign, or fine.
+
+Uses the golden width-0.5 state dict instead of the 3.6 GB release, and never the network.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    XetDownloadError,
+)
+from huggingface_hub.errors import Response  # the HTTP response type the hub's errors carry
+from huggingface_hub.utils import get_session
+from safetensors.torch import save_file
+
+from liveanim.errors import CheckpointError, WeightsDownloadError
+from liveanim.model import LIAX
+from liveanim.weights import (
+    cached_safetensors,
+    check_layout,
+    default_cache_dir,
+    download_weights,
+    infer_dims,
+    load_weights,
+    read_state_dict,
+    resolve_weights,
+)
+from liveanim.weights import checkpoint as checkpoint_module
+
+HUB_URL = "https://huggingface.co/YaohuiW/LIA-X"
+
+
+class NotAllowedInCheckpoints:
+    """A custom class: unpickling it would import and run this module's code."""
+
+
+@pytest.fixture(scope="session")
+def release_layout() -> dict[str, tuple[int, ...]]:
+    return LIAX.expected_layout(2.0, 40)
+
+
+@pytest.fixture(scope="session")
+def small_layout() -> dict[str, tuple[int, ...]]:
+    return LIAX.expected_layout(0.5, 40)
+
+
+@pytest.fixture(scope="session")
+def small_pt(tmp_path_factory: pytest.TempPathFactory, golden_state: dict[str, torch.Tensor]) -> Path:
+    """The golden width-0.5 state dict (conftest), saved as a real .pt."""
+    path = tmp_path_factory.mktemp("weights") / "lia-x.pt"
+    torch.save(golden_state, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own cache folder; nothing is written to the real one."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("LIVEANIM_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub library in offline mode, as with HF_HUB_OFFLINE=1 set before start-up."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def lia_v1_like() -> dict[str, torch.Tensor]:
+    """Names and shapes in the style of an LIA v1 training checkpoint, flattened under 'gen.'."""
+    return {
+        "gen.enc.net_app.convs.0.0.weight": torch.zeros(64, 3, 1, 1),
+        "gen.enc.fc.0.weight": torch.zeros(512, 512),
+        "gen.dec.direction.weight": torch.zeros(512, 20),
+        "gen.dec.synthesis.conv1.conv.weight": torch.zeros(1, 512, 512, 3, 3),
+    }
+
+
+def live_portrait_like() -> dict[str, torch.Tensor]:
+    return {
+        "appearance_feature_extractor.conv_first.conv.weight": torch.zeros(64, 3, 7, 7),
+        "motion_extractor.detector.stem.0.weight": torch.zeros(96, 3, 4, 4),
+        "warping_module.dense_motion_network.compress.weight": torch.zeros(4, 4),
+        "spade_generator.fc.weight": torch.zeros(512, 256, 3, 3),
+    }
+
+
+# --- where the weights are looked for --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("platform", "env", "expected"),
+    [
+        ("linux", {}, "/home/ann/.cache/liveanim"),
+        ("linux", {"XDG_CACHE_HOME": "/xdg"}, "/xdg/liveanim"),
+        ("darwin", {}, "/home/ann/Library/Caches/LiveAnim"),
+        ("win32", {"LOCALAPPDATA": "/appdata/local"}, "/appdata/local/LiveAnim"),
+        ("linux", {"LIVEANIM_CACHE": "/big/disk"}, "/big/disk"),
+    ],
+)
+def test_cache_dir_follows_platform_and_override(monkeypatch, platform, env, expected):
+    for name in ("LIVEANIM_CACHE", "XDG_CACHE_HOME", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", "/home/ann")
+    monkeypatch.setattr(sys, "platform", platform)
+    assert default_cache_dir() == Path(expected)
+
+
+def test_offline_hub_says_where_to_put_the_file(tmp_path, offline):
+    with pytest.raises(WeightsDownloadError) as err:
+        resolve_weights(None, cache_dir=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "lia-x.pt") in message
+    assert "--weights PATH" in message
+    assert HUB_URL in message
+    assert "offline" in message
+
+
+def hub_errors() -> list[Exception]:
+    response = Response(503, request=get_session().build_request("HEAD", HUB_URL))
+    return [
+        LocalEntryNotFoundError("Cannot find the requested files in the local cache."),
+        HfHubHTTPError("503 Service Unavailable", response=response),
+        RepositoryNotFoundError("404 Repository Not Found", response=response),
+        ConnectionError("[Errno -2] Name or service not known"),
+        TimeoutError("timed out"),
+        HTTPError("Server disconnected without sending a response."),
+        XetDownloadError("Xet transfer failed"),
+    ]
+
+
+@pytest.mark.parametrize("error", hub_errors(), ids=lambda e: type(e).__name__)
+def test_hub_failures_become_instructions(tmp_path, monkeypatch, error):
+    def unreachable(**_: object) -> str:
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(WeightsDownloadError) as err:
+        download_weights(tmp_path)
+    message = str(err.value)
+    assert "could not be reached" in message
+    assert str(tmp_path / "lia-x.pt") in message and "--weights PATH" in message and HUB_URL in message
+    assert str(error).splitlines()[0] in message
+
+
+def test_full_disk_during_download_says_so(tmp_path, monkeypatch):
+    def disk_full(**_: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", disk_full)
+    with pytest.raises(WeightsDownloadError, match=r"disk holding .* is full.*3.6 GB[\s\S]*--weights PATH"):
+        download_weights(tmp_path)
+
+
+def test_download_goes_to_the_hub_cache_inside_our_folder(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(**kwargs: object) -> str:
+        calls.append(kwargs)
+        return str(tmp_path / "blob")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert resolve_weights(None, cache_dir=tmp_path) == tmp_path / "blob"
+    assert calls == [{"repo_id": "YaohuiW/LIA-X", "filename": "lia-x.pt", "cache_dir": tmp_path / "hub"}]
+
+
+def test_explicit_path_must_exist(tmp_path):
+    missing = tmp_path / "nowhere" / "lia-x.pt"
+    with pytest.raises(CheckpointError, match="--weights PATH") as err:
+        resolve_weights(missing, cache_dir=tmp_path)
+    assert str(missing) in str(err.value)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        resolve_weights(tmp_path, cache_dir=tmp_path)
+
+
+def test_hand_placed_file_is_used_without_network(tmp_path, offline):
+    write(tmp_path / "lia-x.pt", b"x")
+    assert resolve_weights(None, cache_dir=tmp_path) == tmp_path / "lia-x.pt"
+    write(tmp_path / "lia-x.safetensors", b"x")
+    assert resolve_weights(None, cache_dir=tmp_path) == tmp_path / "lia-x.safetensors"
+
+
+def test_earlier_download_is_found_in_hub_cache(tmp_path, offline):
+    repo = tmp_path / "hub" / "models--YaohuiW--LIA-X"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    cached = write(repo / "snapshots" / commit / "lia-x.pt", b"x")
+    assert resolve_weights(None, cache_dir=tmp_path) == cached
+
+
+def test_no_file_and_no_download_says_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        resolve_weights(None, download=False, cache_dir=tmp_path)
+    message = str(err.value)
+    assert "downloading is turned off" in message
+    assert str(tmp_path / "lia-x.pt") in message and "--weights PATH" in message and HUB_URL in message
+
+
+# --- broken files ---------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "lia-x.pt")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_empty_file_is_incomplete(tmp_path, suffix):
+    with pytest.raises(CheckpointError, match="incomplete or corrupt.*0 bytes.*3.6 GB.*Delete it"):
+        read_state_dict(write(tmp_path / f"lia-x{suffix}", b""))
+
+
+CUTS = [0.1, 0.5, 0.99]
+
+
+@pytest.mark.parametrize("kept", CUTS)
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_pt_is_incomplete(tmp_path, legacy, kept):
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.randn(256, 256), "b": torch.randn(256)}, whole,
+               _use_new_zipfile_serialization=not legacy)
+    data = whole.read_bytes()
+    size = int(len(data) * kept)
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(write(tmp_path / "lia-x.pt", data[:size]))
+    message = str(err.value)
+    assert "incomplete or corrupt" in message and f"{size:,} bytes" in message
+    assert "3.6 GB" in message and "download it again" in message
+
+
+@pytest.mark.parametrize("kept", CUTS)
+def test_truncated_safetensors_is_incomplete(tmp_path, kept):
+    whole = tmp_path / "whole.safetensors"
+    save_file({"w": torch.randn(256, 256), "b": torch.randn(256)}, whole)
+    data = whole.read_bytes()
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        read_state_dict(write(tmp_path / "lia-x.safetensors", data[: int(len(data) * kept)]))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (os.urandom(4096), "not a PyTorch checkpoint"),
+        (b"hello, this is a note\nnot weights\n", "a text file starting with 'hello, this is a note"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 3642\n", "Git LFS pointer"),
+        (b"<!DOCTYPE html><html><body>LIA-X</body></html>", "web page"),
+    ],
+    ids=["random", "text", "lfs-pointer", "html"],
+)
+def test_not_a_checkpoint(tmp_path, data, says):
+    path = write(tmp_path / "lia-x.pt", data)
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(path)
+    assert "not a PyTorch checkpoint" in str(err.value) and says in str(err.value)
+    assert "--weights PATH" in str(err.value)
+
+
+def test_pickle_that_needs_code_is_refused(tmp_path):
+    path = tmp_path / "lia-x.pt"
+    torch.save({"w": torch.zeros(2), "extra": NotAllowedInCheckpoints()}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(path)
+    message = str(err.value)
+    assert "refuses to run code" in message
+    assert "NotAllowedInCheckpoints" in message
+
+
+def test_training_checkpoint_nesting_is_unwrapped(tmp_path):
+    path = tmp_path / "train.pt"
+    torch.save({"gen": {"w": torch.ones(3, dtype=torch.float16)}, "step": torch.tensor(7)}, path)
+    state = read_state_dict(path)
+    assert list(state) == ["w"] and state["w"].dtype == torch.float32
+
+
+def test_file_without_tensors_is_refused(tmp_path):
+    path = tmp_path / "lia-x.pt"
+    torch.save({"epoch": 3, "state_dict": {"lr": 0.1}}, path)
+    with pytest.raises(CheckpointError, match="no state dict of tensors.*'epoch'"):
+        read_state_dict(path)
+
+
+# --- another model, or LIA-X of another size ------------------------------------------------
+
+
+def test_lia_v1_is_recognised(release_layout):
+    with pytest.raises(CheckpointError) as err:
+        check_layout(lia_v1_like(), release_layout, source=Path("old.pt"))
+    message = str(err.value)
+    assert "old.pt is not an LIA-X checkpoint" in message
+    assert "LIA-X generator (width 2.0, motion_dim 40), 596 tensors" in message
+    assert "Found: 4 tensors; it looks like LIA v1 (256x256)" in message
+    assert "gen.enc.net_app.convs.0.0.weight" in message  # an unexpected name
+    assert "enc.enc_2r.block1.0.weight (128, 3, 1, 1)" in message  # an expected name and shape
+
+
+def test_live_portrait_is_recognised(release_layout):
+    with pytest.raises(CheckpointError, match="looks like LivePortrait"):
+        check_layout(live_portrait_like(), release_layout)
+    with pytest.raises(CheckpointError, match="does not look like LIA-X.*looks like LivePortrait"):
+        infer_dims(live_portrait_like())
+
+
+def test_unknown_model_lists_its_names(release_layout):
+    foreign = {f"backbone.layer{i}.weight": torch.zeros(2) for i in range(5)}
+    with pytest.raises(CheckpointError, match=r"first names are backbone.layer0.weight.*\(and 2 more\)"):
+        check_layout(foreign, release_layout)
+
+
+def test_lia_x_of_another_size(golden_state, release_layout):
+    with pytest.raises(CheckpointError) as err:
+        check_layout(golden_state, release_layout)
+    message = str(err.value)
+    assert "it looks like an LIA-X generator (width 0.5, motion_dim 40)" in message
+    assert "expected (128, 3, 1, 1)" in message and "Missing" not in message
+
+
+# --- a good file ----------------------------------------------------------------------------
+
+
+def test_good_checkpoint_loads_and_fits(small_pt, small_layout, tmp_path):
+    state = load_weights(small_pt, cache_dir=tmp_path)
+    check_layout(state, small_layout)
+    assert infer_dims(state) == (0.5, 40)
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in state.values())
+
+
+def test_model_loads_from_a_pt_through_the_cache(small_pt, golden_state, private_cache):
+    model = LIAX.from_checkpoint(small_pt)
+    assert (model.width, model.motion_dim) == (0.5, 40)
+    assert torch.equal(model.state_dict()["dec.direction.weight"], golden_state["dec.direction.weight"])
+    assert len(list((private_cache / "safetensors").glob("lia-x-*.safetensors"))) == 1
+
+
+def test_safetensors_cache_round_trip(small_pt, golden_state, tmp_path, monkeypatch):
+    first = load_weights(small_pt, cache_dir=tmp_path)
+    copies = list((tmp_path / "safetensors").glob("*.safetensors"))
+    assert len(copies) == 1 and copies[0].name.startswith("lia-x-")
+
+    def pickle_forbidden(*_: object, **__: object) -> None:
+        raise AssertionError("the second load must not unpickle the .pt")
+
+    monkeypatch.setattr(torch, "load", pickle_forbidden)
+    second = load_weights(small_pt, cache_dir=tmp_path)
+    assert second.keys() == golden_state.keys()
+    assert all(torch.equal(second[k], golden_state[k]) and torch.equal(first[k], second[k]) for k in second)
+
+
+def lia_like(fill: float) -> dict[str, torch.Tensor]:
+    """The two tensors that identify an LIA-X state dict (width 0.125), filled with `fill`."""
+    return {"enc.enc_2r.block1.0.weight": torch.full((8, 3, 1, 1), fill),
+            "enc.enc_r2t.0.weight": torch.full((40, 64), fill)}
+
+
+def test_changed_pt_replaces_its_old_copy(tmp_path):
+    pt = tmp_path / "lia-x.pt"
+    torch.save(lia_like(0.0), pt)
+    old = cached_safetensors(pt, tmp_path / "cache")
+    torch.save(lia_like(1.0), pt)
+    os.utime(pt, ns=(pt.stat().st_atime_ns, pt.stat().st_mtime_ns + 10**9))
+    new = cached_safetensors(pt, tmp_path / "cache")
+    assert new != old and not old.exists()
+    assert torch.equal(read_state_dict(new)["enc.enc_r2t.0.weight"], torch.ones(40, 64))
+
+
+def test_other_models_are_never_cached(tmp_path):
+    pt = tmp_path / "other.pt"
+    torch.save({"w": torch.zeros(3)}, pt)
+    with pytest.raises(CheckpointError, match="does not look like LIA-X"):
+        cached_safetensors(pt, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def fill_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_written(tensors: dict, path: Path) -> None:
+        Path(path).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", half_written)
+
+
+def report_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
+
+
+def block_cache_dir(cache: Path) -> None:
+    """A file where the cache folder should be: no folder can be made there, even as root."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"")
+
+
+@pytest.mark.parametrize("breakage", ["disk-full-while-writing", "no-room", "unwritable"])
+def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage):
+    pt = tmp_path / "lia-x.pt"
+    torch.save(lia_like(2.0), pt)
+    cache = tmp_path / "cache" / "safetensors"
+    if breakage == "disk-full-while-writing":
+        fill_disk(monkeypatch)
+    elif breakage == "no-room":
+        report_no_room(monkeypatch)
+    else:
+        block_cache_dir(cache)
+    with caplog.at_level(logging.WARNING, logger="liveanim.weights"):
+        state = load_weights(pt, cache_dir=tmp_path / "cache")
+    assert torch.equal(state["enc.enc_r2t.0.weight"], torch.full((40, 64), 2.0))
+    assert "Could not write the safetensors cache" in caplog.text and "LIVEANIM_CACHE" in caplog.text
+    if cache.is_dir():
+        assert list(cache.iterdir()) == []  # no partial file left behind
