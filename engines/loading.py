@@ -8,6 +8,7 @@ import torch
 
 from engines.base import EngineConfig
 from liveanim.model import LIAX
+from liveanim.model.seeded import seed_parameters_
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,7 @@ def load_model(config: EngineConfig) -> LIAX:
     if config.seeded:
         log.info("using seeded random weights (width %s, seed %d): for benchmarks and tests only",
                  config.width, config.seed)
-        torch.manual_seed(config.seed)
-        return LIAX(config.width).eval().requires_grad_(False)
+        return seed_parameters_(LIAX(config.width), config.seed).eval().requires_grad_(False)
     from liveanim.weights import resolve_weights
 
     path = resolve_weights(config.weights)

@@ -102,3 +102,19 @@ def test_narrow_models_run(width):
         out = model.render(source, alpha_drive=alpha, alpha_start=alpha[:1])
     assert out.shape == (2, 3, 512, 512) and torch.isfinite(out).all()
     assert source.z.shape == (1, int(512 * width)) and alpha.shape == (2, 40)
+
+
+
+def test_stencil_filters_meet_golden_tolerance(golden_state, golden, golden_edit):
+    """The compile-friendly blur/upsampling form is as exact as the reference form."""
+    from liveanim.model.layers import set_filter_impl
+
+    model = LIAX(0.5).eval()
+    model.load_state_dict(golden_state, strict=True)
+    set_filter_impl(model, "stencil")
+    with torch.inference_mode():
+        source = model.encode_source(to_model_input(golden["source"]))
+        alpha = model.encode_motion(to_model_input(golden["driving"][:1]))
+        assert (source.z - torch.from_numpy(golden["z_source"])).abs().max() <= CODE_TOL
+        assert (alpha - torch.from_numpy(golden["alpha_drive"][:1])).abs().max() <= CODE_TOL
+        assert_image_close(model.render(source, edit=golden_edit), golden["edit"])

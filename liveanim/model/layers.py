@@ -4,8 +4,11 @@ Names of modules and parameters follow the official checkpoint exactly, so that 
 loads with `strict=True`. Two forms differ from the official code and are exactly
 equivalent in real arithmetic (see docs/performance.md):
 
-- blur and upsampling (`upfirdn2d` with the 4x4 kernel outer([1,3,3,1])/64) run as depthwise
-  (transposed) convolutions;
+- blur and upsampling (`upfirdn2d` with the 4x4 kernel outer([1,3,3,1])/64) run in one of two
+  forms, chosen per model with `set_filter_impl`: 'conv', depthwise (transposed) convolutions,
+  the reference and the form that exports; 'stencil', separable shifted slices (upsampling
+  in its polyphase form) that torch.compile fuses into single kernels, where depthwise convs
+  hit slow generic cuDNN kernels and layout conversions (measured: docs/performance.md);
 - the modulated convolution keeps its weight constant and moves the style to the
   activations: `conv(x * s, W) * d`, with `d = rsqrt(sum_{i,k} W^2 s_i^2 + 1e-8)`.
 Both export to ONNX/TensorRT with no custom operator.
@@ -29,9 +32,42 @@ def blur_kernel(gain: float = 1.0) -> torch.Tensor:
     return torch.outer(k, k) / 64.0 * gain
 
 
+FILTER_IMPLS = ("conv", "stencil")
+
+
 def _depthwise(kernel: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
     """The (channels, 1, 4, 4) depthwise weight for `kernel`, in `like`'s dtype."""
     return kernel.to(like.dtype).expand(channels, 1, *kernel.shape)
+
+
+def _taps(kernel: torch.Tensor) -> torch.Tensor:
+    """The 1-D factor u of a separable kernel K = outer(u, u) (u = K[0] / sqrt(K[0, 0]))."""
+    return kernel[0] / kernel[0, 0].sqrt()
+
+
+def _filter_axis(x: torch.Tensor, taps: torch.Tensor, dim: int, pad: int) -> torch.Tensor:
+    """Correlate `x` along `dim` with 4 taps after `pad` zeros on both sides (a stencil of
+    shifted slices: exported as plain ops and fused by compilers, unlike depthwise convs)."""
+    padding = [0, 0, 0, 0]
+    padding[0 if dim == -1 else 2] = padding[1 if dim == -1 else 3] = pad
+    x = F.pad(x, padding)
+    size = x.shape[dim] - len(taps) + 1
+    return sum(x.narrow(dim, t, size) * taps[t] for t in range(len(taps)))
+
+
+def _upsample_axis(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
+    """2x upsampling along `dim` by the polyphase form of upfirdn (up=2, pad=(2, 1)):
+    even outputs u0*x[i-1] + u2*x[i], odd outputs u1*x[i] + u3*x[i+1], zeros outside."""
+    padding = [0, 0, 0, 0]
+    padding[0 if dim == -1 else 2] = padding[1 if dim == -1 else 3] = 1
+    x = F.pad(x, padding)
+    n = x.shape[dim] - 2
+    even = x.narrow(dim, 0, n) * taps[0] + x.narrow(dim, 1, n) * taps[2]
+    odd = x.narrow(dim, 1, n) * taps[1] + x.narrow(dim, 2, n) * taps[3]
+    stacked = torch.stack((even, odd), dim=dim)  # (..., n, 2) along dim -> interleave
+    shape = list(even.shape)
+    shape[dim] = 2 * n
+    return stacked.reshape(shape)
 
 
 class Blur(nn.Module):
@@ -44,27 +80,38 @@ class Blur(nn.Module):
         """
         super().__init__()
         self.pad = pad
+        self.impl = "conv"
         self.register_buffer("kernel", blur_kernel(gain))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "stencil":
+            taps = _taps(self.kernel).to(x.dtype)
+            return _filter_axis(_filter_axis(x, taps, -2, self.pad), taps, -1, self.pad)
         channels = x.shape[1]
         return F.conv2d(x, _depthwise(self.kernel, channels, x), padding=self.pad, groups=channels)
 
     def extra_repr(self) -> str:
-        return f"pad={self.pad}"
+        return f"pad={self.pad}, impl={self.impl}"
 
 
 class Upsample(nn.Module):
-    """2x upsampling with the blur kernel (upfirdn2d up=2, pad=(2,1)) as a transposed conv."""
+    """2x upsampling with the blur kernel (upfirdn2d up=2, pad=(2,1))."""
 
     def __init__(self):
         super().__init__()
+        self.impl = "conv"
         self.register_buffer("kernel", blur_kernel(gain=4.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "stencil":
+            taps = _taps(self.kernel).to(x.dtype)
+            return _upsample_axis(_upsample_axis(x, taps, -2), taps, -1)
         channels = x.shape[1]
         weight = _depthwise(self.kernel, channels, x)
         return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl}"
 
 
 class FusedLeakyReLU(nn.Module):
@@ -220,3 +267,11 @@ class ConstantInput(nn.Module):
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups, or one per channel for the narrow test models."""
     return nn.GroupNorm(min(32, channels), channels)
+
+
+def set_filter_impl(module: nn.Module, impl: str) -> None:
+    """Run every blur and upsampling inside `module` as 'conv' (reference) or 'stencil'."""
+    assert impl in FILTER_IMPLS, impl
+    for layer in module.modules():
+        if isinstance(layer, (Blur, Upsample)):
+            layer.impl = impl
