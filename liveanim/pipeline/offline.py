@@ -1,0 +1,180 @@
+"""The official LIA-X offline modes, file to file: animate a portrait, edit an image, edit a
+video, and sweep dictionary directions (linear manipulation).
+
+Each mode brings its inputs to the model the way LIA-X was trained (the official face crop,
+or a plain resize for inputs that are already portraits), encodes the source once, and
+renders in chunks. Driving motion is relative to the first driving frame:
+
+    z_target = z_s + (a_d - a_d[0] + a_s + e) @ Q.T
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from liveanim.errors import MediaError
+from liveanim.face import FaceDetector, crop_image, crop_portrait
+from liveanim.model import RESOLUTION
+from liveanim.pipeline.animator import Animator, Avatar
+from liveanim.pipeline.frames import to_uint8
+from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """How the offline modes prepare inputs and write outputs.
+
+    crop:     crop sources and driving videos around the face as LIA-X was trained; False
+              for inputs that are already face crops (they are only resized to 512x512).
+    chunk:    frames per model batch: larger is faster on a GPU and needs more memory.
+    size:     side of the square output in pixels (the model renders 512).
+    progress: show progress bars.
+    """
+
+    crop: bool = True
+    chunk: int = 8
+    size: int = RESOLUTION
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A linear manipulation clip, as the official code makes it: the edit goes
+    0 -> +e -> 0 -> -e -> 0, `steps` frames per leg.
+
+    steps: frames per leg (4 legs in all).
+    fps:   frame rate of the clip.
+    """
+
+    steps: int = 16
+    fps: float = 12.0
+
+    def factors(self) -> np.ndarray:
+        """(4 * steps,) multipliers of the edit vector, one per frame."""
+        up = np.arange(1, self.steps + 1) / self.steps
+        down = np.arange(self.steps - 1, -1, -1) / self.steps
+        return np.concatenate([up, down, -up, -down]).astype(np.float32)
+
+
+def animate(animator: Animator, source: Path, driving: Path, out: Path,
+            edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+    """Make the portrait in `source` move like the face in `driving`; the mp4 keeps its fps and sound."""
+    with _detector(config) as detector, VideoReader(driving) as reader:
+        avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
+        frames = _animated(animator, avatar, _video_crops(reader, detector), edit, config.chunk)
+        _write_video(frames, out, reader.fps, driving, config, total=reader.frame_count)
+
+
+def edit_video(animator: Animator, video: Path, out: Path,
+               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+    """Apply the dials to the person in `video`: its first frame, edited, moves as the video does."""
+    with _detector(config) as detector, VideoReader(video) as reader:
+        crops = _video_crops(reader, detector)
+        first = next(crops)
+        avatar = animator.encode_avatar(first)
+        frames = _animated(animator, avatar, itertools.chain([first], crops), edit, config.chunk)
+        _write_video(frames, out, reader.fps, video, config, total=reader.frame_count)
+
+
+def edit_image(animator: Animator, source: Path, out: Path,
+               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+    """Apply the dials to the portrait in `source` and save the result as an image."""
+    with _detector(config) as detector:
+        avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
+    image = to_uint8(animator.render(avatar, edit=edit))[0]
+    write_image(out, _resized(image, config.size))
+    log.info("wrote %s", out)
+
+
+def manipulate(animator: Animator, source: Path, out: Path, edit: np.ndarray,
+               config: OfflineConfig = OfflineConfig(), sweep: Sweep = Sweep()) -> None:
+    """A clip of the portrait in `source` moving along the edit's directions and back (silent)."""
+    with _detector(config) as detector:
+        avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
+    factors = sweep.factors()
+    frames = _swept(animator, avatar, edit, factors, config.chunk)
+    _write_video(frames, out, Fraction(sweep.fps), None, config, total=len(factors))
+
+
+def _detector(config: OfflineConfig) -> contextlib.AbstractContextManager[FaceDetector | None]:
+    """One face detector for the whole call (starting mediapipe is slow), or None without crop."""
+    return FaceDetector() if config.crop else contextlib.nullcontext()
+
+
+def _portrait(image: np.ndarray, path: Path, detector: FaceDetector | None) -> np.ndarray:
+    """The model input of a still: the official face crop, or the image resized to 512x512."""
+    if detector is None:
+        return _resized(image, RESOLUTION)
+    return crop_portrait(image, detector, source_name=str(path))[0]
+
+
+def _video_crops(reader: VideoReader, detector: FaceDetector | None) -> Iterator[np.ndarray]:
+    """The model inputs of a video. As in the official code, the crop box is found on the first
+    frame and used for every frame, so that the head's motion stays in the picture.
+
+    The first frame is read and checked for a face now, before any output is created.
+    """
+    frames = iter(reader)
+    first = next(frames, None)
+    if first is None:
+        raise MediaError(f"{reader.path} holds no video frames")
+    if detector is None:
+        return (_resized(frame, RESOLUTION) for frame in itertools.chain([first], frames))
+    _, box = crop_portrait(first, detector, source_name=f"the first frame of {reader.path}")
+    return (crop_image(frame, box) for frame in itertools.chain([first], frames))
+
+
+def _animated(animator: Animator, avatar: Avatar, crops: Iterable[np.ndarray],
+              edit: np.ndarray | None, chunk: int) -> Iterator[np.ndarray]:
+    """Rendered frames driven by `crops`, with motion relative to the first crop."""
+    neutral = None
+    for batch in _batches(crops, chunk):
+        alpha = animator.motion(np.stack(batch))
+        if neutral is None:
+            neutral = alpha[:1]
+        yield from to_uint8(animator.render(avatar, alpha - neutral, edit))
+
+
+def _swept(animator: Animator, avatar: Avatar, edit: np.ndarray, factors: np.ndarray,
+           chunk: int) -> Iterator[np.ndarray]:
+    """The avatar rendered with `factor * edit` for each factor."""
+    for batch in _batches(factors, chunk):
+        yield from to_uint8(animator.render(avatar, edit=np.outer(batch, edit)))
+
+
+def _write_video(frames: Iterable[np.ndarray], out: Path, fps: Fraction, audio_from: Path | None,
+                 config: OfflineConfig, total: int) -> None:
+    with VideoWriter(out, fps, (config.size, config.size), audio_from) as writer:
+        for frame in tqdm(frames, total=total or None, unit="frame", desc=Path(out).name, disable=not config.progress):
+            writer.write(_resized(frame, config.size))
+    log.info("wrote %s: %d frames at %.3g fps", out, writer.frames_written, float(fps))
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` stretched to (size, size): area averaging to shrink, bicubic to enlarge."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    interpolation = cv2.INTER_AREA if height * width > size * size else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interpolation)

@@ -1,0 +1,189 @@
+"""The offline modes: end to end through `main.py`'s entry point on a tiny seeded model, and
+the motion and edits they hand to the Animator.
+
+The driving video is a real photo (skimage's astronaut) with synthetic head motion and a
+tone. The model has random weights, so the end-to-end tests check what a user sees of the
+files (length, frame rate, size, sound, errors); the math (motion relative to the first
+driving frame, the sweep's edits) is checked on what the modes ask of the Animator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from engines import EngineConfig, create_engine
+from liveanim.cli import main
+from liveanim.motion.dials import edit_vector
+from liveanim.pipeline import offline
+from liveanim.pipeline.animator import Animator, Avatar
+from liveanim.pipeline.offline import OfflineConfig, Sweep
+from tests.test_video import FPS, driving_frames, make_clip, probe
+
+TINY = ["--seeded", "0.125", "--device", "cpu"]
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    cv2.imwrite(str(folder / "source.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "blank.png"), np.full((400, 300, 3), 200, np.uint8))
+    return {
+        "source": folder / "source.png",
+        "blank": folder / "blank.png",
+        "driving": make_clip(folder / "driving.mp4", driving_frames(FRAMES)),
+        "faceless": make_clip(folder / "faceless.mp4", np.zeros((2, 256, 256, 3), np.uint8)),
+    }
+
+
+def read_png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_animate_keeps_length_fps_and_sound(media, tmp_path):
+    out = tmp_path / "anim.mp4"
+    assert main(["animate", "--source", str(media["source"]), "--driving", str(media["driving"]),
+                 "--out", str(out), "--chunk", "4", *TINY]) == 0
+    video = probe(out)
+    assert video.frames.shape == (FRAMES, 512, 512, 3)
+    assert video.fps == FPS
+    assert video.audio_seconds == pytest.approx(FRAMES / FPS, abs=0.1)
+
+
+def test_animate_without_crop_at_another_size(media, tmp_path):
+    out = tmp_path / "small.mp4"
+    assert main(["animate", "--source", str(media["blank"]), "--driving", str(media["driving"]),
+                 "--out", str(out), "--no-crop", "--size", "256", "--dial", "yaw1=0.2", *TINY]) == 0
+    video = probe(out)
+    assert video.frames.shape == (FRAMES, 256, 256, 3)
+    assert video.fps == FPS
+
+
+def test_edit_video_keeps_length_fps_and_sound(media, tmp_path):
+    out = tmp_path / "edited.mp4"
+    assert main(["edit-video", "--video", str(media["driving"]), "--out", str(out),
+                 "--dial", "mouth=0.3", "--direction", "5=-0.2", *TINY]) == 0
+    video = probe(out)
+    assert video.frames.shape == (FRAMES, 512, 512, 3)
+    assert video.fps == FPS
+    assert video.audio_seconds == pytest.approx(FRAMES / FPS, abs=0.1)
+
+
+def test_edit_image_dial_changes_the_picture(media, tmp_path):
+    plain, turned = tmp_path / "plain.png", tmp_path / "turned.png"
+    common = ["edit-image", "--source", str(media["source"]), "--size", "300", *TINY]
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(turned), "--dial", "yaw1=0.4"]) == 0
+    assert read_png(plain).shape == read_png(turned).shape == (300, 300, 3)
+    assert not np.array_equal(read_png(plain), read_png(turned))  # PNG is lossless: any change shows
+
+
+def test_manipulate_writes_the_sweep(media, tmp_path):
+    out = tmp_path / "sweep.mp4"
+    assert main(["manipulate", "--source", str(media["source"]), "--out", str(out),
+                 "--dial", "mouth=0.4", "--steps", "1", "--fps", "12", *TINY]) == 0
+    video = probe(out)
+    assert len(video.frames) == 4  # 0 -> +e -> 0 -> -e -> 0, one frame per leg
+    assert video.fps == 12 and video.audio_seconds is None
+
+
+def test_missing_video_is_a_usage_error_naming_it(media, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit-video", "--video", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o.mp4"), *TINY])
+    assert exit_info.value.code == 2
+    assert "nope.mp4" in capsys.readouterr().err
+
+
+def test_faceless_source_names_the_file(media, tmp_path, caplog):
+    out = tmp_path / "o.png"
+    assert main(["edit-image", "--source", str(media["blank"]), "--out", str(out), *TINY]) == 2
+    assert "No face found in" in caplog.text and "blank.png" in caplog.text
+    assert not out.exists()
+
+
+def test_faceless_driving_video_fails_before_writing(media, tmp_path, caplog):
+    out = tmp_path / "o.mp4"
+    assert main(["animate", "--source", str(media["source"]), "--driving", str(media["faceless"]),
+                 "--out", str(out), *TINY]) == 2
+    assert "first frame of" in caplog.text and "faceless.mp4" in caplog.text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("edit, message", [(["--dial", "foo=1"], "unknown dial 'foo'"),
+                                           ([], "at least one nonzero --dial")])
+def test_bad_dials_are_refused(media, tmp_path, caplog, edit, message):
+    out = tmp_path / "o.mp4"
+    assert main(["manipulate", "--source", str(media["source"]), "--out", str(out), *edit, *TINY]) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_odd_video_size_is_refused(media, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["animate", "--source", str(media["source"]), "--driving", str(media["driving"]),
+              "--out", str(tmp_path / "o.mp4"), "--size", "301", *TINY])
+    assert exit_info.value.code == 2
+    assert "even" in capsys.readouterr().err
+
+
+class RecordingAnimator(Animator):
+    """The real motion encoder, and a record of what each mode asks to encode and render
+    (the decoder is skipped: its output is checked in test_animator.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(create_engine(EngineConfig(device="cpu", seeded=True, width=0.125)))
+        self.sources: list[np.ndarray] = []
+        self.driving: list[np.ndarray] = []
+        self.motions: list[torch.Tensor] = []
+        self.edits: list[np.ndarray] = []
+
+    def encode_avatar(self, crop: np.ndarray) -> Avatar:
+        self.sources.append(crop)
+        return super().encode_avatar(crop)
+
+    def motion(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        self.driving.extend(np.asarray(frames))
+        return super().motion(frames)
+
+    def render(self, avatar: Avatar, motion: torch.Tensor | None = None,
+               edit: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        edits = np.zeros((1, 40), np.float32) if edit is None else np.asarray(edit, np.float32).reshape(-1, 40)
+        if motion is None:
+            motion = torch.zeros(len(edits), 40)
+        edits = np.broadcast_to(edits, (len(motion), 40))
+        self.edits.extend(edits)
+        self.motions.extend(motion)
+        return torch.zeros(len(motion), 3, 512, 512)
+
+
+def test_animation_moves_relative_to_the_first_driving_frame(media, tmp_path):
+    animator = RecordingAnimator()
+    edit = edit_vector({"smirk": 0.2})
+    offline.animate(animator, media["source"], media["driving"], tmp_path / "o.mp4", edit, OfflineConfig(chunk=4))
+    motions = torch.stack(animator.motions)
+    assert len(motions) == FRAMES
+    assert torch.equal(motions[0], torch.zeros(40))  # the first frame shows the source as it is
+    assert all(motion.abs().max() > 0 for motion in motions[1:])  # then the head moves
+    assert all(np.array_equal(e, edit) for e in animator.edits)
+
+
+def test_video_editing_starts_from_the_videos_first_frame(media, tmp_path):
+    animator = RecordingAnimator()
+    offline.edit_video(animator, media["driving"], tmp_path / "o.mp4", edit_vector({"eyes": 0.3}))
+    assert len(animator.sources) == 1 and np.array_equal(animator.sources[0], animator.driving[0])
+    assert len(animator.motions) == FRAMES and torch.equal(animator.motions[0], torch.zeros(40))
+
+
+def test_manipulation_sweeps_out_and_back(media, tmp_path):
+    animator = RecordingAnimator()
+    edit = edit_vector({"mouth": 0.4})
+    offline.manipulate(animator, media["source"], tmp_path / "o.mp4", edit, OfflineConfig(chunk=3), Sweep(steps=2))
+    factors = [float(e @ edit / (edit @ edit)) for e in animator.edits]
+    assert factors == pytest.approx([0.5, 1, 0.5, 0, -0.5, -1, -0.5, 0])
+    assert all(motion.abs().max() == 0 for motion in animator.motions)  # no driving video
