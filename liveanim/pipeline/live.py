@@ -1,0 +1,450 @@
+"""The live loop: camera in, animated avatar out, in three threads.
+
+    capture --[queue]--> inference (track, crop, motion, render, paste back) --[queue]--> outputs
+
+Each queue holds a couple of frames. With a live source a full queue drops its oldest
+frame: a slow stage then shows the newest face rather than falling further and further
+behind (latency stays bounded; drops are counted). A file read "as fast as possible" is
+processed losslessly instead. Nothing in the loop is fatal except losing the source for
+good: a failed frame is skipped, a failed output is switched off and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from liveanim.errors import LiveAnimError, UsageError
+from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
+from liveanim.motion.controller import MotionConfig, MotionController
+from liveanim.pipeline.animator import Animator
+from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
+from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
+from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, PreviewSink, RecorderSink, Sink, VirtualCameraConfig,
+                                     VirtualCameraSink)
+from liveanim.pipeline.sources import FrameSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LiveConfig", "LiveFrame", "LiveSession", "LiveStats"]
+
+_END = object()  # end of the stream, passed down the queues
+_JOIN_TIMEOUT_S = 30.0
+_SINK_ORDER = ("vcam", "record", "motion", "preview")  # the call's video first, the GUI last
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Everything about a live session that is fixed when it starts.
+
+    fps:            frame rate the outputs announce (virtual camera, recording clock).
+    queue_size:     frames each queue holds between two stages.
+    track:          follow the face; False crops the centre square of every frame (no mediapipe).
+    tracker:        how the face crop follows the face.
+    motion:         neutral capture, smoothing, face-lost hold and ease.
+    avatars:        cropping, paste-back and output size.
+    vcam:           start the virtual camera with the session.
+    virtual_camera: which virtual camera backend and device.
+    record:         an mp4 to record the output into from the start.
+    record_motion:  an .npz to save the rendered motion into, for replay.
+    max_frames:     end after delivering this many frames (None: until stopped or the source ends).
+    metrics:        statistics window and log interval.
+    """
+
+    fps: float = 30.0
+    queue_size: int = 2
+    track: bool = True
+    tracker: TrackerConfig = TrackerConfig()
+    motion: MotionConfig = MotionConfig()
+    avatars: AvatarConfig = AvatarConfig()
+    vcam: bool = False
+    virtual_camera: VirtualCameraConfig = VirtualCameraConfig()
+    record: Path | None = None
+    record_motion: Path | None = None
+    max_frames: int | None = None
+    metrics: MetricsConfig = MetricsConfig()
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0 or self.queue_size < 1:
+            raise ValueError(f"need fps > 0 and queue_size >= 1, got {self.fps} and {self.queue_size}")
+
+
+@dataclass(frozen=True, eq=False)
+class _Rendered:
+    """The last rendered frame and what it was rendered from."""
+
+    avatar: BankedAvatar
+    motion: np.ndarray
+    edit: np.ndarray
+    output: np.ndarray
+
+
+class _FrameQueue:
+    """A bounded hand-over between two threads: drops its oldest item when full, or makes the
+    producer wait (lossless). `close()` wakes everyone; afterwards `put` refuses and `get` drains.
+    """
+
+    def __init__(self, size: int, drop_oldest: bool, on_drop: Callable[[], None]) -> None:
+        self._items: deque[Any] = deque()
+        self._size = size
+        self._drop_oldest = drop_oldest
+        self._on_drop = on_drop
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Queue `item`; False if the queue was closed."""
+        with self._ready:
+            while not self._drop_oldest and len(self._items) >= self._size and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return False
+            if len(self._items) >= self._size:
+                self._items.popleft()
+                self._on_drop()
+            self._items.append(item)
+            self._ready.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The oldest item, or None on timeout or once closed and empty."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._items or self._closed, timeout)
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._ready.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
+class LiveSession:
+    """Runs the live loop over an animator and a source, once (start, then stop); every setter
+    is safe to call from any thread, before or during the run."""
+
+    def __init__(self, config: LiveConfig, animator: Animator, source: FrameSource,
+                 on_frame: Callable[[LiveFrame], None] | None = None,
+                 on_status: Callable[[str], None] | None = None, avatars: AvatarBank | None = None) -> None:
+        """on_frame:  gets every delivered frame, on the output thread (the GUI's preview).
+        on_status: gets messages for the person (an output failed, the camera is back...), on any thread.
+        avatars:   a bank to share with an earlier session (e.g. after a camera change), so its
+                   avatars are not encoded again; by default a new one made with `config.avatars`.
+        """
+        self.config = config
+        self.animator = animator
+        self.source = source
+        self._on_frame = on_frame
+        self._on_status = on_status
+        self._metrics = Metrics(config.metrics)
+        self._controller = MotionController(config.motion)
+        self._bank = avatars if avatars is not None else AvatarBank(animator, config.avatars)
+        self._lock = threading.Lock()  # serializes the controller's setters with its per-frame update
+        self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
+        self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
+        self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool) or ("record", Path | None)
+        if config.vcam:
+            self.set_vcam(True)
+        if config.record is not None:
+            self.set_recording(config.record)
+        self._threads: list[threading.Thread] = []
+        self._finished = threading.Event()
+        self._stopped = False
+        self._error: LiveAnimError | None = None
+        self._tracker: FaceTracker | None = None
+        self._fixed_crop = not config.track
+        self._last_render: _Rendered | None = None
+        self._frame_failures = 0
+
+    # ----- public API -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the three threads and return; the default avatar is added if none was."""
+        if self._threads:
+            raise UsageError("this live session has already been started; make a new one")
+        for name, loop in (("capture", self._capture_loop), ("inference", self._inference_loop),
+                           ("output", self._output_loop)):
+            self._threads.append(threading.Thread(target=self._guarded, args=(loop,), name=f"live-{name}",
+                                                  daemon=True))
+        log.info("live: %s -> %s", self.source.describe(), self.animator.engine.describe())
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop every thread and finalize every file; safe to call twice or from a callback."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._halt()
+        if not self._threads:
+            self._finished.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(_JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.warning("%s did not stop within %.0f s", thread.name, _JOIN_TIMEOUT_S)
+        log.info("live stopped: %s", self.stats.line())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the session ends by itself (source over, max_frames, fatal error) or is
+        stopped, with every output finalized; False on timeout."""
+        return self._finished.wait(timeout)
+
+    @property
+    def error(self) -> LiveAnimError | None:
+        """What ended the session, if it ended on an error (e.g. the camera cannot be opened)."""
+        return self._error
+
+    @property
+    def stats(self) -> LiveStats:
+        return self._metrics.snapshot()
+
+    @property
+    def avatars(self) -> AvatarBank:
+        return self._bank
+
+    def set_edit(self, edit: np.ndarray) -> None:
+        """The dials' (40,) offsets e."""
+        with self._lock:
+            self._controller.set_edit(edit)
+
+    def set_intensity(self, group: str, value: float) -> None:
+        with self._lock:
+            self._controller.set_intensity(group, value)
+
+    def set_smoothing(self, amount: float) -> None:
+        with self._lock:
+            self._controller.set_smoothing(amount)
+
+    def calibrate(self) -> None:
+        """Take the performer's neutral pose from the next still frames."""
+        with self._lock:
+            self._controller.calibrate()
+        self._status("calibrating: hold a neutral expression for a moment")
+
+    def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
+        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index."""
+        return self._bank.add(image_rgb, name)
+
+    def remove_avatar(self, index: int) -> None:
+        self._bank.remove(index)
+
+    def select_avatar(self, index: int) -> None:
+        self._bank.select(index)
+
+    def set_vcam(self, enabled: bool) -> None:
+        """Start or stop the virtual camera; a failure is reported through on_status."""
+        self._requests.append(("vcam", enabled))
+
+    def set_recording(self, path: Path | None) -> None:
+        """Record the output into `path` (finishing any current recording), or stop with None."""
+        self._requests.append(("record", path))
+
+    # ----- the per-frame step -----------------------------------------------------------
+
+    def _step(self, index: int, frame: np.ndarray, captured_at: float) -> LiveFrame:
+        """One frame: find the face, read its code a_d, make the motion, render, paste back.
+
+            motion = smooth(a_d - a_0) * intensity          (held, then eased to 0, when no face)
+            z_target = z_s + (motion + a_s + e) @ Q.T
+        """
+        with self._metrics.stage("track"):
+            box, found = self._locate(frame)
+        code = None
+        if found:
+            with self._metrics.stage("motion"):
+                code = self.animator.motion(crop_image(frame, box))[0].cpu().numpy()
+        with self._lock:
+            motion = self._controller.update(code, captured_at)
+            edit = self._controller.edit
+        avatar = self._bank.current()
+        output = self._unchanged_output(avatar, motion, edit)
+        if output is None:
+            with self._metrics.stage("render"):
+                image = self.animator.render(avatar.encoded, self._on_device(motion), self._on_device(edit))
+                _synchronize(image)
+            with self._metrics.stage("compose"):
+                output = self._bank.compose(avatar, image)
+            output.flags.writeable = False  # may be shown again while the face is held
+            self._last_render = _Rendered(avatar, motion, edit, output)
+        return LiveFrame(output=output, driving=frame, face_box=box, face_found=found, index=index,
+                         captured_at=captured_at, motion=motion, edit=edit)
+
+    def _locate(self, frame: np.ndarray) -> tuple[CropBox | None, bool]:
+        """The driving crop and whether a face is in it (always, with a fixed crop)."""
+        if not self._fixed_crop:
+            try:
+                if self._tracker is None:
+                    self._tracker = FaceTracker(config=self.config.tracker)
+                result = self._tracker.track(frame)
+                return result.box, result.found
+            except ImportError as error:
+                self._status(f"face tracking is unavailable ({error}); using the centre of the frame instead",
+                             logging.WARNING)
+                self._fixed_crop = True
+        height, width = frame.shape[:2]
+        side = min(height, width)
+        return CropBox((width - side) // 2, (height - side) // 2, side), True
+
+    def _unchanged_output(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> np.ndarray | None:
+        """The last output if it was made from the same avatar, motion and edit (a held or
+        rested face): the renderer is deterministic, so it need not run again."""
+        last = self._last_render
+        same = (last is not None and last.avatar is avatar and np.array_equal(last.motion, motion)
+                and np.array_equal(last.edit, edit))
+        return last.output if same else None
+
+    def _on_device(self, vector: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(vector)[None].to(self.animator.device)
+
+    # ----- threads ----------------------------------------------------------------------
+
+    def _guarded(self, loop: Callable[[], None]) -> None:
+        """Run a thread's loop; an error that escapes it ends the session with a message.
+
+        A normal end needs no halt: the end of the stream travels down the queues.
+        """
+        try:
+            loop()
+        except LiveAnimError as error:
+            self._error = self._error or error
+            self._status(str(error), logging.ERROR)
+            self._halt()
+        except Exception as error:
+            log.exception("live loop failed")
+            self._error = self._error or LiveAnimError(f"the live loop failed: {error!r}")
+            self._status(str(self._error), logging.ERROR)
+            self._halt()
+
+    def _capture_loop(self) -> None:
+        try:
+            source_status = functools.partial(self._status, level=logging.WARNING)  # camera lost, back...
+            for index, (frame, captured_at) in enumerate(self.source.frames(source_status)):
+                if not self._inbox.put((index, frame, captured_at)):
+                    return
+        finally:
+            self._inbox.put(_END)
+
+    def _inference_loop(self) -> None:
+        try:
+            if len(self._bank) == 0:
+                self._bank.add(*default_avatar())
+            while (item := self._inbox.get()) is not None and item is not _END:
+                live_frame = self._safe_step(*item)
+                if live_frame is not None and not self._outbox.put(live_frame):
+                    return
+        finally:
+            self._outbox.put(_END)
+            if self._tracker is not None:
+                self._tracker.close()
+
+    def _safe_step(self, index: int, frame: np.ndarray, captured_at: float) -> LiveFrame | None:
+        """`_step`, with a failed frame skipped and reported (the first, then every 100th)."""
+        try:
+            return self._step(index, frame, captured_at)
+        except Exception as error:
+            self._frame_failures += 1
+            if self._frame_failures == 1 or self._frame_failures % 100 == 0:
+                log.exception("frame %d failed", index)
+                self._status(f"a frame could not be animated ({self._frame_failures} so far): {error}",
+                             logging.WARNING)
+            return None
+
+    def _output_loop(self) -> None:
+        sinks: dict[str, Sink] = {}
+        if self.config.record_motion is not None:
+            sinks["motion"] = MotionRecorder(self.config.record_motion, self.config.fps)
+        if self._on_frame is not None:
+            sinks["preview"] = PreviewSink(self._on_frame)
+        shape: tuple[int, ...] | None = None  # of the output frames; known from the first one
+        delivered = 0
+        try:
+            while (item := self._outbox.get(timeout=0.25)) is not _END and not (item is None and self._outbox.closed):
+                shape = item.output.shape if item is not None else shape
+                if shape is not None:
+                    self._apply_requests(sinks, shape)
+                if item is None:
+                    continue
+                self._deliver(dataclasses.replace(item, stats=self._metrics.snapshot()), sinks)
+                delivered += 1
+                if self.config.max_frames is not None and delivered >= self.config.max_frames:
+                    return
+        finally:
+            self._halt()
+            for sink in sinks.values():
+                self._close_sink(sink)
+            self._finished.set()
+
+    def _deliver(self, frame: LiveFrame, sinks: dict[str, Sink]) -> None:
+        with self._metrics.stage("output"):
+            for key in sorted(sinks, key=_SINK_ORDER.index):
+                sink = sinks[key]
+                try:
+                    sink.write(frame)
+                except Exception as error:
+                    self._status(f"{sink.name} stopped: {error}", logging.WARNING)
+                    self._close_sink(sinks.pop(key))
+        self._metrics.delivered(frame.captured_at)
+
+    def _apply_requests(self, sinks: dict[str, Sink], shape: tuple[int, ...]) -> None:
+        """Open and close outputs as asked (on this thread: sinks are not thread-safe)."""
+        size = (shape[1], shape[0])
+        while self._requests:
+            what, value = self._requests.popleft()
+            if what in sinks:
+                self._close_sink(sinks.pop(what))
+            if not value:
+                continue
+            try:
+                sinks[what] = (VirtualCameraSink(size, self.config.fps, self.config.virtual_camera) if what == "vcam"
+                               else RecorderSink(value, self.config.fps, size, pace=self.source.live))
+                self._status(f"{sinks[what].name} on")
+            except LiveAnimError as error:
+                self._status(str(error), logging.WARNING)
+
+    def _close_sink(self, sink: Sink) -> None:
+        try:
+            sink.close()
+        except Exception as error:
+            log.exception("closing the %s failed", sink.name)
+            self._status(f"{sink.name} could not be finished: {error}", logging.WARNING)
+
+    def _halt(self) -> None:
+        """Make every thread wind down soon: the source ends and the queues close."""
+        self.source.close()
+        self._inbox.close()
+        self._outbox.close()
+
+    def _status(self, message: str, level: int = logging.INFO) -> None:
+        log.log(level, "%s", message)
+        if self._on_status is not None:
+            try:
+                self._on_status(message)
+            except Exception:
+                log.exception("the status callback failed")
+
+
+def _synchronize(image: torch.Tensor) -> None:
+    """Wait for the GPU, so stage times measure the work and not its launch."""
+    if image.device.type == "cuda":
+        torch.cuda.synchronize(image.device)
