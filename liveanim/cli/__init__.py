@@ -13,7 +13,7 @@ import sys
 
 from liveanim.errors import LiveAnimError
 
-COMMANDS = ("weights",)
+COMMANDS = ("weights", "animate", "edit_image", "edit_video", "manipulate", "live", "devices")
 
 log = logging.getLogger("liveanim")
 

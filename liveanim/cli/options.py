@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from engines import EngineConfig
+from engines import EngineConfig, create_engine
 from liveanim.errors import UsageError
 from liveanim.motion.dials import DIALS, edit_vector, parse_assignments
+from liveanim.pipeline.animator import Animator
+from liveanim.pipeline.offline import OfflineConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -48,3 +53,56 @@ def edit_from_args(args: argparse.Namespace) -> np.ndarray:
         return edit_vector(parse_assignments(args.dial), parse_assignments(args.direction, int))
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def add_offline_options(parser: argparse.ArgumentParser, video: bool) -> None:
+    """--no-crop, --size, the dials and the engine options; for video outputs also --chunk."""
+    parser.add_argument("--no-crop", dest="crop", action="store_false",
+                        help="the inputs are already face crops: only resize them to 512x512")
+    parser.add_argument("--size", type=even_size if video else positive_int, default=OfflineConfig.size,
+                        metavar="PIXELS", help=f"side of the square output (default: {OfflineConfig.size})")
+    if video:
+        parser.add_argument("--chunk", type=positive_int, default=OfflineConfig.chunk, metavar="FRAMES",
+                            help=f"frames per model batch; more is faster on a GPU and needs more memory "
+                                 f"(default: {OfflineConfig.chunk})")
+    add_edit_options(parser)
+    add_engine_options(parser)
+
+
+def offline_config(args: argparse.Namespace) -> OfflineConfig:
+    """The options of `add_offline_options`; progress bars only on a terminal."""
+    return OfflineConfig(crop=args.crop, chunk=getattr(args, "chunk", OfflineConfig.chunk), size=args.size,
+                         progress=sys.stderr.isatty())
+
+
+@contextlib.contextmanager
+def open_animator(args: argparse.Namespace) -> Iterator[Animator]:
+    """The animator over the engine the options ask for, released afterwards."""
+    engine = create_engine(engine_config(args))
+    try:
+        yield Animator(engine)
+    finally:
+        engine.close()
+
+
+def existing_file(value: str) -> Path:
+    """An input path, checked when the command line is parsed, before the model loads."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {path}")
+    return path
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def even_size(value: str) -> int:
+    """A video side: H.264 in yuv420p needs even sizes."""
+    number = positive_int(value)
+    if number % 2:
+        raise argparse.ArgumentTypeError(f"must be even for video (H.264), got {number}; try {number + 1}")
+    return number

@@ -12,9 +12,10 @@ import zlib
 import torch
 from torch import nn
 
-# (name suffix or prefix test, scale, offset): value = offset + scale * N(0, 1)
+# (name suffix, scale, offset): value = offset + scale * N(0, 1); the first two match by pattern
 _ROLES: tuple[tuple[str, float, float], ...] = (
     ("flow_conv", 0.2, 0.0),  # keeps predicted flows unsaturated
+    ("rgb_conv", 0.03, 0.0),  # keeps the summed RGB of 7 stages near [-1, 1], so images are not clipped
     ("modulation.bias", 0.2, 1.0),
     (".gamma", 0.5, 0.0),
     ("norm.weight", 0.1, 1.0),
@@ -25,7 +26,9 @@ _ROLES: tuple[tuple[str, float, float], ...] = (
 def _role(name: str) -> tuple[float, float]:
     if name.startswith("dec.flow") and name.endswith("conv.weight"):
         return _ROLES[0][1:]
-    for suffix, scale, offset in _ROLES[1:]:
+    if name.startswith("dec.rgb") and name.endswith("conv.0.weight"):
+        return _ROLES[1][1:]
+    for suffix, scale, offset in _ROLES[2:]:
         if name.endswith(suffix):
             return scale, offset
     return 1.0, 0.0
