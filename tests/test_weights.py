@@ -429,3 +429,21 @@ def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage):
     assert "Could not write the safetensors cache" in caplog.text and "LIVEANIM_CACHE" in caplog.text
     if cache.is_dir():
         assert list(cache.iterdir()) == []  # no partial file left behind
+
+
+def test_weights_command_checks_a_local_file(small_pt, caplog):
+    from liveanim.cli import main
+
+    with caplog.at_level(logging.INFO, logger="liveanim"):
+        assert main(["weights", "--weights", str(small_pt)]) == 0
+    assert "weights OK: LIA-X width 0.5, motion_dim 40" in caplog.text
+
+
+def test_weights_command_offline_says_what_to_do(monkeypatch, caplog):
+    from liveanim.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with caplog.at_level(logging.ERROR, logger="liveanim"):
+        assert main(["weights"]) == 2
+    assert "--weights PATH" in caplog.text and "huggingface.co/YaohuiW/LIA-X" in caplog.text
