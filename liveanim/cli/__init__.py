@@ -13,7 +13,7 @@ import sys
 
 from liveanim.errors import LiveAnimError
 
-COMMANDS = ("weights", "animate", "edit_image", "edit_video", "manipulate", "live", "devices")
+COMMANDS = ("weights", "animate", "edit_image", "edit_video", "manipulate", "live", "devices", "export", "build_engines", "bench")
 
 log = logging.getLogger("liveanim")
 

@@ -1,0 +1,340 @@
+"""Engines: ONNX Runtime against the golden file, selection and fallback, cache keys, the benchmark.
+
+TensorRT and GPU tests run only where tensorrt / CUDA are present (skipped here with the reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import export
+from engines import EngineConfig, create_engine, export_folder
+from engines.base import FEATURE_NAMES, Engine, Tensors
+from engines.bench import BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table, run_bench
+from engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
+                           seeded_fingerprint, stale_reason)
+from engines.onnxruntime_engine import PROVIDER_NAMES
+from engines.torch_engine import TorchEngine
+from export.verify import TOLERANCES, Tolerance, errors, within
+from liveanim.errors import BackendUnavailable, UsageError
+from liveanim.pipeline.animator import Animator
+from tests.conftest import assert_image_close
+
+CODE_TOL = 1e-4
+CPU_ORT = EngineConfig(backend="onnxruntime", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def golden_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def export_calls(golden_cache, golden_model):
+    """The golden model exported on the first engine request; the golden file itself is the
+    check here, so the export skips its own (slow, CPU) verification."""
+    calls = []
+    real = export.export_model
+
+    def export_unverified(model, folder, config):
+        calls.append(folder)
+        return real(model, folder, dataclasses.replace(config, verify=False))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "export_model", export_unverified)
+        engine = create_engine(dataclasses.replace(CPU_ORT, cache_dir=golden_cache), model=golden_model)
+    engine.close()
+    return calls
+
+
+@pytest.fixture(scope="module")
+def golden_engine(export_calls, golden_cache, golden_model) -> Engine:
+    """ONNX Runtime (CPU) over the export made on first use: a second request must reuse it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "export_model", _fail_if_called)
+        engine = create_engine(dataclasses.replace(CPU_ORT, cache_dir=golden_cache), model=golden_model)
+    yield engine
+    engine.close()
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("the cached export must be reused, not exported again")
+
+
+def test_first_use_exports_once_into_the_cache(export_calls, golden_engine, golden_cache, golden_model):
+    expected = export_dir(golden_cache, model_fingerprint(export.state_dict_sha256(golden_model.state_dict())), "fp32")
+    assert export_calls == [expected]
+    assert golden_engine.describe() == "onnxruntime (cpu) on cpu (fp32)"
+
+
+def test_onnxruntime_cpu_matches_golden(golden_engine, golden, golden_edit):
+    animator = Animator(golden_engine)
+    avatar = animator.encode_avatar(golden["source"])
+    alpha = animator.motion(golden["driving"])
+    for actual, key in [(alpha, "alpha_drive"), (avatar.z, "z_source"), (avatar.alpha, "alpha_source")]:
+        err = (actual - torch.from_numpy(golden[key])).abs().max().item()
+        assert err <= CODE_TOL, f"{key}: max abs error {err:.2e}"
+    out = animator.render(avatar, alpha - alpha[:1], golden_edit)  # batch 3, source features shared
+    assert_image_close(out, golden["anim"])
+    assert (out[1] - out[0]).abs().mean() > 1e-2
+
+
+def test_onnxruntime_outputs_by_name_float32(golden_engine, golden_model):
+    out = golden_engine.encode_source({"image": torch.zeros(1, 3, 512, 512)})
+    assert list(out) == ["z", "alpha", *FEATURE_NAMES]
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in out.values())
+    assert torch.equal(golden_engine.directions, golden_model.directions())
+
+
+# -- selection and fallback ---------------------------------------------------------------------
+
+def test_auto_on_a_cpu_machine_falls_back_to_torch_and_says_why(caplog, tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto would pick a GPU backend")
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = create_engine(EngineConfig(device="auto", seeded=True, width=0.125), model=tiny_model)
+    assert isinstance(engine, TorchEngine) and engine.device.type == "cpu"
+    log = caplog.text
+    assert "skipping tensorrt" in log and ("pip install tensorrt" in log or "NVIDIA GPU" in log)
+    assert "skipping onnxruntime:tensorrt" in log and "skipping onnxruntime:cuda" in log
+    assert "engine: torch on cpu (fp32)" in log
+
+
+def test_explicit_tensorrt_without_tensorrt_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
+    with pytest.raises(BackendUnavailable, match=r"pip install tensorrt-cu\d+"):
+        create_engine(EngineConfig(backend="tensorrt", seeded=True, width=0.125))
+
+
+def test_explicit_onnxruntime_without_onnxruntime_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable, match="pip install onnxruntime"):
+        create_engine(dataclasses.replace(CPU_ORT, seeded=True, width=0.125))
+
+
+def test_onnxruntime_gpu_provider_on_the_cpu_is_unavailable():
+    with pytest.raises(BackendUnavailable, match="cuda provider needs an NVIDIA GPU"):
+        create_engine(EngineConfig(backend="onnxruntime:cuda", device="cpu", seeded=True, width=0.125))
+
+
+@pytest.mark.parametrize("precision, message", [("fp16", "needs a GPU"), ("bf16", "needs a GPU")])
+def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precision, message):
+    with pytest.raises(BackendUnavailable, match=message):
+        create_engine(dataclasses.replace(CPU_ORT, precision=precision, seeded=True, width=0.125))
+
+
+def test_unknown_backend_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown engine"):
+        create_engine(EngineConfig(backend="openvino", device="cpu", seeded=True, width=0.125))
+
+
+def test_cuda_graphs_need_a_gpu(tiny_model):
+    with pytest.raises(BackendUnavailable, match="CUDA graphs"):
+        TorchEngine(EngineConfig(backend="torch", cuda_graphs=True), torch.device("cpu"), model=tiny_model)
+
+
+def test_export_folder_is_named_by_the_weights(tmp_path):
+    seeded = EngineConfig(seeded=True, width=0.25, seed=3, cache_dir=tmp_path)
+    assert export_folder(seeded, "fp16") == tmp_path / "onnx" / "seeded-w0.25-s3-fp16"
+    checkpoint = tmp_path / "lia-x.pt"
+    checkpoint.write_bytes(b"x")
+    folder = export_folder(EngineConfig(weights=checkpoint, cache_dir=tmp_path), "fp32")
+    assert folder.parent == tmp_path / "onnx" and folder.name.startswith("lia-x-") and folder.name.endswith("-fp32")
+
+
+# -- cache keys ---------------------------------------------------------------------------------
+
+KEY = EngineKey("a" * 64, "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", "fp16", "batch=1..4;typing=weak")
+
+
+@pytest.mark.parametrize("field, value", [("onnx_sha256", "b" * 64), ("gpu_name", "NVIDIA GeForce RTX 4090"),
+                                          ("compute_capability", "8.9"), ("trt_version", "10.14.1"),
+                                          ("precision", "fp32"), ("options", "batch=1..8;typing=weak")])
+def test_engine_key_changes_with_each_field(field, value):
+    other = dataclasses.replace(KEY, **{field: value})
+    assert other.digest() != KEY.digest()
+    assert other.differences(KEY) == [f"{field.replace('_', ' ')} {getattr(KEY, field)!r} -> {value!r}"]
+    assert EngineKey.from_json(other.to_json()) == other
+
+
+def test_stale_engine_detection(tmp_path):
+    files = EngineFiles.of(tmp_path, "renderer-fp16")
+    assert stale_reason(files, KEY) == "no engine built yet"
+    files.engine.write_bytes(b"plan")
+    assert stale_reason(files, KEY) == "its key file is missing"
+    files.key.write_text("{not json")
+    assert stale_reason(files, KEY) == "its key file is unreadable"
+    files.key.write_text(KEY.to_json())
+    assert stale_reason(files, KEY) is None
+    other_gpu = dataclasses.replace(KEY, gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
+    reason = stale_reason(files, other_gpu)
+    assert "another setup" in reason and "A100" in reason and "compute capability '9.0' -> '8.0'" in reason
+
+
+def test_fingerprints():
+    assert seeded_fingerprint(2.0, 0) == "seeded-w2-s0"
+    base = file_fingerprint(Path("/models/lia-x.pt"), 3_642_000_000, 1)
+    assert base.startswith("lia-x-")
+    assert base != file_fingerprint(Path("/models/lia-x.pt"), 3_642_000_000, 2)
+    assert base != file_fingerprint(Path("/models/lia-x.pt"), 3_641_000_000, 1)
+    assert model_fingerprint("0123456789abcdef" * 4) == "model-0123456789abcdef"
+
+
+# -- benchmark ----------------------------------------------------------------------------------
+
+class _ConstantEngine(Engine):
+    """A stand-in engine: outputs of the right names and shapes, instantly."""
+
+    name = "constant"
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__(EngineConfig(backend="torch", device="cpu"), torch.device("cpu"))
+        self.offset = offset
+
+    @property
+    def directions(self) -> torch.Tensor:
+        return torch.eye(8, 40)
+
+    def encode_source(self, inputs: Tensors) -> Tensors:
+        feats = {name: torch.zeros(1, 1, 8, 8) for name in FEATURE_NAMES}
+        return {"z": torch.zeros(1, 8), "alpha": torch.zeros(1, 40), **feats}
+
+    def encode_motion(self, inputs: Tensors) -> Tensors:
+        return {"alpha": inputs["image"].mean(dim=(1, 2, 3))[:, None].expand(-1, 40) + self.offset}
+
+    def render(self, inputs: Tensors) -> Tensors:
+        return {"image": inputs["z_target"][:, :3, None, None].expand(-1, 3, 512, 512) + self.offset}
+
+
+def test_bench_reports_every_case(monkeypatch, tiny_model):
+    monkeypatch.setattr("engines.bench.create_engine", lambda config, model: _ConstantEngine())
+    bench = BenchConfig(engines=("torch", "onnxruntime:cpu"), precisions=("fp32", "fp16"), frames=5, warmup=2)
+    report = run_bench(EngineConfig(device="cpu"), bench, tiny_model)
+    results = {(r["engine"], r["precision"]): r for r in report["results"]}
+    assert set(results) == {(e, p) for e in bench.engines for p in bench.precisions}
+    ok = results["torch", "fp32"]
+    assert ok["status"] == "ok" and set(ok["stages_ms"]) == {"motion", "latent", "render", "step"}
+    assert ok["stages_ms"]["step"]["median"] <= ok["stages_ms"]["step"]["p95"]
+    assert ok["fps"] == pytest.approx(1e3 / ok["stages_ms"]["step"]["median"])
+    json.dumps(report)  # the --json output
+    assert "torch" in format_table(report)
+
+
+def test_bench_skips_what_a_machine_cannot_run(tiny_model):
+    bench = BenchConfig(engines=("torch",), precisions=("bf16",), frames=1, warmup=0)
+    [result] = run_bench(EngineConfig(device="cpu"), bench, tiny_model)["results"]
+    assert result["status"] == "skipped" and "needs a GPU" in result["reason"]
+    assert "skipped" in format_table({"width": 0.125, "device": "cpu", "torch": "", "frames": 1,
+                                      "results": [dataclasses.asdict(CaseResult("torch", "bf16", "skipped", "x"))]})
+
+
+def test_bench_accuracy_against_the_reference():
+    inputs = _Inputs(torch.zeros(1, 3, 512, 512), tuple(torch.full((1, 3, 512, 512), float(i)) for i in range(3)))
+    reference = _run_frames(_ConstantEngine(), inputs, 2)
+    exact = _accuracy(_ConstantEngine(), inputs, reference)
+    assert exact["alpha_max_abs"] == exact["image_max_abs"] == 0 and exact["psnr_db"] is None
+    off = _accuracy(_ConstantEngine(offset=0.5), inputs, reference)
+    assert off["alpha_max_abs"] == pytest.approx(0.5) and off["image_mean_abs"] == pytest.approx(0.5)
+    assert 0 < off["psnr_db"] < 10  # errors as large as the reference's range
+
+
+def test_bench_engine_specs():
+    config = case_config(EngineConfig(device="cuda"), "torch+compile+graphs", "fp16")
+    assert (config.backend, config.compile, config.cuda_graphs, config.precision) == ("torch", True, True, "fp16")
+    assert case_config(EngineConfig(), "onnxruntime:cuda", "fp32").backend == "onnxruntime:cuda"
+    with pytest.raises(ValueError, match="only torch"):
+        case_config(EngineConfig(), "tensorrt+graphs", "fp32")
+
+
+# -- GPU only -----------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs() -> dict[str, torch.Tensor]:
+    from export.graphs import smooth_images
+
+    images = smooth_images(3, seed=5)
+    return {"source": images[:1], "driving": images[1:]}
+
+
+def _pipeline(engine: Engine, inputs: dict[str, torch.Tensor]) -> Tensors:
+    device = engine.device
+    source = engine.encode_source({"image": inputs["source"].to(device)})
+    alpha = engine.encode_motion({"image": inputs["driving"].to(device)})["alpha"]
+    z_target = source["z"] + (alpha - alpha[:1] + source["alpha"]) @ engine.directions.t()
+    feats = {n: source[n].expand(len(alpha), -1, -1, -1) for n in FEATURE_NAMES}
+    return {"alpha": alpha.cpu(), "image": engine.render({"z_target": z_target, **feats})["image"].cpu()}
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(tiny_model, tiny_inputs) -> Tensors:
+    engine = TorchEngine(EngineConfig(backend="torch", device="cpu"), torch.device("cpu"), model=tiny_model)
+    return _pipeline(engine, tiny_inputs)
+
+
+def _assert_close(actual: Tensors, expected: Tensors, tolerance: Tolerance) -> None:
+    alpha = errors(actual["alpha"], expected["alpha"], is_code=True)
+    image = errors(actual["image"], expected["image"], is_code=False)
+    assert within(alpha, tolerance, True), alpha
+    assert within(image, tolerance, False), image
+
+
+@needs_cuda
+@pytest.mark.parametrize("compile_", [False, True])
+def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
+    import copy
+
+    config = EngineConfig(backend="torch", device="cuda", cuda_graphs=True, compile=compile_)
+    engine = TorchEngine(config, torch.device("cuda"), model=copy.deepcopy(tiny_model))
+    eager = TorchEngine(EngineConfig(backend="torch", device="cuda"), torch.device("cuda"), copy.deepcopy(tiny_model))
+    first, again = _pipeline(engine, tiny_inputs), _pipeline(engine, tiny_inputs)
+    reference = _pipeline(eager, tiny_inputs)
+    assert torch.equal(first["image"], again["image"]), "replays must not depend on earlier calls"
+    _assert_close(first, reference, TOLERANCES["fp32"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_reference, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    if PROVIDER_NAMES[provider] not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime has no {PROVIDER_NAMES[provider]} here")
+    config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", seeded=True, width=0.125,
+                          cache_dir=tmp_path)
+    engine = create_engine(config, model=tiny_model)
+    _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES["fp32"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(precision, tiny_model, tiny_inputs, tmp_path, caplog,
+                                                               request):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs an NVIDIA GPU")
+    from engines import tensorrt_engine
+
+    cpu_reference = request.getfixturevalue("cpu_reference")
+    config = EngineConfig(backend="tensorrt", device="cuda", precision=precision, seeded=True, width=0.125,
+                          cache_dir=tmp_path)
+    engine = create_engine(config, model=tiny_model)
+    _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES[precision])
+    engine.close()
+    with pytest.MonkeyPatch.context() as patch:  # cached: no build
+        patch.setattr(tensorrt_engine._Builder, "_build", _fail_if_called)
+        create_engine(config, model=tiny_model).close()
+    key_file = next((tmp_path / "tensorrt").rglob("renderer-*.json"))
+    key_file.write_text(key_file.read_text().replace('"gpu_name": "', '"gpu_name": "another '))
+    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+        engine = create_engine(config, model=tiny_model)
+    assert "built for another setup" in caplog.text and "gpu name" in caplog.text
+    batch = engine.encode_motion({"image": torch.zeros(6, 3, 512, 512, device="cuda")})["alpha"]
+    assert batch.shape == (6, 40), "batches beyond the profile are split"
