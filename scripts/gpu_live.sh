@@ -11,7 +11,8 @@
 # uncropped avatar (--no-crop); the JSON and the last line say so.
 #
 # Environment: OUT (default ./out), PYTHON (default python3), PRECISIONS (default "fp16 fp32"),
-#              FRAMES (frames delivered per run, default 360), ENGINE (default auto = fastest present).
+#              FRAMES (frames delivered per run, default 360), ENGINE (default auto = fastest present),
+#              ENGINE_FLAGS (default "--compile --cuda-graphs": the fastest torch path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ PYTHON="${PYTHON:-python3}"
 PRECISIONS="${PRECISIONS:-fp16 fp32}"
 FRAMES="${FRAMES:-360}"
 ENGINE="${ENGINE:-auto}"
+ENGINE_FLAGS="${ENGINE_FLAGS---compile --cuda-graphs}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
@@ -66,7 +68,7 @@ for precision in $PRECISIONS; do
         echo "gpu_live: $precision at $fps fps input"
         "$PYTHON" main.py live --video "$WORK/drive_$fps.mp4" --loop --realtime --fps "$fps" \
             --output-size 1280x720 --max-frames "$FRAMES" ${TRACK_FLAGS[@]+"${TRACK_FLAGS[@]}"} \
-            --seeded 2.0 --engine "$ENGINE" --device cuda --precision "$precision" \
+            --seeded 2.0 --engine "$ENGINE" $ENGINE_FLAGS --device cuda --precision "$precision" \
             --stats-json "$WORK/run_${precision}_${fps}.json" 2>&1 | tail -n 5
     done
 done

@@ -18,7 +18,7 @@ from liveanim.pipeline.offline import OfflineConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """--weights, --engine, --device, --precision, --seeded."""
+    """--weights, --engine, --device, --precision, --compile, --cuda-graphs, --seeded."""
     group = parser.add_argument_group("model and engine")
     group.add_argument("--weights", type=Path, default=None,
                        help="local lia-x.pt or .safetensors (default: download once into the cache)")
@@ -28,6 +28,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="compute device (default: CUDA, then MPS, then CPU)")
     group.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                        help="fp16/bf16 need a GPU")
+    group.add_argument("--compile", action="store_true",
+                       help="torch on CUDA: compile the per-frame graphs (fastest; the first start takes a "
+                            "minute or two, later starts reuse the compiled code)")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="torch on CUDA: replay the per-frame graphs as CUDA graphs (less CPU overhead)")
     group.add_argument("--seeded", type=float, default=None, metavar="WIDTH",
                        help="use seeded random weights of this width instead of a checkpoint (tests, benchmarks)")
 
@@ -35,7 +40,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(backend=args.engine, device=args.device, precision=args.precision,
                         weights=args.weights, seeded=args.seeded is not None,
-                        width=args.seeded if args.seeded is not None else 2.0)
+                        width=args.seeded if args.seeded is not None else 2.0,
+                        compile=args.compile, cuda_graphs=args.cuda_graphs)
 
 
 def add_edit_options(parser: argparse.ArgumentParser) -> None:

@@ -169,6 +169,7 @@ class LiveSession:
             self.set_recording(config.record)
         self._threads: list[threading.Thread] = []
         self._finished = threading.Event()
+        self._ready = threading.Event()  # set once the engine has run: capture starts only then
         self._stopped = False
         self._error: LiveAnimError | None = None
         self._tracker: FaceTracker | None = None
@@ -338,6 +339,9 @@ class LiveSession:
 
     def _capture_loop(self) -> None:
         try:
+            self._ready.wait()  # frames captured while the engine warms up would only be dropped
+            if self._inbox.closed:
+                return
             source_status = functools.partial(self._status, level=logging.WARNING)  # camera lost, back...
             for index, (frame, captured_at) in enumerate(self.source.frames(source_status)):
                 if not self._inbox.put((index, frame, captured_at)):
@@ -349,14 +353,26 @@ class LiveSession:
         try:
             if len(self._bank) == 0:
                 self._bank.add(*default_avatar())
+            self._warm_up()
             while (item := self._inbox.get()) is not None and item is not _END:
                 live_frame = self._safe_step(*item)
                 if live_frame is not None and not self._outbox.put(live_frame):
                     return
         finally:
+            self._ready.set()
             self._outbox.put(_END)
             if self._tracker is not None:
                 self._tracker.close()
+
+    def _warm_up(self) -> None:
+        """Run the per-frame graphs once before the first real frame: compilation, CUDA-graph
+        capture and cuDNN autotuning happen here, not as a stall (and dropped frames) mid-stream."""
+        encoded = self._bank.current().encoded
+        rest = self._on_device(np.zeros(encoded.alpha.shape[1], dtype=np.float32))
+        with self._metrics.stage("warm_up"):
+            self.animator.motion(encoded.crop)
+            self.animator.render(encoded, rest, rest)
+        self._ready.set()
 
     def _safe_step(self, index: int, frame: np.ndarray, captured_at: float) -> LiveFrame | None:
         """`_step`, with a failed frame skipped and reported (the first, then every 100th)."""
@@ -434,6 +450,7 @@ class LiveSession:
         self.source.close()
         self._inbox.close()
         self._outbox.close()
+        self._ready.set()
 
     def _status(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, "%s", message)
