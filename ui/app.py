@@ -1,0 +1,55 @@
+"""`python main.py` without a command: the desktop app."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from PyQt6.QtCore import QTimer
+from PyQt6.QtWidgets import QApplication
+
+from liveanim.errors import LiveAnimError
+from ui.main_window import MainWindow, WindowDeps
+from ui.model_source import ModelSource
+from ui.presets import PresetStore, default_presets_dir
+from ui.settings import APPLICATION, ORGANIZATION, AppSettings
+from ui.source_picker import SourceSpec
+
+log = logging.getLogger(__name__)
+
+SIGNAL_POLL_MS = 200
+
+
+def list_cameras() -> list[SourceSpec]:
+    """The cameras that open, as picker entries (probing takes a moment per index)."""
+    from liveanim.cli.devices import probe_cameras
+
+    return [SourceSpec.camera(c.index, f"Camera {c.index}: {c.name or f'{c.width}x{c.height}'}")
+            for c in probe_cameras(range(10))]
+
+
+def default_deps() -> WindowDeps:
+    """The real settings, presets and cameras; the model source from the environment."""
+    return WindowDeps(model=ModelSource.from_environment(), settings=AppSettings(),
+                      presets=PresetStore(default_presets_dir()), list_cameras=list_cameras)
+
+
+def run_app() -> int:
+    """Show the window and run until it is closed; the process exit code."""
+    app = QApplication.instance() or QApplication(sys.argv)
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    try:
+        deps = default_deps()
+    except LiveAnimError as error:
+        log.error("%s", error)
+        return 2
+    window = MainWindow(deps)
+    window.show()
+    window.start_up()
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    wake = QTimer(interval=SIGNAL_POLL_MS)  # Qt's loop holds the interpreter; wake it so Ctrl+C is seen
+    wake.timeout.connect(lambda: None)
+    wake.start()
+    return app.exec()

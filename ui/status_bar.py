@@ -1,0 +1,60 @@
+"""The status bar: engine, precision, FPS, latency, virtual camera, and background work."""
+
+from __future__ import annotations
+
+from PyQt6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
+
+from liveanim.pipeline.metrics import LiveStats
+from ui.session_controller import EngineInfo
+
+MESSAGE_MS = 8000
+
+
+class LiveStatusBar(QStatusBar):
+    """Permanent fields on the right, passing messages on the left."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setVisible(False)
+        self.engine = QLabel("Engine: none")
+        self.precision = QLabel("")
+        self.fps = QLabel("-- fps")
+        self.latency = QLabel("latency --")
+        self.vcam = QLabel("Virtual camera: off")
+        self.fps.setToolTip("Frames delivered per second")
+        self.latency.setToolTip("Camera to output, median (95th percentile)")
+        self.addPermanentWidget(self.busy)
+        for label in (self.engine, self.precision, self.fps, self.latency, self.vcam):
+            self.addPermanentWidget(label)
+
+    def show_engine(self, info: EngineInfo) -> None:
+        self.engine.setText(f"Engine: {info.description}")
+        self.precision.setText(f"Precision: {info.precision}")
+
+    def show_stats(self, stats: LiveStats) -> None:
+        self.fps.setText(f"{stats.fps:.1f} fps")
+        self.latency.setText(f"latency {stats.latency_ms_p50:.0f} ms (p95 {stats.latency_ms_p95:.0f})")
+        stages = ", ".join(f"{name} {ms:.1f} ms" for name, ms in stats.stage_ms.items())
+        self.fps.setToolTip(f"{stats.frames} frames, {stats.dropped} dropped; {stages}")
+
+    def show_idle(self) -> None:
+        self.fps.setText("-- fps")
+        self.latency.setText("latency --")
+
+    def show_vcam(self, active: bool, requested: bool) -> None:
+        state = "on" if active else ("on when streaming" if requested else "off")
+        self.vcam.setText(f"Virtual camera: {state}")
+
+    def show_busy(self, label: str) -> None:
+        """Show background work as a spinning bar; '' hides it (and its message, if still shown)."""
+        self.busy.setVisible(bool(label))
+        self.busy.setToolTip(label)
+        if label:
+            self.showMessage(f"{label}...")
+        elif self.currentMessage().endswith("..."):
+            self.clearMessage()
+
+    def show_message(self, text: str) -> None:
+        self.showMessage(text, MESSAGE_MS)
