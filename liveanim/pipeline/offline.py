@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -158,10 +159,13 @@ def _swept(animator: Animator, avatar: Avatar, edit: np.ndarray, factors: np.nda
 
 def _write_video(frames: Iterable[np.ndarray], out: Path, fps: Fraction, audio_from: Path | None,
                  config: OfflineConfig, total: int) -> None:
+    start = time.perf_counter()
     with VideoWriter(out, fps, (config.size, config.size), audio_from) as writer:
         for frame in tqdm(frames, total=total or None, unit="frame", desc=Path(out).name, disable=not config.progress):
             writer.write(_resized(frame, config.size))
-    log.info("wrote %s: %d frames at %.3g fps", out, writer.frames_written, float(fps))
+    seconds = time.perf_counter() - start
+    log.info("wrote %s: %d frames at %.3g fps in %.1f s (%.1f ms per frame: reading, model and writing)",
+             out, writer.frames_written, float(fps), seconds, 1000 * seconds / max(1, writer.frames_written))
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
