@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import time
 import logging
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
