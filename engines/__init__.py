@@ -39,10 +39,20 @@ def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
            dtype (no copy).
     An explicit backend that cannot run here raises BackendUnavailable saying what to install.
     """
+    config = _resolve_precision(config)
     weights = _Weights(config, model)
     engine = _auto(config, weights) if config.backend == "auto" else _create(config, weights)
     log.info("engine: %s", engine.describe())
     return engine
+
+
+def _resolve_precision(config: EngineConfig) -> EngineConfig:
+    """'auto' precision: fp16 on CUDA (3-4x faster, PSNR ~67 dB against fp32: docs/performance.md),
+    fp32 elsewhere."""
+    if config.precision != "auto":
+        return config
+    precision = "fp16" if resolve_device(config.device).type == "cuda" else "fp32"
+    return replace(config, precision=precision)
 
 
 def export_folder(config: EngineConfig, precision: str) -> Path:

@@ -20,7 +20,7 @@ import torch
 
 Tensors = dict[str, torch.Tensor]
 FEATURE_NAMES = tuple(f"feat{i}" for i in range(7))
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 elsewhere
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,16 @@ class EngineConfig:
 
     backend:   'torch', 'onnxruntime' or 'tensorrt' ('auto' is resolved by `engines.create_engine`).
     device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
-    precision: 'fp32', 'fp16' or 'bf16' (reduced precision on GPUs only).
+    precision: 'fp32', 'fp16' or 'bf16' (reduced precision on GPUs only); 'auto' is resolved by
+               `engines.create_engine`: fp16 on CUDA, fp32 elsewhere.
     weights:   checkpoint path; None means the released model, downloaded on first use.
     seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
     seeded:    use seeded random weights instead of a checkpoint.
     width:     model width for seeded weights (2.0 = released size).
     cache_dir: where exported graphs and built engines are kept.
     compile:   torch backend: torch.compile the per-frame graphs.
-    cuda_graphs: torch backend: replay the per-frame step as a CUDA graph.
+    cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
+               wherever the torch backend runs on CUDA (they cost nothing to set up).
     """
 
     backend: str = "auto"
@@ -48,7 +50,7 @@ class EngineConfig:
     width: float = 2.0
     cache_dir: Path | None = None
     compile: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: bool | None = None
 
 
 class Engine(ABC):

@@ -10,6 +10,7 @@ Two opt-in speed-ups for the per-frame graphs (motion encoder and renderer), fro
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,7 +53,8 @@ class TorchEngine(Engine):
         """model: an already loaded model, moved to `device` and the precision's dtype (not copied)."""
         super().__init__(config, device)
         self.dtype = resolve_dtype(config.precision, device)
-        if config.cuda_graphs and device.type != "cuda":
+        self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+        if self.graphs and device.type != "cuda":
             raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
         model = model if model is not None else load_model(config)
         try:
@@ -68,7 +70,7 @@ class TorchEngine(Engine):
     def _accelerated(self, fn: GraphFn) -> GraphFn:
         if self.config.compile:
             fn = torch.compile(fn, dynamic=False, options={"freezing": True})
-        if self.config.cuda_graphs:
+        if self.graphs:
             fn = GraphReplay(fn, self.device)
         return fn
 
@@ -93,7 +95,7 @@ class TorchEngine(Engine):
         return {"image": image.float()}
 
     def describe(self) -> str:
-        flags = (("compiled", self.config.compile), ("CUDA graphs", self.config.cuda_graphs))
+        flags = (("compiled", self.config.compile), ("CUDA graphs", self.graphs))
         extras = [name for name, on in flags if on]
         return super().describe() + (f" [{', '.join(extras)}]" if extras else "")
 
@@ -119,16 +121,18 @@ class GraphReplay:
         self._fn = fn
         self._device = device
         self._captures: dict[tuple, _Capture] = {}
+        self._lock = threading.Lock()  # a capture's buffers are shared: one caller at a time
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
-        capture = self._captures.get(key)
-        if capture is None:
-            capture = self._captures[key] = self._capture(args)
-        for buffer, value in zip(capture.inputs, args):
-            buffer.copy_(value)
-        capture.graph.replay()
-        return capture.output.clone()
+        with self._lock:
+            capture = self._captures.get(key)
+            if capture is None:
+                capture = self._captures[key] = self._capture(args)
+            for buffer, value in zip(capture.inputs, args):
+                buffer.copy_(value)
+            capture.graph.replay()
+            return capture.output.clone()
 
     def _capture(self, args: tuple[torch.Tensor, ...]) -> _Capture:
         log.info("capturing a CUDA graph for inputs %s", [tuple(a.shape) for a in args])

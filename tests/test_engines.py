@@ -338,3 +338,11 @@ def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(precision, tiny_m
     assert "built for another setup" in caplog.text and "gpu name" in caplog.text
     batch = engine.encode_motion({"image": torch.zeros(6, 3, 512, 512, device="cuda")})["alpha"]
     assert batch.shape == (6, 40), "batches beyond the profile are split"
+
+
+def test_auto_precision_and_graphs_follow_the_device(tiny_model):
+    """'auto' precision is fp16 only on CUDA and CUDA graphs default on only there: on this CPU
+    machine the defaults give an fp32 engine that runs without graphs."""
+    engine = create_engine(EngineConfig(backend="torch", device="cpu", precision="auto"), model=tiny_model)
+    assert engine.precision == "fp32" and engine.graphs is False
+    assert "CUDA graphs" not in engine.describe()

@@ -256,7 +256,7 @@ class SessionController(QObject):
             old.engine.close()
         engine = animator.engine
         description = f"{engine.name} on {engine.device}" + (" (seeded weights)" if self._seeded else "")
-        return EngineInfo(description, config.backend, config.precision)
+        return EngineInfo(description, config.backend, engine.precision)  # 'auto' resolved
 
     def _start_session(self) -> bool:
         if self._session is not None:

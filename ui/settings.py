@@ -126,7 +126,7 @@ class AppSettings:
 
     @property
     def precision(self) -> str:
-        return self._get("engine/precision", "fp32", str)
+        return self._get("engine/precision", "auto", str)
 
     @precision.setter
     def precision(self, value: str) -> None:
