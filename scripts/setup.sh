@@ -3,7 +3,7 @@
 # mediapipe 0.10.21 is installed without its own dependency list, because that list pins
 # opencv-contrib-python (a second OpenCV beside our headless one) and jax (not needed for
 # the face models we use); its real needs are in pyproject.toml.
-# Usage: bash scripts/setup.sh [extra,extra]   (default extras: ui,onnx,test; add gpu on NVIDIA machines)
+# Usage: bash scripts/setup.sh [extra,extra]   (default: ui,onnx,test; on NVIDIA machines ui,gpu,test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-ui,onnx,test}"
