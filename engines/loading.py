@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 
 from engines.base import EngineConfig
 from liveanim.model import LIAX

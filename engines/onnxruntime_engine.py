@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineConfig, Tensors
+from engines.base import EngineConfig, Tensors
+from engines.exported import ExportedGraphsEngine
 from engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
 from engines.tensorrt_engine import import_tensorrt
 from engines.torch_engine import out_of_memory
-from export.contract import (DIRECTIONS_FILE, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, GraphSpec, batch_of,
-                             concat_batches, shared_source, split_batch)
+from export.contract import (
+    GraphSpec,
+    batch_of,
+    concat_batches,
+    shared_source,
+    split_batch,
+)
 from export.manifest import read_manifest
 from liveanim.errors import BackendUnavailable, EngineError
 
@@ -72,7 +78,7 @@ def best_provider(ort: ModuleType, device: torch.device) -> str:
     raise BackendUnavailable("; ".join(reasons))
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeEngine(ExportedGraphsEngine):
     """Runs an export folder (see export/) with one ONNX Runtime session per graph."""
 
     name = "onnxruntime"
@@ -84,40 +90,21 @@ class OnnxRuntimeEngine(Engine):
         provider:       'cpu', 'cuda' or 'tensorrt'.
         tensorrt_cache: where the TensorRT provider keeps its engines and timing cache.
         """
-        super().__init__(config, device)
         ort = import_onnxruntime(device)
         check_provider(ort, provider, device)
+        super().__init__(config, device, export_folder)
         manifest = read_manifest(export_folder)
         assert manifest.precision == config.precision, (manifest.precision, config.precision)
         self.provider = provider
         max_batch = TENSORRT_PROFILE.max_batch if provider == "tensorrt" else None
-        self._sessions = {
+        self._graphs = {
             name: _GraphSession(ort, export_folder / graph.spec.file, graph.spec, device,
                                 _providers(provider, device, graph.spec, config.precision, tensorrt_cache), max_batch)
             for name, graph in manifest.graphs.items()
         }
-        self._directions = torch.from_numpy(np.load(export_folder / DIRECTIONS_FILE)).float().to(device)
-
-    @property
-    def directions(self) -> torch.Tensor:
-        return self._directions
-
-    def encode_source(self, inputs: Tensors) -> Tensors:
-        return self._sessions[SOURCE_ENCODER].run(inputs)
-
-    def encode_motion(self, inputs: Tensors) -> Tensors:
-        return self._sessions[MOTION_ENCODER].run(inputs)
-
-    def render(self, inputs: Tensors) -> Tensors:
-        return self._sessions[RENDERER].run(inputs)
 
     def describe(self) -> str:
         return f"onnxruntime ({self.provider}) on {self.device} ({self.precision})"
-
-    def close(self) -> None:
-        self._sessions.clear()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def _providers(provider: str, device: torch.device, spec: GraphSpec, precision: str,

@@ -19,14 +19,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 
-from engines.base import Engine, EngineConfig, Tensors
+from engines.base import EngineConfig, Tensors
 from engines.cache import EngineFiles, EngineKey, stale_reason
+from engines.exported import ExportedGraphsEngine
 from engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
-from export.contract import (DIRECTIONS_FILE, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, GraphSpec, batch_of,
-                             concat_batches, shared_source, split_batch)
+from export.contract import (
+    GraphSpec,
+    batch_of,
+    concat_batches,
+    shared_source,
+    split_batch,
+)
 from export.manifest import read_manifest
 from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
 from liveanim.errors import BackendUnavailable, EngineError
@@ -75,7 +80,7 @@ def onnx_precision(trt: ModuleType, precision: str) -> str:
     return "fp32" if weakly_typed(trt) else precision
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(ExportedGraphsEngine):
     """Three TensorRT engines (source encoder, motion encoder, renderer) over one export."""
 
     name = "tensorrt"
@@ -86,12 +91,12 @@ class TensorRTEngine(Engine):
         export_folder: the export to build from (`onnx_precision` tells which precision).
         engine_folder: where serialized engines, their keys and the timing cache are kept.
         """
-        super().__init__(config, device)
         if device.type != "cuda":
             raise BackendUnavailable(f"TensorRT needs an NVIDIA GPU, not {device}.")
         if config.precision not in ("fp32", "fp16"):
             raise BackendUnavailable(f"TensorRT engines are fp32 or fp16; {config.precision} runs with --engine torch.")
         trt = import_tensorrt()
+        super().__init__(config, device, export_folder)
         self.trt_version = trt.__version__
         manifest = read_manifest(export_folder)
         builder = _Builder(trt, device, engine_folder, options)
@@ -99,27 +104,9 @@ class TensorRTEngine(Engine):
             self._graphs = {name: _Graph(trt, builder.engine(export_folder / graph.spec.file, graph.spec, graph.sha256,
                                                               config.precision), graph.spec, device, options.max_batch)
                             for name, graph in manifest.graphs.items()}
-        self._directions = torch.from_numpy(np.load(export_folder / DIRECTIONS_FILE)).float().to(device)
-
-    @property
-    def directions(self) -> torch.Tensor:
-        return self._directions
-
-    def encode_source(self, inputs: Tensors) -> Tensors:
-        return self._graphs[SOURCE_ENCODER].run(inputs)
-
-    def encode_motion(self, inputs: Tensors) -> Tensors:
-        return self._graphs[MOTION_ENCODER].run(inputs)
-
-    def render(self, inputs: Tensors) -> Tensors:
-        return self._graphs[RENDERER].run(inputs)
 
     def describe(self) -> str:
         return f"tensorrt {self.trt_version} on {self.device} ({self.precision})"
-
-    def close(self) -> None:
-        self._graphs.clear()
-        torch.cuda.empty_cache()
 
 
 class _Builder:
