@@ -32,7 +32,7 @@ from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession, _FrameQueue
-from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, load_motion_track
+from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, VirtualCameraSink, load_motion_track
 from liveanim.pipeline.sources import CameraConfig, CameraSource, ImageFolderSource, VideoFileSource
 from liveanim.pipeline.video import VideoReader, VideoWriter, write_image
 
@@ -424,3 +424,14 @@ def test_device_paste_back_matches_the_numpy_one():
     theirs = paste_back(canvas, face, box, 0.1)
     difference = np.abs(ours.astype(int) - theirs)
     assert ours.shape == theirs.shape and difference.mean() < 1.0 and np.percentile(difference, 99) < 8
+
+
+def test_a_broken_pyvirtualcam_install_is_reported_not_fatal(monkeypatch):
+    """An ImportError must become the actionable 'no virtual camera' error that the loop survives."""
+    import sys
+
+    from liveanim.errors import VirtualCameraUnavailable
+
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", None)  # makes `import pyvirtualcam` fail
+    with pytest.raises(VirtualCameraUnavailable, match="pip install pyvirtualcam"):
+        VirtualCameraSink((512, 512), 30.0)

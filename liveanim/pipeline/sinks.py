@@ -84,7 +84,11 @@ class VirtualCameraSink:
     name = "virtual camera"
 
     def __init__(self, size: Size, fps: float, config: VirtualCameraConfig = VirtualCameraConfig()) -> None:
-        import pyvirtualcam
+        try:
+            import pyvirtualcam
+        except ImportError as error:  # a broken install must switch this output off, not end the stream
+            raise VirtualCameraUnavailable(f"pyvirtualcam cannot be loaded ({error}): pip install pyvirtualcam. "
+                                           f"{virtual_camera_setup()}") from error
 
         if config.backend is not None and config.backend not in pyvirtualcam.camera.BACKENDS:
             known = ", ".join(pyvirtualcam.camera.BACKENDS) or "none on this OS"
