@@ -3,7 +3,7 @@
 Importing this package does not import mediapipe; its graphs start on first use.
 """
 
-from liveanim.face.crop import CropBox, CropConfig, crop_box, crop_image, crop_portrait, paste_back
+from liveanim.face.crop import CropBox, CropConfig, crop_box, crop_image, crop_portrait, paste_back, resize_square
 from liveanim.face.detector import DetectorConfig, FaceBox, FaceDetector, FaceLandmarks
 from liveanim.face.tracker import FaceTracker, TrackerConfig, TrackResult
 
@@ -21,4 +21,5 @@ __all__ = [
     "crop_image",
     "crop_portrait",
     "paste_back",
+    "resize_square",
 ]

@@ -107,7 +107,7 @@ def _square_within(left: int, top: int, width: int, height: int, frame_w: int, f
 def crop_image(image: np.ndarray, box: CropBox, size: int = CropConfig.size) -> np.ndarray:
     """The box's pixels of an (H, W, C) image, resized to (size, size, C)."""
     assert box.inside(image.shape), f"{box} does not lie inside an image of shape {image.shape}"
-    return _resized(image[box.slices], size)
+    return resize_square(image[box.slices], size)
 
 
 def crop_portrait(
@@ -162,7 +162,7 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, box: CropBox, feather: float
         _edge_weights(box.top, box.size, frame.shape[0], feather)[rows[1]],
         _edge_weights(box.left, box.size, frame.shape[1], feather)[cols[1]],
     )[..., None]
-    patch = _resized(crop, box.size)[rows[1], cols[1]].astype(np.float32)
+    patch = resize_square(crop, box.size)[rows[1], cols[1]].astype(np.float32)
     under = out[rows[0], cols[0]].astype(np.float32)
     out[rows[0], cols[0]] = np.rint(under + weight * (patch - under)).astype(np.uint8)
     return out
@@ -198,10 +198,12 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    """A square image resized to (size, size): area averaging to shrink, bicubic to enlarge."""
-    if image.shape[0] == size and image.shape[1] == size:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` resized (stretched if not square) to (size, size), as a new array: area averaging
+    to shrink, bicubic to enlarge."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
         return image.copy()
-    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
+    interpolation = cv2.INTER_AREA if height * width > size * size else cv2.INTER_CUBIC
     resized = cv2.resize(image, (size, size), interpolation=interpolation)
     return resized.reshape(size, size, *image.shape[2:])  # cv2 drops a single channel axis

@@ -19,12 +19,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from liveanim.errors import MediaError
-from liveanim.face import FaceDetector, crop_image, crop_portrait
+from liveanim.face import FaceDetector, crop_image, crop_portrait, resize_square
 from liveanim.model import RESOLUTION
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.frames import to_uint8
@@ -97,7 +96,7 @@ def edit_image(animator: Animator, source: Path, out: Path,
     with _detector(config) as detector:
         avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
     image = to_uint8(animator.render(avatar, edit=edit))[0]
-    write_image(out, _resized(image, config.size))
+    write_image(out, resize_square(image, config.size))
     log.info("wrote %s", out)
 
 
@@ -119,7 +118,7 @@ def _detector(config: OfflineConfig) -> contextlib.AbstractContextManager[FaceDe
 def _portrait(image: np.ndarray, path: Path, detector: FaceDetector | None) -> np.ndarray:
     """The model input of a still: the official face crop, or the image resized to 512x512."""
     if detector is None:
-        return _resized(image, RESOLUTION)
+        return resize_square(image, RESOLUTION)
     return crop_portrait(image, detector, source_name=str(path))[0]
 
 
@@ -134,7 +133,7 @@ def _video_crops(reader: VideoReader, detector: FaceDetector | None) -> Iterator
     if first is None:
         raise MediaError(f"{reader.path} holds no video frames")
     if detector is None:
-        return (_resized(frame, RESOLUTION) for frame in itertools.chain([first], frames))
+        return (resize_square(frame, RESOLUTION) for frame in itertools.chain([first], frames))
     _, box = crop_portrait(first, detector, source_name=f"the first frame of {reader.path}")
     return (crop_image(frame, box) for frame in itertools.chain([first], frames))
 
@@ -162,7 +161,7 @@ def _write_video(frames: Iterable[np.ndarray], out: Path, fps: Fraction, audio_f
     start = time.perf_counter()
     with VideoWriter(out, fps, (config.size, config.size), audio_from) as writer:
         for frame in tqdm(frames, total=total or None, unit="frame", desc=Path(out).name, disable=not config.progress):
-            writer.write(_resized(frame, config.size))
+            writer.write(resize_square(frame, config.size))
     seconds = time.perf_counter() - start
     log.info("wrote %s: %d frames at %.3g fps in %.1f s (%.1f ms per frame: reading, model and writing)",
              out, writer.frames_written, float(fps), seconds, 1000 * seconds / max(1, writer.frames_written))
@@ -173,12 +172,3 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
-
-
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    """`image` stretched to (size, size): area averaging to shrink, bicubic to enlarge."""
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return image
-    interpolation = cv2.INTER_AREA if height * width > size * size else cv2.INTER_CUBIC
-    return cv2.resize(image, (size, size), interpolation=interpolation)
