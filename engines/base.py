@@ -83,6 +83,15 @@ class Engine(ABC):
     def render(self, inputs: Tensors) -> Tensors:
         """{"z_target", "feat0".."feat6"} -> {"image"} (not clamped); run per frame."""
 
+    def target_latent(self, z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The renderer's input z_target = z + code @ Q.T (the dictionary is linear, so one
+        product serves the whole sum code = a_s + a_d - a_0 + e).
+
+        z:    (1, L) the source latent.
+        code: (B or 1, 40) the summed motion code.
+        """
+        return z + code @ self.directions.t()
+
     def describe(self) -> str:
         """What the user sees: backend, device and precision."""
         return f"{self.name} on {self.device} ({self.precision})"

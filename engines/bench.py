@@ -159,16 +159,11 @@ def _timed_step(engine: Engine, source: Tensors, neutral: torch.Tensor, frame: t
     marks = [clock.mark()]
     alpha = engine.encode_motion({"image": frame})["alpha"]
     marks.append(clock.mark())
-    z_target = _target_latent(engine, source, alpha, neutral)
+    z_target = engine.target_latent(source["z"], source["alpha"] + alpha - neutral)
     marks.append(clock.mark())
     engine.render({"z_target": z_target, **{name: source[name] for name in FEATURE_NAMES}})
     marks.append(clock.mark())
     return clock.elapsed_ms(marks)
-
-
-def _target_latent(engine: Engine, source: Tensors, alpha: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
-    """The Animator's math: z_target = z_s + (a_d - a_0 + a_s) @ Q.T."""
-    return source["z"] + (alpha - neutral + source["alpha"]) @ engine.directions.t()
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -210,7 +205,7 @@ def _run_frames(engine: Engine, inputs: _Inputs, count: int) -> Tensors:
     alphas, images = [], []
     for frame in inputs.driving[:count]:
         alpha = engine.encode_motion({"image": frame})["alpha"]
-        z_target = _target_latent(engine, source, alpha, neutral)
+        z_target = engine.target_latent(source["z"], source["alpha"] + alpha - neutral)
         image = engine.render({"z_target": z_target, **{name: source[name] for name in FEATURE_NAMES}})["image"]
         alphas.append(alpha.cpu())
         images.append(image.cpu())

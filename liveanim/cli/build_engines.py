@@ -51,7 +51,7 @@ def _first_frame(engine: Engine) -> None:
     image = smooth_images(1, seed=0).to(engine.device)
     source = engine.encode_source({"image": image})
     alpha = engine.encode_motion({"image": image})["alpha"]
-    z_target = source["z"] + alpha @ engine.directions.t()
+    z_target = engine.target_latent(source["z"], alpha)
     engine.render({"z_target": z_target, **{name: source[name] for name in FEATURE_NAMES}})
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)

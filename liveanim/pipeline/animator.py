@@ -1,4 +1,4 @@
-"""The animation math over any engine: encode an avatar once, then one `step()` per frame.
+"""The animation math over any engine: encode an avatar once, then render it per frame.
 
     z_target = z_s + (a_d - a_0 + a_s + e) @ Q.T
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engines import FEATURE_NAMES, Engine, Tensors
-from liveanim.pipeline.frames import to_model_input, to_uint8
+from liveanim.pipeline.frames import to_model_input
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,6 @@ class Animator:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.q = engine.directions
 
     @property
     def device(self) -> torch.device:
@@ -57,7 +56,7 @@ class Animator:
             code = code + torch.as_tensor(edit, dtype=torch.float32, device=self.device).reshape(-1, code.shape[1])
         if motion is not None:
             code = code + motion
-        return avatar.z + code @ self.q.t()
+        return self.engine.target_latent(avatar.z, code)
 
     def render(self, avatar: Avatar, motion: torch.Tensor | None = None,
                edit: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
@@ -66,11 +65,3 @@ class Animator:
         batch = z_target.shape[0]
         feats = {n: f.expand(batch, -1, -1, -1) for n, f in avatar.feats.items()}
         return self.engine.render({"z_target": z_target, **feats})["image"]
-
-    def step(self, avatar: Avatar, driving: np.ndarray | torch.Tensor, neutral: torch.Tensor,
-             edit: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """One frame of animation: driving crop(s) -> uint8 RGB frame(s) (B, 512, 512, 3).
-
-        neutral: (1, 40) the reference driving code a_0 (the first frame, or a calibration).
-        """
-        return to_uint8(self.render(avatar, self.motion(driving) - neutral, edit))
