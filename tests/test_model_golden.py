@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from liveanim.model import LIAX
 from tests.conftest import GOLDEN_DIR, assert_image_close, golden_recipe, to_model_input
@@ -105,16 +106,55 @@ def test_narrow_models_run(width):
 
 
 
-def test_stencil_filters_meet_golden_tolerance(golden_state, golden, golden_edit):
-    """The compile-friendly blur/upsampling form is as exact as the reference form."""
-    from liveanim.model.layers import set_filter_impl
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golden, golden_edit, channels_last):
+    """The GPU's fast path (stencil filters, small-map convs as matrix products, scales and
+    demodulation energies folded into the weights) is as exact as the reference forms."""
+    from liveanim.model.layers import KernelForms, fold_for_inference, set_kernel_forms
 
     model = LIAX(0.5).eval()
     model.load_state_dict(golden_state, strict=True)
-    set_filter_impl(model, "stencil")
+    fold_for_inference(model, channels_last=channels_last)
+    set_kernel_forms(model, KernelForms(filters="stencil", gemm_max_side=32))
+    assert all(m.scale == 1.0 for m in model.modules() if hasattr(m, "scale")), "every scale is folded"
     with torch.inference_mode():
         source = model.encode_source(to_model_input(golden["source"]))
         alpha = model.encode_motion(to_model_input(golden["driving"][:1]))
         assert (source.z - torch.from_numpy(golden["z_source"])).abs().max() <= CODE_TOL
         assert (alpha - torch.from_numpy(golden["alpha_drive"][:1])).abs().max() <= CODE_TOL
         assert_image_close(model.render(source, edit=golden_edit), golden["edit"])
+
+
+def test_small_map_convolutions_as_matrix_products_are_exact():
+    """The patch-matrix form equals F.conv2d for 1x1 and 3x3 convs, batched, either layout."""
+    from liveanim.model.layers import KernelForms, conv2d
+
+    gemm = KernelForms(gemm_max_side=16)
+    for kernel, layout in [(3, torch.contiguous_format), (1, torch.contiguous_format), (3, torch.channels_last)]:
+        x = torch.randn(2, 24, 16, 12, dtype=torch.float64)
+        weight = torch.randn(40, 24, kernel, kernel, dtype=torch.float64).contiguous(memory_format=layout)
+        bias = torch.randn(40, dtype=torch.float64)
+        expected = F.conv2d(x, weight, bias, padding=kernel // 2)
+        actual = conv2d(x, weight, gemm, bias, padding=kernel // 2)
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_group_norm_and_upsampling_are_exact():
+    """The channels-last paths of GroupNorm and stencil upsampling compute what the reference
+    (NCHW GroupNorm, transposed depthwise conv) computes, and keep the layout."""
+    from liveanim.model.layers import GroupNorm, KernelForms, Upsample
+
+    x = torch.randn(2, 64, 12, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    norm = GroupNorm(32, 64).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    out = norm(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.group_norm(x.contiguous(), 32, norm.weight, norm.bias, norm.eps))
+
+    reference, stencil = Upsample().double(), Upsample().double()
+    stencil.forms = KernelForms(filters="stencil")
+    out = stencil(x)
+    assert out.shape == (2, 64, 24, 20) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference(x.contiguous()))

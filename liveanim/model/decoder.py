@@ -88,7 +88,8 @@ class ToFlow(nn.Module):
         out = self.conv(h, style) + self.bias
         if skip is not None:
             out = out + self.up(skip)
-        grid = torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1) + identity_grid(out.shape[-1], out)
+        # contiguous: grid sampling would otherwise copy it (and a channels-last `feat`) first
+        grid = (torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1) + identity_grid(out.shape[-1], out)).contiguous()
         mask = torch.sigmoid(out[:, 2:3])
         warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True) * mask
         return warped, warped + (1 - mask) * h, out

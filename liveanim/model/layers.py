@@ -4,19 +4,18 @@ Names of modules and parameters follow the official checkpoint exactly, so that 
 loads with `strict=True`. Two forms differ from the official code and are exactly
 equivalent in real arithmetic (see docs/performance.md):
 
-- blur and upsampling (`upfirdn2d` with the 4x4 kernel outer([1,3,3,1])/64) run in one of two
-  forms, chosen per model with `set_filter_impl`: 'conv', depthwise (transposed) convolutions,
-  the reference and the form that exports; 'stencil', separable shifted slices (upsampling
-  in its polyphase form) that torch.compile fuses into single kernels, where depthwise convs
-  hit slow generic cuDNN kernels and layout conversions (measured: docs/performance.md);
 - the modulated convolution keeps its weight constant and moves the style to the
-  activations: `conv(x * s, W) * d`, with `d = rsqrt(sum_{i,k} W^2 s_i^2 + 1e-8)`.
-Both export to ONNX/TensorRT with no custom operator.
+  activations: `conv(x * s, W) * d`, with `d = rsqrt(sum_{i,k} W^2 s_i^2 + 1e-8)`;
+- blur, upsampling and convolution run in the forms that `KernelForms` picks per model
+  (`set_kernel_forms`); the defaults are the reference forms, which export to ONNX/TensorRT
+  with no custom operator. The fast forms exist for the GPU (measured: docs/performance.md).
+`fold_for_inference` bakes the constant weight arithmetic into the weights once.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,31 @@ def blur_kernel(gain: float = 1.0) -> torch.Tensor:
     return torch.outer(k, k) / 64.0 * gain
 
 
-FILTER_IMPLS = ("conv", "stencil")
+FILTER_FORMS = ("conv", "stencil")
+
+
+@dataclass(frozen=True)
+class KernelForms:
+    """How the layers of a model compute; every form is exact in real arithmetic.
+
+    filters:       blur and upsampling as 'conv', depthwise (transposed) convolutions (the
+                   reference, and the form that exports), or 'stencil', separable shifted
+                   slices (upsampling in its polyphase form) that torch.compile fuses into one
+                   kernel each, where cuDNN's depthwise kernels are slow.
+    gemm_max_side: stride-1 convolutions on maps of at most this side (8x8 .. 32x32 in the
+                   decoder) run as one matrix product over their patches: cuDNN's implicit
+                   GEMM starts too few thread blocks there to keep a large GPU busy. 0: never.
+    """
+
+    filters: str = "conv"
+    gemm_max_side: int = 0
+
+    def __post_init__(self) -> None:
+        if self.filters not in FILTER_FORMS or self.gemm_max_side < 0:
+            raise ValueError(f"bad kernel forms {self}")
+
+
+REFERENCE_FORMS = KernelForms()
 
 
 def _depthwise(kernel: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -45,12 +68,17 @@ def _taps(kernel: torch.Tensor) -> torch.Tensor:
     return kernel[0] / kernel[0, 0].sqrt()
 
 
+def _pad_axis(x: torch.Tensor, dim: int, pad: int) -> torch.Tensor:
+    """`pad` zeros on both sides of `x` along `dim`."""
+    padding = [0, 0] * (x.ndim - dim % x.ndim)  # F.pad lists the last dimension first
+    padding[-2:] = [pad, pad]
+    return F.pad(x, padding)
+
+
 def _filter_axis(x: torch.Tensor, taps: torch.Tensor, dim: int, pad: int) -> torch.Tensor:
     """Correlate `x` along `dim` with 4 taps after `pad` zeros on both sides (a stencil of
     shifted slices: exported as plain ops and fused by compilers, unlike depthwise convs)."""
-    padding = [0, 0, 0, 0]
-    padding[0 if dim == -1 else 2] = padding[1 if dim == -1 else 3] = pad
-    x = F.pad(x, padding)
+    x = _pad_axis(x, dim, pad)
     size = x.shape[dim] - len(taps) + 1
     return sum(x.narrow(dim, t, size) * taps[t] for t in range(len(taps)))
 
@@ -58,16 +86,49 @@ def _filter_axis(x: torch.Tensor, taps: torch.Tensor, dim: int, pad: int) -> tor
 def _upsample_axis(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
     """2x upsampling along `dim` by the polyphase form of upfirdn (up=2, pad=(2, 1)):
     even outputs u0*x[i-1] + u2*x[i], odd outputs u1*x[i] + u3*x[i+1], zeros outside."""
-    padding = [0, 0, 0, 0]
-    padding[0 if dim == -1 else 2] = padding[1 if dim == -1 else 3] = 1
-    x = F.pad(x, padding)
+    dim %= x.ndim
+    x = _pad_axis(x, dim, 1)
     n = x.shape[dim] - 2
     even = x.narrow(dim, 0, n) * taps[0] + x.narrow(dim, 1, n) * taps[2]
     odd = x.narrow(dim, 1, n) * taps[1] + x.narrow(dim, 2, n) * taps[3]
-    stacked = torch.stack((even, odd), dim=dim)  # (..., n, 2) along dim -> interleave
+    stacked = torch.stack((even, odd), dim=dim + 1)  # (..., n, 2, ...): interleaved by the reshape
     shape = list(even.shape)
     shape[dim] = 2 * n
     return stacked.reshape(shape)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """The equalized-lr weight; once `fold_for_inference` has baked the scale in, no op runs."""
+    return weight if scale == 1.0 else weight * scale
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, forms: KernelForms, bias: torch.Tensor | None = None,
+           stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """`F.conv2d`, or for size-preserving convs on maps of at most `forms.gemm_max_side` the
+    same sums as one matrix product."""
+    size_preserving = stride == 1 and weight.shape[-1] == 2 * padding + 1
+    if not size_preserving or max(x.shape[-2:]) > forms.gemm_max_side:
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    return _conv2d_as_gemm(x, weight, bias, padding)
+
+
+def _conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """A stride-1, size-preserving conv as (B*H*W, k*k*C) patches @ (k*k*C, out) weights.
+
+    Patches and weights are both ordered (ky, kx, C), so a channels-last weight is read as is and
+    the patch gather fuses into whatever produced `x`; the result is channels-last too.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    padded = F.pad(x, [padding] * 4).permute(0, 2, 3, 1)  # (B, H + 2p, W + 2p, C)
+    taps = [padded[:, dy:dy + height, dx:dx + width] for dy in range(kh) for dx in range(kw)]
+    patches = torch.stack(taps, dim=3).reshape(batch * height * width, kh * kw * channels)
+    out = F.linear(patches, weight.permute(0, 2, 3, 1).reshape(out_channels, -1), bias)
+    return out.view(batch, height, width, out_channels).permute(0, 3, 1, 2)
 
 
 class Blur(nn.Module):
@@ -80,18 +141,18 @@ class Blur(nn.Module):
         """
         super().__init__()
         self.pad = pad
-        self.impl = "conv"
+        self.forms = REFERENCE_FORMS
         self.register_buffer("kernel", blur_kernel(gain))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "stencil":
+        if self.forms.filters == "stencil":
             taps = _taps(self.kernel).to(x.dtype)
             return _filter_axis(_filter_axis(x, taps, -2, self.pad), taps, -1, self.pad)
         channels = x.shape[1]
         return F.conv2d(x, _depthwise(self.kernel, channels, x), padding=self.pad, groups=channels)
 
     def extra_repr(self) -> str:
-        return f"pad={self.pad}, impl={self.impl}"
+        return f"pad={self.pad}, filters={self.forms.filters}"
 
 
 class Upsample(nn.Module):
@@ -99,19 +160,24 @@ class Upsample(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.impl = "conv"
+        self.forms = REFERENCE_FORMS
         self.register_buffer("kernel", blur_kernel(gain=4.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "stencil":
+        if self.forms.filters == "stencil":
             taps = _taps(self.kernel).to(x.dtype)
+            if _is_channels_last(x):  # interleave rows and columns of (B, H, W, C): the result
+                # stays channels-last, and the compiled kernel reads and writes along C (an NCHW
+                # interleave of a channels-last map took 0.6 ms at 512x512 on an H100)
+                nhwc = x.permute(0, 2, 3, 1)
+                return _upsample_axis(_upsample_axis(nhwc, taps, 1), taps, 2).permute(0, 3, 1, 2)
             return _upsample_axis(_upsample_axis(x, taps, -2), taps, -1)
         channels = x.shape[1]
         weight = _depthwise(self.kernel, channels, x)
         return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl}"
+        return f"filters={self.forms.filters}"
 
 
 class FusedLeakyReLU(nn.Module):
@@ -143,9 +209,10 @@ class EqualConv2d(nn.Module):
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.stride = stride
         self.padding = padding
+        self.forms = REFERENCE_FORMS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        return conv2d(x, _scaled(self.weight, self.scale), self.forms, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         out_c, in_c, k, _ = self.weight.shape
@@ -162,7 +229,7 @@ class EqualLinear(nn.Module):
         self.scale = 1.0 / math.sqrt(in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
+        return F.linear(x, _scaled(self.weight, self.scale), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}"
@@ -219,18 +286,20 @@ class ModulatedConv2d(nn.Module):
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.demodulate = demodulate
         self.upsample = upsample
+        self.forms = REFERENCE_FORMS
+        self.register_buffer("energy", None, persistent=False)  # sum_k W^2, (out, in), once folded
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """x: (B, in, H, W); style: (B, style_dim) -> (B, out, H', W')."""
-        weight = self.weight[0] * self.scale
+        weight = _scaled(self.weight[0], self.scale)
         s = self.modulation(style)
         x = x * s[:, :, None, None]
         if self.upsample:
             out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
         else:
-            out = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+            out = conv2d(x, weight, self.forms, padding=weight.shape[-1] // 2)
         if self.demodulate:
-            energy = weight.square().sum(dim=(2, 3))  # (out, in)
+            energy = self.energy if self.energy is not None else weight.square().sum(dim=(2, 3))
             d = torch.rsqrt(s.square() @ energy.t() + 1e-8)  # (B, out)
             out = out * d[:, :, None, None]
         return self.blur(out) if self.upsample else out
@@ -264,14 +333,53 @@ class ConstantInput(nn.Module):
         return self.input.expand(batch, -1, -1, -1)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that keeps a channels-last input channels-last.
+
+    PyTorch's kernel wants NCHW and would copy the map there and back; here the statistics
+    are a reduction over (H*W, channels of the group) of the NHWC view, in float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _is_channels_last(x):
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        groups = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_groups, channels // self.num_groups)
+        var, mean = torch.var_mean(groups.float(), dim=(1, 3), keepdim=True, correction=0)
+        normed = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(batch, height, width, channels)
+        return (normed * self.weight + self.bias).to(x.dtype).permute(0, 3, 1, 2)
+
+
+def group_norm(channels: int) -> GroupNorm:
     """GroupNorm with 32 groups, or one per channel for the narrow test models."""
-    return nn.GroupNorm(min(32, channels), channels)
+    return GroupNorm(min(32, channels), channels)
 
 
-def set_filter_impl(module: nn.Module, impl: str) -> None:
-    """Run every blur and upsampling inside `module` as 'conv' (reference) or 'stencil'."""
-    assert impl in FILTER_IMPLS, impl
+def set_kernel_forms(module: nn.Module, forms: KernelForms) -> None:
+    """Run every blur, upsampling and convolution inside `module` in `forms`."""
     for layer in module.modules():
-        if isinstance(layer, (Blur, Upsample)):
-            layer.impl = impl
+        if isinstance(layer, (Blur, Upsample, EqualConv2d, ModulatedConv2d)):
+            layer.forms = forms
+
+
+@torch.no_grad()
+def fold_for_inference(module: nn.Module, channels_last: bool = False) -> None:
+    """Bake the constant weight arithmetic into the weights, once and in place.
+
+    The equalized-lr scales and the demodulation energies (sum_k W^2 of each modulated conv)
+    are otherwise recomputed from every weight on every frame: 1.3 ms of a 18.5 ms fp16 render
+    on an H100, which freezing in torch.compile did not remove (docs/performance.md). The
+    module computes the same function afterwards, but its state dict is no longer the
+    checkpoint's. channels_last stores the conv weights NHWC, as cuDNN's fast kernels and the
+    patch-matrix form read them.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (EqualConv2d, EqualLinear, ModulatedConv2d)) and layer.scale != 1.0:
+            layer.weight.mul_(layer.scale)
+            layer.scale = 1.0
+        if isinstance(layer, ModulatedConv2d) and layer.demodulate:
+            layer.energy = layer.weight[0].float().square().sum(dim=(2, 3)).to(layer.weight.dtype)
+        if channels_last and isinstance(layer, EqualConv2d):
+            layer.weight.data = layer.weight.contiguous(memory_format=torch.channels_last)
+        if channels_last and isinstance(layer, ModulatedConv2d):
+            layer.weight.data = layer.weight[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
