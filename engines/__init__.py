@@ -37,8 +37,8 @@ def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
     """The engine `config` asks for; 'auto' picks the fastest backend this machine has.
 
     model: an already loaded fp32 CPU model of the weights `config` names (tests, benchmarks);
-           None loads them, only where needed. The torch backend moves it to its device and
-           dtype (no copy).
+           None loads them, only where needed. The torch backend takes it over (moves it to
+           its device and dtype and folds it for inference, in place: no copy).
     An explicit backend that cannot run here raises BackendUnavailable saying what to install.
     """
     config = _resolve_precision(config)

@@ -1,8 +1,12 @@
 """The PyTorch backend: eager fp32 (TF32 allowed on CUDA), fp16 or bf16 on GPUs.
 
-Two opt-in speed-ups for the per-frame graphs (motion encoder and renderer), from EngineConfig:
-- `compile`: torch.compile with frozen weights, compiled lazily on the first call of each shape;
-  blur and upsampling switch to their stencil form, which Inductor fuses (docs/performance.md);
+The engine takes its model over: it moves it to the device and dtype and folds the constant
+weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
+per-frame graphs (motion encoder and renderer), from EngineConfig:
+- `compile`: torch.compile, compiled lazily on the first call of each shape, with the
+  compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
+  on CUDA channels-last weights and small-map convolutions as matrix products
+  (docs/performance.md);
 - `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
   overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
 """
@@ -22,12 +26,15 @@ from engines.loading import load_model
 from export.contract import shared_source
 from liveanim.errors import BackendUnavailable, EngineError
 from liveanim.model import LIAX
-from liveanim.model.layers import set_filter_impl
+from liveanim.model.layers import KernelForms, fold_for_inference, set_kernel_forms
 
 log = logging.getLogger(__name__)
 
 GraphFn = Callable[..., torch.Tensor]
 WARMUP_RUNS = 2  # before a capture: lets cuDNN pick its algorithms and compile run
+# Compiled on CUDA, size-preserving convs on maps up to 32x32 run as matrix products: cuDNN took
+# 38-66 us for a 1024-channel 3x3 conv at 8x8..32x32 on an H100, far from the weight-read bound.
+GPU_GEMM_MAX_SIDE = 32
 
 
 MEMORY_ADVICE = "Close other programs that use the GPU, or use --precision fp16 (half the memory)."
@@ -50,7 +57,8 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, config: EngineConfig, device: torch.device, model: LIAX | None = None):
-        """model: an already loaded model, moved to `device` and the precision's dtype (not copied)."""
+        """model: an already loaded model, which the engine takes over (moved to `device` and the
+        precision's dtype, and folded for inference, in place: pass a copy to keep the original)."""
         super().__init__(config, device)
         self.dtype = resolve_dtype(config.precision, device)
         self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
@@ -62,14 +70,19 @@ class TorchEngine(Engine):
         except torch.cuda.OutOfMemoryError:
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
+        fast_gpu_path = config.compile and device.type == "cuda"
+        fold_for_inference(self.model, channels_last=fast_gpu_path)
         if config.compile:
-            set_filter_impl(self.model, "stencil")
+            set_kernel_forms(self.model, KernelForms(filters="stencil",
+                                                     gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0))
         self._motion = self._accelerated(self.model.encode_motion)
         self._decode = self._accelerated(lambda z, *feats: self.model.decode(z, feats))
 
     def _accelerated(self, fn: GraphFn) -> GraphFn:
         if self.config.compile:
-            fn = torch.compile(fn, dynamic=False, options={"freezing": True})
+            # no freezing: the weights are folded already, and a graph without baked-in
+            # constants can come from Inductor's cache on the next start
+            fn = torch.compile(fn, dynamic=False)
         if self.graphs:
             fn = GraphReplay(fn, self.device)
         return fn
@@ -90,7 +103,8 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def render(self, inputs: Tensors) -> Tensors:
-        feats = (shared_source(inputs[name]).to(self.device, self.dtype) for name in FEATURE_NAMES)
+        # NCHW-contiguous, the layout grid sampling reads (it would copy any other per frame)
+        feats = (shared_source(inputs[name]).to(self.device, self.dtype).contiguous() for name in FEATURE_NAMES)
         image = self._decode(inputs["z_target"].to(self.device, self.dtype), *feats)
         return {"image": image.float()}
 
