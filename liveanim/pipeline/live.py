@@ -1,6 +1,10 @@
-"""The live loop: camera in, animated avatar out, in three threads.
+"""The live loop: camera in, animated avatar out, in four threads.
 
-    capture --[queue]--> inference (track, crop, motion, render, paste back) --[queue]--> outputs
+    capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate, render,
+    paste back) --[queue]--> outputs
+
+The motion and render threads keep the GPU busy together: the next frame's face is found and
+its motion code computed (on a CUDA stream of its own) while the current frame renders.
 
 Each queue holds a couple of frames. With a live source a full queue drops its oldest
 frame: a slow stage then shows the newest face rather than falling further and further
@@ -11,6 +15,7 @@ good: a failed frame is skipped, a failed output is switched off and reported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -18,7 +23,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,6 +81,18 @@ class LiveConfig:
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.queue_size < 1:
             raise ValueError(f"need fps > 0 and queue_size >= 1, got {self.fps} and {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class _Coded:
+    """A captured frame with its face box and motion code (None: no face found)."""
+
+    index: int
+    frame: np.ndarray
+    captured_at: float
+    box: CropBox | None
+    found: bool
+    code: np.ndarray | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,6 +178,7 @@ class LiveSession:
         self._bank = avatars if avatars is not None else AvatarBank(animator, config.avatars)
         self._lock = threading.Lock()  # serializes the controller's setters with its per-frame update
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
+        self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool) or ("record", Path | None)
         if config.vcam:
@@ -180,11 +198,11 @@ class LiveSession:
     # ----- public API -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the three threads and return; the default avatar is added if none was."""
+        """Start the four threads and return; the default avatar is added if none was."""
         if self._threads:
             raise UsageError("this live session has already been started; make a new one")
-        for name, loop in (("capture", self._capture_loop), ("inference", self._inference_loop),
-                           ("output", self._output_loop)):
+        for name, loop in (("capture", self._capture_loop), ("motion", self._motion_loop),
+                           ("render", self._render_loop), ("output", self._output_loop)):
             self._threads.append(threading.Thread(target=self._guarded, args=(loop,), name=f"live-{name}",
                                                   daemon=True))
         log.info("live: %s -> %s", self.source.describe(), self.animator.engine.describe())
@@ -263,20 +281,24 @@ class LiveSession:
 
     # ----- the per-frame step -----------------------------------------------------------
 
-    def _step(self, index: int, frame: np.ndarray, captured_at: float) -> LiveFrame:
-        """One frame: find the face, read its code a_d, make the motion, render, paste back.
-
-            motion = smooth(a_d - a_0) * intensity          (held, then eased to 0, when no face)
-            z_target = z_s + (motion + a_s + e) @ Q.T
-        """
+    def _read_motion(self, index: int, frame: np.ndarray, captured_at: float) -> _Coded:
+        """Find the face and read its motion code a_d."""
         with self._metrics.stage("track"):
             box, found = self._locate(frame)
         code = None
         if found:
             with self._metrics.stage("motion"):
                 code = self.animator.motion(crop_image(frame, box))[0].cpu().numpy()
+        return _Coded(index, frame, captured_at, box, found, code)
+
+    def _render_frame(self, coded: _Coded) -> LiveFrame:
+        """Make the motion, render and paste back:
+
+            motion = smooth(a_d - a_0) * intensity          (held, then eased to 0, when no face)
+            z_target = z_s + (motion + a_s + e) @ Q.T
+        """
         with self._lock:
-            motion = self._controller.update(code, captured_at)
+            motion = self._controller.update(coded.code, coded.captured_at)
             edit = self._controller.edit
         avatar = self._bank.current()
         output = self._unchanged_output(avatar, motion, edit)
@@ -288,8 +310,8 @@ class LiveSession:
                 output = self._bank.compose(avatar, image)
             output.flags.writeable = False  # may be shown again while the face is held
             self._last_render = _Rendered(avatar, motion, edit, output)
-        return LiveFrame(output=output, driving=frame, face_box=box, face_found=found, index=index,
-                         captured_at=captured_at, motion=motion, edit=edit)
+        return LiveFrame(output=output, driving=coded.frame, face_box=coded.box, face_found=coded.found,
+                         index=coded.index, captured_at=coded.captured_at, motion=motion, edit=edit)
 
     def _locate(self, frame: np.ndarray) -> tuple[CropBox | None, bool]:
         """The driving crop and whether a face is in it (always, with a fixed crop)."""
@@ -349,20 +371,40 @@ class LiveSession:
         finally:
             self._inbox.put(_END)
 
-    def _inference_loop(self) -> None:
+    def _motion_loop(self) -> None:
+        try:
+            with self._motion_stream():
+                while (item := self._inbox.get()) is not None and item is not _END:
+                    coded = self._safely(self._read_motion, *item)
+                    if coded is not None and not self._coded.put(coded):
+                        return
+        finally:
+            self._coded.put(_END)
+            if self._tracker is not None:
+                self._tracker.close()
+
+    @contextlib.contextmanager
+    def _motion_stream(self) -> Iterator[None]:
+        """A CUDA stream of the motion thread's own, so its work overlaps the renderer's."""
+        device = self.animator.device
+        if device.type != "cuda":
+            yield
+            return
+        with torch.cuda.stream(torch.cuda.Stream(device)):
+            yield
+
+    def _render_loop(self) -> None:
         try:
             if len(self._bank) == 0:
                 self._bank.add(*default_avatar())
             self._warm_up()
-            while (item := self._inbox.get()) is not None and item is not _END:
-                live_frame = self._safe_step(*item)
+            while (item := self._coded.get()) is not None and item is not _END:
+                live_frame = self._safely(self._render_frame, item)
                 if live_frame is not None and not self._outbox.put(live_frame):
                     return
         finally:
             self._ready.set()
             self._outbox.put(_END)
-            if self._tracker is not None:
-                self._tracker.close()
 
     def _warm_up(self) -> None:
         """Run the per-frame graphs once before the first real frame: compilation, CUDA-graph
@@ -374,14 +416,14 @@ class LiveSession:
             self.animator.render(encoded, rest, rest)
         self._ready.set()
 
-    def _safe_step(self, index: int, frame: np.ndarray, captured_at: float) -> LiveFrame | None:
-        """`_step`, with a failed frame skipped and reported (the first, then every 100th)."""
+    def _safely(self, step: Callable[..., Any], *args: Any) -> Any | None:
+        """`step(*args)`, with a failed frame skipped and reported (the first, then every 100th)."""
         try:
-            return self._step(index, frame, captured_at)
+            return step(*args)
         except Exception as error:
             self._frame_failures += 1
             if self._frame_failures == 1 or self._frame_failures % 100 == 0:
-                log.exception("frame %d failed", index)
+                log.exception("a frame failed")
                 self._status(f"a frame could not be animated ({self._frame_failures} so far): {error}",
                              logging.WARNING)
             return None
@@ -449,6 +491,7 @@ class LiveSession:
         """Make every thread wind down soon: the source ends and the queues close."""
         self.source.close()
         self._inbox.close()
+        self._coded.close()
         self._outbox.close()
         self._ready.set()
 
@@ -462,6 +505,7 @@ class LiveSession:
 
 
 def _synchronize(image: torch.Tensor) -> None:
-    """Wait for the GPU, so stage times measure the work and not its launch."""
+    """Wait for this thread's GPU work (not the motion stream's), so stage times measure the
+    work and not its launch."""
     if image.device.type == "cuda":
-        torch.cuda.synchronize(image.device)
+        torch.cuda.current_stream(image.device).synchronize()
