@@ -36,7 +36,8 @@ class EngineConfig:
     seeded:    use seeded random weights instead of a checkpoint.
     width:     model width for seeded weights (2.0 = released size).
     cache_dir: where exported graphs and built engines are kept.
-    compile:   torch backend: torch.compile the per-frame graphs.
+    compile:   torch backend: torch.compile the per-frame graphs; None turns it on wherever the
+               torch backend runs on CUDA (3x faster there; the first start compiles for minutes).
     cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
                wherever the torch backend runs on CUDA (they cost nothing to set up).
     """
@@ -49,7 +50,7 @@ class EngineConfig:
     seed: int = 0
     width: float = 2.0
     cache_dir: Path | None = None
-    compile: bool = False
+    compile: bool | None = None
     cuda_graphs: bool | None = None
 
 

@@ -3,7 +3,7 @@
 The engine takes its model over: it moves it to the device and dtype and folds the constant
 weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
 per-frame graphs (motion encoder and renderer), from EngineConfig:
-- `compile`: torch.compile, compiled lazily on the first call of each shape, with the
+- `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
   compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
   on CUDA channels-last weights and small-map convolutions as matrix products
   (docs/performance.md);
@@ -62,6 +62,7 @@ class TorchEngine(Engine):
         super().__init__(config, device)
         self.dtype = resolve_dtype(config.precision, device)
         self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+        self.compiled = config.compile if config.compile is not None else device.type == "cuda"
         if self.graphs and device.type != "cuda":
             raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
         model = model if model is not None else load_model(config)
@@ -70,16 +71,19 @@ class TorchEngine(Engine):
         except torch.cuda.OutOfMemoryError:
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
-        fast_gpu_path = config.compile and device.type == "cuda"
+        fast_gpu_path = self.compiled and device.type == "cuda"
         fold_for_inference(self.model, channels_last=fast_gpu_path)
-        if config.compile:
+        if fast_gpu_path:
+            log.info("the per-frame graphs are compiled on their first frame: a few minutes on the first "
+                     "start with this GPU and PyTorch, seconds later (Inductor's cache)")
+        if self.compiled:
             set_kernel_forms(self.model, KernelForms(filters="stencil",
                                                      gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0))
         self._motion = self._accelerated(self.model.encode_motion)
         self._decode = self._accelerated(lambda z, *feats: self.model.decode(z, feats))
 
     def _accelerated(self, fn: GraphFn) -> GraphFn:
-        if self.config.compile:
+        if self.compiled:
             # no freezing: the weights are folded already, and a graph without baked-in
             # constants can come from Inductor's cache on the next start
             fn = torch.compile(fn, dynamic=False)
@@ -109,7 +113,7 @@ class TorchEngine(Engine):
         return {"image": image.float()}
 
     def describe(self) -> str:
-        flags = (("compiled", self.config.compile), ("CUDA graphs", self.graphs))
+        flags = (("compiled", self.compiled), ("CUDA graphs", self.graphs))
         extras = [name for name, on in flags if on]
         return super().describe() + (f" [{', '.join(extras)}]" if extras else "")
 

@@ -308,7 +308,7 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
     from export.verify import exact_fp32
 
     config = EngineConfig(backend="torch", device="cuda", cuda_graphs=True, compile=compile_)
-    eager_config = EngineConfig(backend="torch", device="cuda", cuda_graphs=False)
+    eager_config = EngineConfig(backend="torch", device="cuda", cuda_graphs=False, compile=False)
     # TF32 rounding, amplified by random weights, would swamp the comparison, and cuDNN's
     # atomics-based transposed-conv algorithms differ run to run: ask for exact, repeatable math
     with exact_fp32(), deterministic_cudnn():
@@ -362,5 +362,5 @@ def test_auto_precision_and_graphs_follow_the_device(tiny_model):
     """'auto' precision is fp16 only on CUDA and CUDA graphs default on only there: on this CPU
     machine the defaults give an fp32 engine that runs without graphs."""
     engine = create_engine(EngineConfig(backend="torch", device="cpu", precision="auto"), model=tiny_model)
-    assert engine.precision == "fp32" and engine.graphs is False
-    assert "CUDA graphs" not in engine.describe()
+    assert engine.precision == "fp32" and engine.graphs is False and engine.compiled is False
+    assert "CUDA graphs" not in engine.describe() and "compiled" not in engine.describe()

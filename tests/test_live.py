@@ -163,6 +163,7 @@ def test_video_flows_end_to_end_into_the_virtual_camera_and_recordings(animator,
     session.stop()
 
     assert session.error is None, statuses
+    assert statuses[0].startswith("preparing the engine") and "engine ready in" in statuses[1]
     assert [frame.index for frame in seen] == [0, 1, 2]  # every frame, in order
     assert vcam.opened == [dict(width=512, height=512, fps=30.0, fourcc=vcam.opened[0]["fourcc"])]
     assert vcam.opened[0]["fourcc"] == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)

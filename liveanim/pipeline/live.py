@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,9 +412,12 @@ class LiveSession:
         capture and cuDNN autotuning happen here, not as a stall (and dropped frames) mid-stream."""
         encoded = self._bank.current().encoded
         rest = self._on_device(np.zeros(encoded.alpha.shape[1], dtype=np.float32))
+        self._status("preparing the engine (the first start on a new GPU compiles for a few minutes)")
+        started = time.monotonic()
         with self._metrics.stage("warm_up"):
             self.animator.motion(encoded.crop)
             self.animator.render(encoded, rest, rest)
+        self._status(f"engine ready in {time.monotonic() - started:.0f} s")
         self._ready.set()
 
     def _safely(self, step: Callable[..., Any], *args: Any) -> Any | None:
