@@ -103,7 +103,10 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def encode_motion(self, inputs: Tensors) -> Tensors:
-        return {"alpha": self._motion(inputs["image"].to(self.device, self.dtype)).float()}
+        image = inputs["image"].to(self.device, self.dtype)
+        if self.compiled:  # one layout for every caller: one compiled graph, found in the cache
+            image = image.contiguous(memory_format=torch.channels_last)
+        return {"alpha": self._motion(image).float()}
 
     @torch.inference_mode()
     def render(self, inputs: Tensors) -> Tensors:
