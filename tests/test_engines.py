@@ -320,6 +320,22 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
     _assert_close(first, reference, TOLERANCES["fp32"])
 
 
+# torch's fp16 path runs the encoders in fp16 too (TensorRT and ONNX Runtime keep them fp32):
+# motion codes measured within 7.7e-4 of fp32 at full width on an H100 (docs/performance.md)
+TORCH_FP16 = Tolerance(code_max=5e-3, image_mean=TOLERANCES["fp16"].image_mean, image_p999=TOLERANCES["fp16"].image_p999)
+
+
+@needs_cuda
+def test_default_cuda_path_stays_within_its_measured_fp16_bounds(tiny_model, tiny_inputs, cpu_reference):
+    """What runs by default on CUDA (fp16, compiled, CUDA graphs, folded channels-last weights,
+    small-map GEMMs) against fp32 on the CPU."""
+    import copy
+
+    engine = create_engine(EngineConfig(backend="torch", device="cuda", precision="auto"), model=copy.deepcopy(tiny_model))
+    assert engine.precision == "fp16" and engine.compiled and engine.graphs, engine.describe()
+    _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TORCH_FP16)
+
+
 @needs_cuda
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_reference, tmp_path):
