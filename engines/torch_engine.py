@@ -35,6 +35,9 @@ WARMUP_RUNS = 2  # before a capture: lets cuDNN pick its algorithms and compile 
 # Compiled on CUDA, size-preserving convs on maps up to 32x32 run as matrix products: cuDNN took
 # 38-66 us for a 1024-channel 3x3 conv at 8x8..32x32 on an H100, far from the weight-read bound.
 GPU_GEMM_MAX_SIDE = 32
+# Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
+# batches are padded or split, since each new shape would compile for minutes.
+COMPILED_BATCH = 8
 
 
 MEMORY_ADVICE = "Close other programs that use the GPU, or use --precision fp16 (half the memory)."
@@ -89,7 +92,7 @@ class TorchEngine(Engine):
             fn = torch.compile(fn, dynamic=False)
         if self.graphs:
             fn = GraphReplay(fn, self.device)
-        return fn
+        return BatchBuckets(fn, COMPILED_BATCH) if self.compiled else fn
 
     @property
     def directions(self) -> torch.Tensor:
@@ -124,6 +127,37 @@ class TorchEngine(Engine):
         self.model = self._motion = self._decode = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class BatchBuckets:
+    """Calls `fn(*tensors) -> tensor` with batch 1 or `size` only.
+
+    Another batch is split into parts of `size`, and a shorter last part is padded with
+    copies of its last item (the model treats every item alone, so the others are unchanged).
+    Arguments whose batch is 1 (a shared source) pass as they are.
+    """
+
+    def __init__(self, fn: GraphFn, size: int):
+        self._fn = fn
+        self._size = size
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        batch = max(a.shape[0] for a in args)
+        if batch in (1, self._size):
+            return self._fn(*args)
+        parts = []
+        for start in range(0, batch, self._size):
+            count = min(self._size, batch - start)
+            parts.append(self._fn(*(self._part(a, batch, start, count) for a in args))[:count])
+        return torch.cat(parts)
+
+    def _part(self, arg: torch.Tensor, batch: int, start: int, count: int) -> torch.Tensor:
+        if arg.shape[0] != batch:
+            return arg
+        part = arg[start:start + count]
+        if count in (1, self._size):
+            return part
+        return torch.cat([part, part[-1:].expand(self._size - count, *part.shape[1:])])
 
 
 @dataclass(frozen=True)
