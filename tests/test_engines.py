@@ -401,3 +401,13 @@ def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     torch.testing.assert_close(buckets(x[:3], shared), x[:3] * 2 + 1)
     torch.testing.assert_close(buckets(x[:1], shared), x[:1] * 2 + 1)
     assert seen == [(4, 1), (1, 1)]
+
+
+def test_build_engines_prepares_the_torch_engine(caplog):
+    """`build-engines --engine torch` runs a first frame (on CUDA: compiles into Inductor's cache)."""
+    from liveanim.cli import main
+
+    with caplog.at_level(logging.INFO, logger="liveanim.cli.build_engines"):
+        assert main(["build-engines", "--engine", "torch", "--device", "cpu", "--seeded", "0.125",
+                     "--precision", "fp32"]) == 0
+    assert "ready: torch on cpu (fp32)" in caplog.text

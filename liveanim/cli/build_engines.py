@@ -1,7 +1,9 @@
 """`python main.py build-engines`: export and build the fast engines now, not on the first run.
 
 TensorRT engines take minutes to build and only run on the GPU and TensorRT version they were
-built with; this command builds them (or finds them up to date) and reports what it did.
+built with; this command builds them (or finds them up to date) and reports what it did. For the
+torch engine it compiles the per-frame graphs into Inductor's cache (minutes on a new GPU or
+PyTorch), so that the first live start afterwards takes seconds.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "build-engines", help="export the model and build the TensorRT / ONNX Runtime engines",
+        "build-engines", help="export the model and build the TensorRT / ONNX Runtime engines, or compile torch's",
         description="Export the model (if needed) and build the engine for this GPU, so that the app starts fast.")
     add_weights_options(parser)
     parser.add_argument("--engine", default="tensorrt",
-                        choices=["auto", "tensorrt", "onnxruntime", "onnxruntime:tensorrt", "onnxruntime:cuda"],
-                        help="which engine to build (default tensorrt)")
+                        choices=["auto", "tensorrt", "onnxruntime", "onnxruntime:tensorrt", "onnxruntime:cuda", "torch"],
+                        help="which engine to build (default tensorrt; torch: compile its graphs for this GPU)")
     parser.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=None,
                         help="repeatable (default: fp16 and fp32)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: the GPU")
