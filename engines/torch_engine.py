@@ -106,15 +106,16 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def encode_motion(self, inputs: Tensors) -> Tensors:
-        image = inputs["image"].to(self.device, self.dtype)
-        if self.compiled:  # one layout for every caller: one compiled graph, found in the cache
-            image = image.contiguous(memory_format=torch.channels_last)
+        # compiled: one layout for every caller, so one compiled graph, found in the cache
+        layout = torch.channels_last if self.compiled else torch.preserve_format
+        image = inputs["image"].to(self.device, self.dtype, memory_format=layout)
         return {"alpha": self._motion(image).float()}
 
     @torch.inference_mode()
     def render(self, inputs: Tensors) -> Tensors:
         # NCHW-contiguous, the layout grid sampling reads (it would copy any other per frame)
-        feats = (shared_source(inputs[name]).to(self.device, self.dtype).contiguous() for name in FEATURE_NAMES)
+        feats = (shared_source(inputs[name]).to(self.device, self.dtype, memory_format=torch.contiguous_format)
+                 for name in FEATURE_NAMES)
         image = self._decode(inputs["z_target"].to(self.device, self.dtype), *feats)
         return {"image": image.float()}
 
