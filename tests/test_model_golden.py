@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -139,11 +141,12 @@ def test_small_map_convolutions_as_matrix_products_are_exact():
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_channels_last_group_norm_and_upsampling_are_exact():
-    """The channels-last paths of GroupNorm and stencil upsampling compute what the reference
-    (NCHW GroupNorm, transposed depthwise conv) computes, and keep the layout."""
-    from liveanim.model.layers import GroupNorm, KernelForms, Upsample
+def test_channels_last_group_norm_and_stencil_filters_are_exact():
+    """The compiler's forms compute what the reference forms (NCHW GroupNorm, depthwise and
+    transposed depthwise convs) compute, in either layout, and keep channels-last maps so."""
+    from liveanim.model.layers import Blur, GroupNorm, KernelForms, ModulatedConv2d, Upsample
 
+    stencil = KernelForms(filters="stencil")
     x = torch.randn(2, 64, 12, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     norm = GroupNorm(32, 64).double()
     with torch.no_grad():
@@ -153,8 +156,18 @@ def test_channels_last_group_norm_and_upsampling_are_exact():
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, F.group_norm(x.contiguous(), 32, norm.weight, norm.bias, norm.eps))
 
-    reference, stencil = Upsample().double(), Upsample().double()
-    stencil.forms = KernelForms(filters="stencil")
-    out = stencil(x)
-    assert out.shape == (2, 64, 24, 20) and out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, reference(x.contiguous()))
+    for reference, fast in [(Upsample(), Upsample()), (Blur(pad=2), Blur(pad=2)), (Blur(pad=1, gain=4.0),) * 2]:
+        reference, fast = reference.double(), copy.deepcopy(fast).double()
+        fast.forms = stencil
+        for layout in (torch.contiguous_format, torch.channels_last):
+            out = fast(x.contiguous(memory_format=layout))
+            assert out.is_contiguous(memory_format=layout)
+            torch.testing.assert_close(out, reference(x.contiguous()))
+
+    conv = ModulatedConv2d(64, 32, 3, style_dim=16, upsample=True).double()
+    fast = copy.deepcopy(conv)
+    fast.forms = stencil
+    style = torch.randn(2, 16, dtype=torch.float64)
+    out = fast(x, style)
+    assert out.shape == (2, 32, 24, 20)
+    torch.testing.assert_close(out, conv(x.contiguous(), style))

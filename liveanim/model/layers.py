@@ -39,9 +39,9 @@ class KernelForms:
     """How the layers of a model compute; every form is exact in real arithmetic.
 
     filters:       blur and upsampling as 'conv', depthwise (transposed) convolutions (the
-                   reference, and the form that exports), or 'stencil', separable shifted
-                   slices (upsampling in its polyphase form) that torch.compile fuses into one
-                   kernel each, where cuDNN's depthwise kernels are slow.
+                   reference, and the form that exports), or 'stencil': blur as a sum of
+                   shifted slices, upsampling as bilinear interpolation, which torch.compile
+                   fuses into one kernel each, where cuDNN's depthwise kernels are slow.
     gemm_max_side: stride-1 convolutions on maps of at most this side (8x8 .. 32x32 in the
                    decoder) run as one matrix product over their patches: cuDNN's implicit
                    GEMM starts too few thread blocks there to keep a large GPU busy. 0: never.
@@ -68,33 +68,43 @@ def _taps(kernel: torch.Tensor) -> torch.Tensor:
     return kernel[0] / kernel[0, 0].sqrt()
 
 
-def _pad_axis(x: torch.Tensor, dim: int, pad: int) -> torch.Tensor:
-    """`pad` zeros on both sides of `x` along `dim`."""
-    padding = [0, 0] * (x.ndim - dim % x.ndim)  # F.pad lists the last dimension first
-    padding[-2:] = [pad, pad]
-    return F.pad(x, padding)
-
-
 def _filter_axis(x: torch.Tensor, taps: torch.Tensor, dim: int, pad: int) -> torch.Tensor:
     """Correlate `x` along `dim` with 4 taps after `pad` zeros on both sides (a stencil of
     shifted slices: exported as plain ops and fused by compilers, unlike depthwise convs)."""
-    x = _pad_axis(x, dim, pad)
+    padding = [0, 0] * (x.ndim - dim % x.ndim)  # F.pad lists the last dimension first
+    padding[-2:] = [pad, pad]
+    x = F.pad(x, padding)
     size = x.shape[dim] - len(taps) + 1
     return sum(x.narrow(dim, t, size) * taps[t] for t in range(len(taps)))
 
 
-def _upsample_axis(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
-    """2x upsampling along `dim` by the polyphase form of upfirdn (up=2, pad=(2, 1)):
-    even outputs u0*x[i-1] + u2*x[i], odd outputs u1*x[i] + u3*x[i+1], zeros outside."""
-    dim %= x.ndim
-    x = _pad_axis(x, dim, 1)
-    n = x.shape[dim] - 2
-    even = x.narrow(dim, 0, n) * taps[0] + x.narrow(dim, 1, n) * taps[2]
-    odd = x.narrow(dim, 1, n) * taps[1] + x.narrow(dim, 2, n) * taps[3]
-    stacked = torch.stack((even, odd), dim=dim + 1)  # (..., n, 2, ...): interleaved by the reshape
-    shape = list(even.shape)
-    shape[dim] = 2 * n
-    return stacked.reshape(shape)
+def _correlate_valid(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlate every channel of `x` with the 2-D `kernel`, no padding: a sum of shifted slices,
+    which a compiler fuses into one kernel that reads `x` (unlike a depthwise conv)."""
+    kh, kw = kernel.shape
+    height, width = x.shape[-2] - kh + 1, x.shape[-1] - kw + 1
+    weights = kernel.to(x.dtype)
+    return sum(x[..., dy:dy + height, dx:dx + width] * weights[dy, dx] for dy in range(kh) for dx in range(kw))
+
+
+def _upsample_bilinear(x: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(up=2, kernel outer([1,3,3,1])/16, pad=(2,1)) as bilinear interpolation.
+
+    Per axis that upsampling is even outputs 0.25 x[i-1] + 0.75 x[i], odd outputs 0.75 x[i] +
+    0.25 x[i+1], zeros outside: exactly bilinear 2x interpolation (half-pixel centres), except
+    at the first and last output row and column, where bilinear repeats the edge (weight 1)
+    instead of reading a zero (weight 0.75). One interpolation, times that edge correction, is a
+    single fused kernel when compiled, in either memory layout.
+    """
+    out = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return out * (_edge_weights(out.shape[-2], out)[:, None] * _edge_weights(out.shape[-1], out))
+
+
+def _edge_weights(size: int, like: torch.Tensor) -> torch.Tensor:
+    """(size,) ones with 0.75 at both ends."""
+    index = torch.arange(size, device=like.device)
+    edge = (index == 0) | (index == size - 1)
+    return torch.where(edge, 0.75, 1.0).to(like.dtype)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -145,8 +155,8 @@ class Blur(nn.Module):
         self.register_buffer("kernel", blur_kernel(gain))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forms.filters == "stencil":
-            taps = _taps(self.kernel).to(x.dtype)
+        if self.forms.filters == "stencil":  # separable: the input, often a fused activation,
+            taps = _taps(self.kernel).to(x.dtype)  # is read 4 times per pass, not 16 (measured)
             return _filter_axis(_filter_axis(x, taps, -2, self.pad), taps, -1, self.pad)
         channels = x.shape[1]
         return F.conv2d(x, _depthwise(self.kernel, channels, x), padding=self.pad, groups=channels)
@@ -156,7 +166,8 @@ class Blur(nn.Module):
 
 
 class Upsample(nn.Module):
-    """2x upsampling with the blur kernel (upfirdn2d up=2, pad=(2,1))."""
+    """2x upsampling with the blur kernel (upfirdn2d up=2, pad=(2,1)); the stencil form is
+    bilinear interpolation, which this fixed kernel equals (`_upsample_bilinear`)."""
 
     def __init__(self):
         super().__init__()
@@ -165,14 +176,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forms.filters == "stencil":
-            taps = _taps(self.kernel).to(x.dtype)
-            if _is_channels_last(x):  # interleave rows and columns of (B, H, W, C): the result
-                # stays channels-last; in the compiled renderer this replaced a 0.6 ms kernel (the
-                # NCHW interleave of a channels-last map at 512x512, H100), though in isolation
-                # the NCHW form is faster: measure both before changing it
-                nhwc = x.permute(0, 2, 3, 1)
-                return _upsample_axis(_upsample_axis(nhwc, taps, 1), taps, 2).permute(0, 3, 1, 2)
-            return _upsample_axis(_upsample_axis(x, taps, -2), taps, -1)
+            return _upsample_bilinear(x)
         channels = x.shape[1]
         weight = _depthwise(self.kernel, channels, x)
         return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
@@ -296,14 +300,28 @@ class ModulatedConv2d(nn.Module):
         s = self.modulation(style)
         x = x * s[:, :, None, None]
         if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            out = self._upsampling_conv(x, weight)
         else:
             out = conv2d(x, weight, self.forms, padding=weight.shape[-1] // 2)
         if self.demodulate:
             energy = self.energy if self.energy is not None else weight.square().sum(dim=(2, 3))
             d = torch.rsqrt(s.square() @ energy.t() + 1e-8)  # (B, out)
             out = out * d[:, :, None, None]
-        return self.blur(out) if self.upsample else out
+        return out
+
+    def _upsampling_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """2x transposed conv, then the blur (pad 1).
+
+        In the stencil form the transposed conv runs on `x` padded by one zero, which puts
+        exactly the blur's padding (and one more row and column) around its output: the blur,
+        one pass of 16 taps, then reads the conv's output directly, with no padded copy in
+        between (with the demodulation and activation after it: one kernel when compiled).
+        """
+        weight = weight.transpose(0, 1)
+        if self.forms.filters != "stencil":
+            return self.blur(F.conv_transpose2d(x, weight, stride=2))
+        padded = F.conv_transpose2d(F.pad(x, [1] * 4), weight, stride=2)  # the output, 2 zeros around
+        return _correlate_valid(padded[:, :, 1:-1, 1:-1], self.blur.kernel)
 
     def extra_repr(self) -> str:
         _, out_c, in_c, k, _ = self.weight.shape
@@ -337,18 +355,28 @@ class ConstantInput(nn.Module):
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm that keeps a channels-last input channels-last.
 
-    PyTorch's kernel wants NCHW and would copy the map there and back; here the statistics
-    are a reduction over (H*W, channels of the group) of the NHWC view, in float32.
+    PyTorch's kernel wants NCHW and would copy the map there and back. Here the statistics are
+    per-channel reductions over H*W of the NHWC view (contiguous reads), combined exactly into
+    group statistics, in float32; the normalization is one pass over the map as it is.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _is_channels_last(x):
             return super().forward(x)
         batch, channels, height, width = x.shape
-        groups = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.num_groups, channels // self.num_groups)
-        var, mean = torch.var_mean(groups.float(), dim=(1, 3), keepdim=True, correction=0)
-        normed = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(batch, height, width, channels)
-        return (normed * self.weight + self.bias).to(x.dtype).permute(0, 3, 1, 2)
+        size = channels // self.num_groups
+        compute = torch.promote_types(x.dtype, torch.float32)
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels).to(compute)
+        channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (B, C)
+        channel_var, channel_mean = (t.view(batch, self.num_groups, size) for t in (channel_var, channel_mean))
+        mean = channel_mean.mean(dim=2)  # (B, groups)
+        var = (channel_var + (channel_mean - mean[:, :, None]).square()).mean(dim=2)
+
+        def per_channel(stat: torch.Tensor) -> torch.Tensor:  # (B, groups) -> (B, C, 1, 1)
+            return stat[:, :, None].expand(-1, -1, size).reshape(batch, channels, 1, 1)
+
+        scale = per_channel(torch.rsqrt(var + self.eps)) * self.weight[:, None, None]
+        return ((x.to(compute) - per_channel(mean)) * scale + self.bias[:, None, None]).to(x.dtype)
 
 
 def group_norm(channels: int) -> GroupNorm:
