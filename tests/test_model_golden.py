@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +174,19 @@ def test_channels_last_group_norm_and_stencil_filters_are_exact():
     out = fast(x, style)
     assert out.shape == (2, 32, 24, 20)
     torch.testing.assert_close(out, conv(x.contiguous(), style))
+
+
+def test_loading_a_checkpoint_leaves_the_compiler_unloaded():
+    """Building the model for a checkpoint touches no random fill or arithmetic on the meta
+    device: those load torch's compiler, seconds of every start (the live loop loads it later,
+    in the background)."""
+    script = (
+        "import sys, torch\n"
+        "from liveanim.model import LIAX\n"
+        "state = {name: torch.zeros(shape) for name, shape in LIAX.expected_layout(0.125, 40).items()}\n"
+        "LIAX.from_checkpoint(state)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "False", result.stdout + result.stderr

@@ -30,7 +30,7 @@ class FlowResBlock(nn.Module):
         self.norm = group_norm(channels)
         self.conv1 = StyledConv(channels, channels, 3, style_dim)
         self.conv2 = StyledConv(channels, channels, 3, style_dim)
-        self.gamma = nn.Parameter(1e-5 * torch.ones(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), 1e-5))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         skip = self.conv1(x, style)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from liveanim.model.layers import random_normal
+
 
 class MotionDictionary(nn.Module):
     """Holds the learned (L, motion_dim) matrix under the checkpoint's name `direction.weight`.
@@ -15,7 +17,7 @@ class MotionDictionary(nn.Module):
 
     def __init__(self, latent_dim: int, motion_dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(latent_dim, motion_dim))
+        self.weight = nn.Parameter(random_normal(latent_dim, motion_dim))
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def basis(self) -> torch.Tensor:

@@ -25,9 +25,18 @@ LEAKY_SLOPE = 0.2
 LEAKY_GAIN = math.sqrt(2.0)
 
 
+def random_normal(*shape: int) -> torch.Tensor:
+    """N(0, 1) initial values, as the official code starts from; on the meta device (a model
+    about to be loaded from a checkpoint) an empty tensor, since meta's random fill loads the
+    compiler (seconds off every start)."""
+    values = torch.empty(shape)
+    return values if values.is_meta else values.normal_()
+
+
 def blur_kernel(gain: float = 1.0) -> torch.Tensor:
-    """The 4x4 low-pass kernel outer([1,3,3,1])/64, times `gain` (4 after 2x upsampling)."""
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    """The 4x4 low-pass kernel outer([1,3,3,1])/64, times `gain` (4 after 2x upsampling); made on
+    the CPU even while a model is built on the meta device, like the constant it is."""
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0], device="cpu")
     return torch.outer(k, k) / 64.0 * gain
 
 
@@ -209,7 +218,7 @@ class EqualConv2d(nn.Module):
         bias: whether the layer owns a bias (False where an activation adds it).
         """
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(random_normal(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.stride = stride
@@ -229,7 +238,7 @@ class EqualLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.weight = nn.Parameter(random_normal(out_features, in_features))
         self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
         self.scale = 1.0 / math.sqrt(in_features)
 
@@ -284,7 +293,7 @@ class ModulatedConv2d(nn.Module):
         upsample:    2x transposed conv followed by a blur.
         """
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(random_normal(1, out_channels, in_channels, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
         if upsample:
             self.blur = Blur(pad=1, gain=4.0)
@@ -346,7 +355,7 @@ class ConstantInput(nn.Module):
 
     def __init__(self, channels: int, size: int = 4):
         super().__init__()
-        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+        self.input = nn.Parameter(random_normal(1, channels, size, size))
 
     def forward(self, batch: int) -> torch.Tensor:
         return self.input.expand(batch, -1, -1, -1)
