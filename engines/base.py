@@ -40,6 +40,9 @@ class EngineConfig:
                torch backend runs on CUDA (3x faster there; the first start compiles for minutes).
     cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
                wherever the torch backend runs on CUDA (they cost nothing to set up).
+    compile_in_background: torch backend, compiled: serve the first calls uncompiled while the
+               compiled graphs are prepared on a thread of their own (the live loop: frames
+               seconds after start, full speed once compiled); False waits for them.
     """
 
     backend: str = "auto"
@@ -52,6 +55,7 @@ class EngineConfig:
     cache_dir: Path | None = None
     compile: bool | None = None
     cuda_graphs: bool | None = None
+    compile_in_background: bool = False
 
 
 class Engine(ABC):

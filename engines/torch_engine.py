@@ -9,12 +9,19 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   (docs/performance.md);
 - `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
   overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
+- `compile_in_background`: the first calls of each shape are served by the uncompiled graphs
+  (captured in under a second) while a thread of the engine's own compiles the fast ones,
+  or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
+  The live loop starts this way: its first frames come seconds after the weights are read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,26 +84,36 @@ class TorchEngine(Engine):
         fast_gpu_path = self.compiled and device.type == "cuda"
         fold_for_inference(self.model, channels_last=fast_gpu_path)
         if fast_gpu_path:
-            log.info("the per-frame graphs are compiled on their first frame: a few minutes on the first "
-                     "start with this GPU and PyTorch, seconds later (Inductor's cache)")
+            log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "
+                     "and PyTorch, ~20 s later (Inductor's cache)",
+                     "in the background, uncompiled (slower) until then" if config.compile_in_background
+                     else "on their first frame")
         if self.compiled:
             set_kernel_forms(self.model, KernelForms(filters="stencil",
                                                      gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0))
+        self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
         self._motion = self._accelerated(self.model.encode_motion)
         self._decode = self._accelerated(lambda z, *feats: self.model.decode(z, feats))
 
     def _accelerated(self, fn: GraphFn) -> GraphFn:
-        if self.compiled:
-            # no freezing: the weights are folded already, and a graph without baked-in
-            # constants can come from Inductor's cache on the next start
-            fn = torch.compile(fn, dynamic=False)
-        if self.graphs:
-            fn = GraphReplay(fn, self.device)
-        return BatchBuckets(fn, COMPILED_BATCH) if self.compiled else fn
+        replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
+        if not self.compiled:
+            return replay(fn)
+        # no freezing: the weights are folded already, and a graph without baked-in
+        # constants can come from Inductor's cache on the next start
+        compiled = lambda: replay(torch.compile(fn, dynamic=False))  # noqa: E731
+        if self._compiler is not None:
+            return BatchBuckets(CompiledWhenReady(compiled, replay(fn), self._compiler), COMPILED_BATCH)
+        return BatchBuckets(compiled(), COMPILED_BATCH)
 
     @property
     def directions(self) -> torch.Tensor:
         return self._directions
+
+    def wait_until_compiled(self, timeout: float | None = None) -> bool:
+        """With `compile_in_background`: wait until the graphs of every shape called so far run
+        compiled (or failed to compile, and stay uncompiled); False on timeout."""
+        return self._compiler.wait(timeout) if self._compiler is not None else True
 
     @torch.inference_mode()
     def encode_source(self, inputs: Tensors) -> Tensors:
@@ -125,9 +142,11 @@ class TorchEngine(Engine):
         return super().describe() + (f" [{', '.join(extras)}]" if extras else "")
 
     def close(self) -> None:
+        if self._compiler is not None:
+            self._compiler.close()
         self.model = self._motion = self._decode = None
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            release_cached_memory()
 
 
 class BatchBuckets:
@@ -161,6 +180,127 @@ class BatchBuckets:
         return torch.cat([part, part[-1:].expand(self._size - count, *part.shape[1:])])
 
 
+ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
+
+
+def _shape_key(args: tuple[torch.Tensor, ...]) -> ShapeKey:
+    return tuple((tuple(a.shape), a.dtype) for a in args)
+
+
+# CUDA graphs are captured one at a time, and cached memory is released only between captures:
+# PyTorch's allocator cannot release memory while any thread captures (an internal assert).
+# Other work goes on meanwhile: captures are thread-local.
+_CAPTURING = threading.Lock()
+
+
+def release_cached_memory() -> None:
+    """Give the GPU memory that PyTorch caches but no tensor uses back to the driver."""
+    with _CAPTURING:
+        torch.cuda.empty_cache()
+
+
+def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
+    """Wait for this thread's stream: the tensors are read on another one next."""
+    if tensors[0].is_cuda:
+        torch.cuda.current_stream(tensors[0].device).synchronize()
+
+
+class BackgroundCompiler:
+    """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
+    at a time anyway), so that callers need not wait for them."""
+
+    def __init__(self, device: torch.device):
+        self._device = device
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._unfinished = 0
+        self._idle = threading.Condition()
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job()` on the compiler thread (started on the first job), in inference mode."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
+            self._thread.start()
+        with self._idle:
+            self._unfinished += 1
+        self._jobs.put(job)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every job submitted so far has finished; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def close(self) -> None:
+        """Skip the jobs not started yet; one that runs finishes in the background."""
+        self._closed = True
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        with torch.inference_mode(), contextlib.ExitStack() as scope:
+            if self._device.type == "cuda":
+                scope.enter_context(torch.cuda.device(self._device))
+            while (job := self._jobs.get()) is not None:
+                try:
+                    if not self._closed:
+                        job()
+                finally:
+                    with self._idle:
+                        self._unfinished -= 1
+                        self._idle.notify_all()
+
+
+class CompiledWhenReady:
+    """Calls the compiled graph for the input shapes it is ready for; any other shape goes to
+    `interim` while the background compiler prepares the compiled graph for it (compiles or
+    loads it, and captures its CUDA graph). A failed preparation leaves that shape on `interim`.
+
+    The compiled graph is made by `make_compiled()`, on the compiler thread: making it imports
+    the compiler (seconds). A shape is prepared from its second call on, so that the compiler
+    thread does not slow down the first, which captures the interim graph (the live loop's warm-up).
+    """
+
+    def __init__(self, make_compiled: Callable[[], GraphFn], interim: GraphFn, compiler: BackgroundCompiler):
+        self._make_compiled = make_compiled
+        self._compiled: GraphFn | None = None
+        self._interim = interim
+        self._compiler = compiler
+        self._ready: set[ShapeKey] = set()  # added to by the compiler thread
+        self._calls: dict[ShapeKey, int] = {}
+        self._released: set[ShapeKey] = set()
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        key = _shape_key(args)
+        if key in self._ready:
+            assert self._compiled is not None
+            if key not in self._released and isinstance(self._interim, GraphReplay):
+                self._interim.release(key)  # here, not on the compiler thread: no replay of it is under way
+            self._released.add(key)
+            return self._compiled(*args)
+        self._calls[key] = calls = self._calls.get(key, 0) + 1
+        if calls == 2:
+            example = tuple(a.clone() for a in args)
+            _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
+            self._compiler.submit(lambda: self._prepare(key, example))
+        return self._interim(*args)
+
+    def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:
+        shapes = [shape for shape, _ in key]
+        started = time.monotonic()
+        try:
+            if self._compiled is None:
+                self._compiled = self._make_compiled()
+            self._compiled(*example)
+            _finish_gpu_work(example)  # before the copies are freed
+        except Exception:
+            log.warning("compiling the graph for inputs %s failed; it keeps running uncompiled (slower)",
+                        shapes, exc_info=True)
+            return
+        self._ready.add(key)
+        log.info("compiled graph for inputs %s ready after %.0f s: full speed from now on",
+                 shapes, time.monotonic() - started)
+
+
 @dataclass(frozen=True)
 class _Capture:
     """One captured CUDA graph with the buffers it reads and writes."""
@@ -180,7 +320,7 @@ class GraphReplay:
         self._lock = threading.Lock()  # a capture's buffers are shared: one caller at a time
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        key = _shape_key(args)
         with self._lock:
             capture = self._captures.get(key)
             if capture is None:
@@ -189,6 +329,14 @@ class GraphReplay:
                 buffer.copy_(value)
             capture.graph.replay()
             return capture.output.clone()
+
+    def release(self, key: ShapeKey) -> None:
+        """Free the capture for `key` and its memory; call it from the thread that replays it
+        (it waits for the last replay to finish on that thread's stream)."""
+        with self._lock:
+            if self._captures.pop(key, None) is not None:
+                torch.cuda.current_stream(self._device).synchronize()
+                release_cached_memory()
 
     def _capture(self, args: tuple[torch.Tensor, ...]) -> _Capture:
         log.info("capturing a CUDA graph for inputs %s", [tuple(a.shape) for a in args])
@@ -199,7 +347,11 @@ class GraphReplay:
             for _ in range(WARMUP_RUNS):
                 self._fn(*inputs)
         torch.cuda.current_stream(self._device).wait_stream(side)
+        side.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = self._fn(*inputs)
+        with _CAPTURING:
+            torch.cuda.empty_cache()  # the warm-up runs' activations: the capture has a pool of its own
+            # thread-local: other threads (the live loop, a background compile) keep using the GPU
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                output = self._fn(*inputs)
         return _Capture(graph, inputs, output)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -318,6 +319,65 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
         reference = _pipeline(eager, tiny_inputs)
     assert torch.equal(first["image"], again["image"]), "replays must not depend on earlier calls"
     _assert_close(first, reference, TOLERANCES["fp32"])
+
+
+@needs_cuda
+def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tiny_model, tiny_inputs):
+    """The live loop's start: frames at once from the uncompiled graphs, then from the compiled
+    ones, and both the same within fp32 rounding."""
+    import copy
+
+    from export.verify import exact_fp32
+
+    config = EngineConfig(backend="torch", device="cuda", compile=True, cuda_graphs=True, compile_in_background=True)
+    with exact_fp32(), deterministic_cudnn():
+        engine = TorchEngine(config, torch.device("cuda"), model=copy.deepcopy(tiny_model))
+        _pipeline(engine, tiny_inputs)  # the first call of each graph: its interim capture
+        interim = _pipeline(engine, tiny_inputs)
+        assert engine.wait_until_compiled(timeout=600)
+        compiled = _pipeline(engine, tiny_inputs)
+    _assert_close(compiled, interim, TOLERANCES["fp32"])
+
+
+def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
+    """A compile that takes minutes must not hold up the caller: the interim graph answers until
+    the compiled one is ready for that shape; one that fails to compile leaves it interim."""
+    from engines.torch_engine import BackgroundCompiler, CompiledWhenReady
+
+    compiling = threading.Event()
+    served: list[str] = []
+
+    def compiled(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 3:
+            raise RuntimeError("the compiler crashed")
+        compiling.wait(timeout=30)  # a long compile, until the test lets it finish
+        served.append("compiled")
+        return x * 2
+
+    def interim(x: torch.Tensor) -> torch.Tensor:
+        served.append("interim")
+        return x * 2
+
+    compiler = BackgroundCompiler(torch.device("cpu"))
+    graph = CompiledWhenReady(lambda: compiled, interim, compiler)
+    x = torch.arange(4.0)
+    torch.testing.assert_close(graph(x), x * 2)
+    assert compiler.wait(timeout=0.1), "the first call (the warm-up) is left alone"
+    torch.testing.assert_close(graph(x), x * 2)
+    torch.testing.assert_close(graph(x), x * 2)
+    assert served == ["interim"] * 3 and not compiler.wait(timeout=0.1)
+    compiling.set()
+    assert compiler.wait(timeout=30)
+    served.clear()
+    torch.testing.assert_close(graph(x), x * 2)
+    assert served == ["compiled"]
+    with caplog.at_level(logging.WARNING, logger="engines.torch_engine"):
+        graph(torch.ones(3))
+        graph(torch.ones(3))
+        assert compiler.wait(timeout=30)
+        graph(torch.ones(3))
+    assert served[-3:] == ["interim"] * 3 and "keeps running uncompiled" in caplog.text
+    compiler.close()
 
 
 # torch's fp16 path runs the encoders in fp16 too (TensorRT and ONNX Runtime keep them fp32):

@@ -48,6 +48,8 @@ class ModelSource:
 
     def engine_config(self, backend: str, precision: str, weights: Path | None) -> EngineConfig:
         """The engine to build for the chosen backend and precision."""
+        # live: the preview starts at once, full speed once the compiled graphs are ready
         if self.seeded:
-            return EngineConfig(backend=backend, precision=precision, seeded=True, width=self.seeded_width)
-        return EngineConfig(backend=backend, precision=precision, weights=weights)
+            return EngineConfig(backend=backend, precision=precision, seeded=True, width=self.seeded_width,
+                                compile_in_background=True)
+        return EngineConfig(backend=backend, precision=precision, weights=weights, compile_in_background=True)

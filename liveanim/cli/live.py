@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     edit = edit_from_args(args)
     avatars = [(read_image(path), path.name) for path in args.avatar]
     preview = _Preview() if args.preview else None
-    with open_animator(args) as animator:
+    with open_animator(args, live=True) as animator:
         session = LiveSession(config, animator, _source(args), on_frame=preview.show if preview else None)
         for image, name in avatars:
             session.add_avatar(image, name)
@@ -220,7 +220,9 @@ def _write_stats(path: Path, session: LiveSession, elapsed_s: float, config: Liv
         "latency_ms_p95": stats.latency_ms_p95,
         "stage_ms": stats.stage_ms,
         "elapsed_s": elapsed_s,
+        # tensors at their peak, and what PyTorch's caching allocator held from the GPU at its peak
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "peak_gpu_memory_reserved_gb": torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None,
     }
     path.write_text(json.dumps(report, indent=2))
     log.info("statistics written to %s", path)

@@ -37,11 +37,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="use seeded random weights of this width instead of a checkpoint (tests, benchmarks)")
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
+def engine_config(args: argparse.Namespace, compile_in_background: bool = False) -> EngineConfig:
     return EngineConfig(backend=args.engine, device=args.device, precision=args.precision,
                         weights=args.weights, seeded=args.seeded is not None,
                         width=args.seeded if args.seeded is not None else 2.0,
-                        compile=args.compile, cuda_graphs=args.cuda_graphs)
+                        compile=args.compile, cuda_graphs=args.cuda_graphs,
+                        compile_in_background=compile_in_background)
 
 
 def add_edit_options(parser: argparse.ArgumentParser) -> None:
@@ -82,9 +83,13 @@ def offline_config(args: argparse.Namespace) -> OfflineConfig:
 
 
 @contextlib.contextmanager
-def open_animator(args: argparse.Namespace) -> Iterator[Animator]:
-    """The animator over the engine the options ask for, released afterwards."""
-    engine = create_engine(engine_config(args))
+def open_animator(args: argparse.Namespace, live: bool = False) -> Iterator[Animator]:
+    """The animator over the engine the options ask for, released afterwards.
+
+    live: frames from the start, at reduced speed until the compiled graphs are ready; files
+          (the other commands) rather wait for them and then run at full speed throughout.
+    """
+    engine = create_engine(engine_config(args, compile_in_background=live))
     try:
         yield Animator(engine)
     finally:
