@@ -1,14 +1,17 @@
 """The live loop: camera in, animated avatar out, in four threads.
 
-    capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate, render,
-    paste back) --[queue]--> outputs
+    capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate,
+    render) --[queue]--> outputs (paste back, then virtual camera, recording, preview)
 
-The motion and render threads keep the GPU busy together: the next frame's face is found and
-its motion code computed (on a CUDA stream of its own) while the current frame renders.
+The three GPU stages keep the GPU busy together, each on a CUDA stream of its own: the next
+frame's motion code is computed and the last frame pasted back and copied to the host while
+the current frame renders, so the render thread only ever waits for its own work.
 
-Each queue holds a couple of frames. With a live source a full queue drops its oldest
+Each queue holds one frame by default. With a live source a full queue drops its oldest
 frame: a slow stage then shows the newest face rather than falling further and further
-behind (latency stays bounded; drops are counted). A file read "as fast as possible" is
+behind (latency stays bounded; drops are counted). Deeper queues add latency and no speed:
+on an H100 fed 60 fps, 2-frame queues gave the same 57 fps as 1-frame ones with 16 ms more
+latency (docs/performance.md). A file read "as fast as possible" is
 processed losslessly instead. Nothing in the loop is fatal except losing the source for
 good: a failed frame is skipped, a failed output is switched off and reported.
 """
@@ -67,7 +70,7 @@ class LiveConfig:
     """
 
     fps: float = 30.0
-    queue_size: int = 2
+    queue_size: int = 1
     track: bool = True
     tracker: TrackerConfig = TrackerConfig()
     motion: MotionConfig = MotionConfig()
@@ -98,12 +101,13 @@ class _Coded:
 
 @dataclass(frozen=True, eq=False)
 class _Rendered:
-    """The last rendered frame and what it was rendered from."""
+    """A rendered frame, before paste-back, and what it was rendered from."""
 
+    coded: _Coded
     avatar: BankedAvatar
     motion: np.ndarray
     edit: np.ndarray
-    output: np.ndarray
+    image: torch.Tensor  # (1, 3, 512, 512) on the engine's device, finished
 
 
 class _FrameQueue:
@@ -193,7 +197,8 @@ class LiveSession:
         self._error: LiveAnimError | None = None
         self._tracker: FaceTracker | None = None
         self._fixed_crop = not config.track
-        self._last_render: _Rendered | None = None
+        self._last_render: _Rendered | None = None  # on the render thread
+        self._last_output: tuple[torch.Tensor, np.ndarray] | None = None  # on the output thread
         self._frame_failures = 0
 
     # ----- public API -------------------------------------------------------------------
@@ -292,8 +297,8 @@ class LiveSession:
                 code = self.animator.motion(crop_image(frame, box))[0].cpu().numpy()
         return _Coded(index, frame, captured_at, box, found, code)
 
-    def _render_frame(self, coded: _Coded) -> LiveFrame:
-        """Make the motion, render and paste back:
+    def _render_frame(self, coded: _Coded) -> _Rendered:
+        """Make the motion and render:
 
             motion = smooth(a_d - a_0) * intensity          (held, then eased to 0, when no face)
             z_target = z_s + (motion + a_s + e) @ Q.T
@@ -302,17 +307,30 @@ class LiveSession:
             motion = self._controller.update(coded.code, coded.captured_at)
             edit = self._controller.edit
         avatar = self._bank.current()
-        output = self._unchanged_output(avatar, motion, edit)
-        if output is None:
+        image = self._unchanged_render(avatar, motion, edit)
+        if image is None:
             with self._metrics.stage("render"):
                 image = self.animator.render(avatar.encoded, self._on_device(motion), self._on_device(edit))
                 _synchronize(image)
+        self._last_render = _Rendered(coded, avatar, motion, edit, image)
+        return self._last_render
+
+    def _compose(self, rendered: _Rendered) -> LiveFrame:
+        """Paste the rendered face back into the avatar's picture (on the output thread, so the
+        render thread goes on with the next frame meanwhile)."""
+        last = self._last_output
+        if last is not None and last[0] is rendered.image:
+            output = last[1]  # a held face: the same render, pasted back already
+        else:
             with self._metrics.stage("compose"):
-                output = self._bank.compose(avatar, image)
+                _used_on_this_stream(rendered.image)
+                output = self._bank.compose(rendered.avatar, rendered.image)
             output.flags.writeable = False  # may be shown again while the face is held
-            self._last_render = _Rendered(avatar, motion, edit, output)
+            self._last_output = (rendered.image, output)
+        coded = rendered.coded
         return LiveFrame(output=output, driving=coded.frame, face_box=coded.box, face_found=coded.found,
-                         index=coded.index, captured_at=coded.captured_at, motion=motion, edit=edit)
+                         index=coded.index, captured_at=coded.captured_at, motion=rendered.motion,
+                         edit=rendered.edit)
 
     def _locate(self, frame: np.ndarray) -> tuple[CropBox | None, bool]:
         """The driving crop and whether a face is in it (always, with a fixed crop)."""
@@ -330,13 +348,13 @@ class LiveSession:
         side = min(height, width)
         return CropBox((width - side) // 2, (height - side) // 2, side), True
 
-    def _unchanged_output(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> np.ndarray | None:
-        """The last output if it was made from the same avatar, motion and edit (a held or
-        rested face): the renderer is deterministic, so it need not run again."""
+    def _unchanged_render(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> torch.Tensor | None:
+        """The last rendered image if it was made from the same avatar, motion and edit (a held
+        or rested face): the renderer is deterministic, so it need not run again."""
         last = self._last_render
         same = (last is not None and last.avatar is avatar and np.array_equal(last.motion, motion)
                 and np.array_equal(last.edit, edit))
-        return last.output if same else None
+        return last.image if same else None
 
     def _on_device(self, vector: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(vector)[None].to(self.animator.device)
@@ -374,7 +392,7 @@ class LiveSession:
 
     def _motion_loop(self) -> None:
         try:
-            with self._motion_stream():
+            with self._own_stream():
                 while (item := self._inbox.get()) is not None and item is not _END:
                     coded = self._safely(self._read_motion, *item)
                     if coded is not None and not self._coded.put(coded):
@@ -385,8 +403,8 @@ class LiveSession:
                 self._tracker.close()
 
     @contextlib.contextmanager
-    def _motion_stream(self) -> Iterator[None]:
-        """A CUDA stream of the motion thread's own, so its work overlaps the renderer's."""
+    def _own_stream(self) -> Iterator[None]:
+        """A CUDA stream of the calling thread's own, so its work overlaps the renderer's."""
         device = self.animator.device
         if device.type != "cuda":
             yield
@@ -400,8 +418,8 @@ class LiveSession:
                 self._bank.add(*default_avatar())
             self._warm_up()
             while (item := self._coded.get()) is not None and item is not _END:
-                live_frame = self._safely(self._render_frame, item)
-                if live_frame is not None and not self._outbox.put(live_frame):
+                rendered = self._safely(self._render_frame, item)
+                if rendered is not None and not self._outbox.put(rendered):
                     return
         finally:
             self._ready.set()
@@ -412,7 +430,7 @@ class LiveSession:
         capture and cuDNN autotuning happen here, not as a stall (and dropped frames) mid-stream."""
         encoded = self._bank.current().encoded
         rest = self._on_device(np.zeros(encoded.alpha.shape[1], dtype=np.float32))
-        self._status("preparing the engine (the first start on a new GPU compiles for a few minutes)")
+        self._status("preparing the engine")
         started = time.monotonic()
         with self._metrics.stage("warm_up"):
             self.animator.motion(encoded.crop)
@@ -441,16 +459,18 @@ class LiveSession:
         shape: tuple[int, ...] | None = None  # of the output frames; known from the first one
         delivered = 0
         try:
-            while (item := self._outbox.get(timeout=0.25)) is not _END and not (item is None and self._outbox.closed):
-                shape = item.output.shape if item is not None else shape
-                if shape is not None:
-                    self._apply_requests(sinks, shape)
-                if item is None:
-                    continue
-                self._deliver(dataclasses.replace(item, stats=self._metrics.snapshot()), sinks)
-                delivered += 1
-                if self.config.max_frames is not None and delivered >= self.config.max_frames:
-                    return
+            with self._own_stream():
+                while (item := self._outbox.get(timeout=0.25)) is not _END and not (item is None and self._outbox.closed):
+                    frame = self._safely(self._compose, item) if item is not None else None
+                    shape = frame.output.shape if frame is not None else shape
+                    if shape is not None:
+                        self._apply_requests(sinks, shape)
+                    if frame is None:
+                        continue
+                    self._deliver(dataclasses.replace(frame, stats=self._metrics.snapshot()), sinks)
+                    delivered += 1
+                    if self.config.max_frames is not None and delivered >= self.config.max_frames:
+                        return
         finally:
             self._halt()
             for sink in sinks.values():
@@ -506,6 +526,13 @@ class LiveSession:
                 self._on_status(message)
             except Exception:
                 log.exception("the status callback failed")
+
+
+def _used_on_this_stream(image: torch.Tensor) -> None:
+    """Tell the CUDA allocator that `image`, made on the render thread's stream, is read on this
+    thread's: its memory is then not reused before this thread's work on it is done."""
+    if image.device.type == "cuda":
+        image.record_stream(torch.cuda.current_stream(image.device))
 
 
 def _synchronize(image: torch.Tensor) -> None:
