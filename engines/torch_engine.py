@@ -101,7 +101,9 @@ class TorchEngine(Engine):
             return replay(fn)
         # no freezing: the weights are folded already, and a graph without baked-in
         # constants can come from Inductor's cache on the next start
-        compiled = lambda: replay(torch.compile(fn, dynamic=False))  # noqa: E731
+        def compiled() -> GraphFn:
+            return replay(torch.compile(fn, dynamic=False))
+
         if self._compiler is not None:
             return BatchBuckets(CompiledWhenReady(compiled, replay(fn), self._compiler), COMPILED_BATCH)
         return BatchBuckets(compiled(), COMPILED_BATCH)
