@@ -3,9 +3,10 @@
     capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate,
     render) --[queue]--> outputs (paste back, then virtual camera, recording, preview)
 
-The three GPU stages keep the GPU busy together, each on a CUDA stream of its own: the next
-frame's motion code is computed and the last frame pasted back and copied to the host while
-the current frame renders, so the render thread only ever waits for its own work.
+The three GPU stages keep the GPU busy together (the motion and output threads each on a CUDA
+stream of their own): the next frame's motion code is computed and the last frame pasted back
+and copied to the host while the current frame renders, so the render thread only ever waits
+for its own work.
 
 Each queue holds one frame by default. With a live source a full queue drops its oldest
 frame: a slow stage then shows the newest face rather than falling further and further
