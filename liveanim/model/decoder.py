@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liveanim.model.dictionary import MotionDictionary
-from liveanim.model.layers import (ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Upsample,
+from liveanim.model.layers import (ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Styles, Upsample,
                                    group_norm)
 
 STAGE_NAMES = ("_512", "2", "3", "4", "5", "6", "7")  # checkpoint prefixes; 8x8 .. 512x512
@@ -32,9 +32,9 @@ class FlowResBlock(nn.Module):
         self.conv2 = StyledConv(channels, channels, 3, style_dim)
         self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), 1e-5))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        skip = self.conv1(x, style)
-        return self.gamma * self.conv2(self.norm(skip), style) + skip
+    def forward(self, x: torch.Tensor, styles: Styles) -> torch.Tensor:
+        skip = self.conv1(x, styles)
+        return self.gamma * self.conv2(self.norm(skip), styles) + skip
 
 
 class ResBlock(nn.Module):
@@ -82,10 +82,10 @@ class ToFlow(nn.Module):
         self.up = Upsample()
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
 
-    def forward(self, h: torch.Tensor, style: torch.Tensor, feat: torch.Tensor,
+    def forward(self, h: torch.Tensor, styles: Styles, feat: torch.Tensor,
                 skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (warped features, h blended with them, raw prediction for the next stage)."""
-        out = self.conv(h, style) + self.bias
+        out = self.conv(h, styles[self.conv]) + self.bias
         if skip is not None:
             out = out + self.up(skip)
         # contiguous: grid sampling would otherwise copy it (and a channels-last `feat`) first
@@ -132,6 +132,16 @@ class Decoder(nn.Module):
             setattr(self, f"rgb{name}", ToRGB(cout))
             setattr(self, f"flow{name}", ToFlow(cout, latent_dim))
             cin = cout
+        self.register_module("bank", None)  # a ModulationBank once folded for inference
+
+    def modulated_convs(self) -> list[ModulatedConv2d]:
+        return [layer for layer in self.modules() if isinstance(layer, ModulatedConv2d)]
+
+    def styles(self, z: torch.Tensor) -> Styles:
+        """Every modulated conv's modulation by z: layer by layer, or batched once folded."""
+        if self.bank is not None:
+            return self.bank(z)
+        return {conv: conv.modulate(z) for conv in self.modulated_convs()}
 
     def stage(self, index: int) -> Stage:
         name = STAGE_NAMES[index]
@@ -142,14 +152,15 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
         """z: (B, L) target latent; feats: 7 source maps, coarsest first, batch 1 or B."""
         batch = z.shape[0]
-        h = self.conv1(self.input(batch), z)
+        styles = self.styles(z)
+        h = self.conv1(self.input(batch), styles)
         warped = flow = rgb = None
         for index, feat in enumerate(feats):
             stage = self.stage(index)
-            h = stage.conv_up(h, z)
+            h = stage.conv_up(h, styles)
             for block in stage.flow_blocks:
-                h = block(h, z)
-            new_warped, h, flow = stage.to_flow(h, z, feat.expand(batch, -1, -1, -1), flow)
+                h = block(h, styles)
+            new_warped, h, flow = stage.to_flow(h, styles, feat.expand(batch, -1, -1, -1), flow)
             if stage.skip_up is not None:
                 new_warped = new_warped + stage.skip_up(warped)
             for block in stage.rgb_blocks:

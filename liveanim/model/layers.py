@@ -9,13 +9,14 @@ equivalent in real arithmetic (see docs/performance.md):
 - blur, upsampling and convolution run in the forms that `KernelForms` picks per model
   (`set_kernel_forms`); the defaults are the reference forms, which export to ONNX/TensorRT
   with no custom operator. The fast forms exist for the GPU (measured: docs/performance.md).
-`fold_for_inference` bakes the constant weight arithmetic into the weights once.
+`liveanim.model.folding` turns a loaded model into its inference form.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -275,6 +276,20 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
+class Modulation(NamedTuple):
+    """What a latent sets in one modulated conv: input scales (B, in), the style, and output
+    scales (B, out), the demodulation (None where the layer does not demodulate)."""
+
+    scale: torch.Tensor
+    demod: torch.Tensor | None
+
+
+def demodulation(scale: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """rsqrt(sum_{i,k} W^2 s_i^2 + 1e-8) per output channel, from the energies sum_k W^2 (out, in);
+    batched over leading dimensions: (..., B, in) scales with (..., out, in) energies."""
+    return torch.rsqrt(scale.square() @ energy.transpose(-1, -2) + 1e-8)
+
+
 class ModulatedConv2d(nn.Module):
     """StyleGAN2's modulated convolution in its constant-weight form.
 
@@ -303,19 +318,25 @@ class ModulatedConv2d(nn.Module):
         self.forms = REFERENCE_FORMS
         self.register_buffer("energy", None, persistent=False)  # sum_k W^2, (out, in), once folded
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """x: (B, in, H, W); style: (B, style_dim) -> (B, out, H', W')."""
+    def modulate(self, latent: torch.Tensor) -> Modulation:
+        """This layer's modulation by a latent (B, style_dim), on its own (`ModulationBank`
+        computes those of many layers together)."""
+        scale = self.modulation(latent)
+        if not self.demodulate:
+            return Modulation(scale, None)
+        energy = self.energy if self.energy is not None else _scaled(self.weight[0], self.scale).square().sum(dim=(2, 3))
+        return Modulation(scale, demodulation(scale, energy))
+
+    def forward(self, x: torch.Tensor, modulation: Modulation) -> torch.Tensor:
+        """x: (B, in, H, W); modulation: from `modulate` -> (B, out, H', W')."""
         weight = _scaled(self.weight[0], self.scale)
-        s = self.modulation(style)
-        x = x * s[:, :, None, None]
+        x = x * modulation.scale[:, :, None, None]
         if self.upsample:
             out = self._upsampling_conv(x, weight)
         else:
             out = conv2d(x, weight, self.forms, padding=weight.shape[-1] // 2)
-        if self.demodulate:
-            energy = self.energy if self.energy is not None else weight.square().sum(dim=(2, 3))
-            d = torch.rsqrt(s.square() @ energy.t() + 1e-8)  # (B, out)
-            out = out * d[:, :, None, None]
+        if modulation.demod is not None:
+            out = out * modulation.demod[:, :, None, None]
         return out
 
     def _upsampling_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -346,8 +367,12 @@ class StyledConv(nn.Module):
         self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, upsample=upsample)
         self.activate = FusedLeakyReLU(out_channels)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.conv(x, style))
+    def forward(self, x: torch.Tensor, styles: Styles) -> torch.Tensor:
+        return self.activate(self.conv(x, styles[self.conv]))
+
+
+Styles = Mapping[ModulatedConv2d, Modulation]
+"""The modulations of a decoder's layers by one latent, looked up by layer."""
 
 
 class ConstantInput(nn.Module):
@@ -398,26 +423,3 @@ def set_kernel_forms(module: nn.Module, forms: KernelForms) -> None:
     for layer in module.modules():
         if isinstance(layer, (Blur, Upsample, EqualConv2d, ModulatedConv2d)):
             layer.forms = forms
-
-
-@torch.no_grad()
-def fold_for_inference(module: nn.Module, channels_last: bool = False) -> None:
-    """Bake the constant weight arithmetic into the weights, once and in place.
-
-    The equalized-lr scales and the demodulation energies (sum_k W^2 of each modulated conv)
-    are otherwise recomputed from every weight on every frame: 1.3 ms of a 18.5 ms fp16 render
-    on an H100, which freezing in torch.compile did not remove (docs/performance.md). The
-    module computes the same function afterwards, but its state dict is no longer the
-    checkpoint's. channels_last stores the conv weights NHWC, as cuDNN's fast kernels and the
-    patch-matrix form read them.
-    """
-    for layer in module.modules():
-        if isinstance(layer, (EqualConv2d, EqualLinear, ModulatedConv2d)) and layer.scale != 1.0:
-            layer.weight.mul_(layer.scale)
-            layer.scale = 1.0
-        if isinstance(layer, ModulatedConv2d) and layer.demodulate:
-            layer.energy = layer.weight[0].float().square().sum(dim=(2, 3)).to(layer.weight.dtype)
-        if channels_last and isinstance(layer, EqualConv2d):
-            layer.weight.data = layer.weight.contiguous(memory_format=torch.channels_last)
-        if channels_last and isinstance(layer, ModulatedConv2d):
-            layer.weight.data = layer.weight[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
