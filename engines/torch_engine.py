@@ -44,6 +44,8 @@ WARMUP_RUNS = 2  # before a capture: lets cuDNN pick its algorithms and compile 
 # Compiled on CUDA, size-preserving convs on maps up to 32x32 run as matrix products: cuDNN took
 # 38-66 us for a 1024-channel 3x3 conv at 8x8..32x32 on an H100, far from the weight-read bound.
 GPU_GEMM_MAX_SIDE = 32
+# ... and the encoders' 1x1 conv of the RGB input as one pass of products with its activation
+GPU_POINTWISE_MAX_IN = 3
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
@@ -92,7 +94,8 @@ class TorchEngine(Engine):
                      else "on their first frame")
         if self.compiled:
             set_kernel_forms(self.model, KernelForms(filters="stencil",
-                                                     gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0))
+                                                     gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0,
+                                                     pointwise_max_in=GPU_POINTWISE_MAX_IN if fast_gpu_path else 0))
         self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call

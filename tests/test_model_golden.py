@@ -121,7 +121,7 @@ def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golde
     model = LIAX(0.5).eval()
     model.load_state_dict(golden_state, strict=True)
     fold_for_inference(model, channels_last=channels_last)
-    set_kernel_forms(model, KernelForms(filters="stencil", gemm_max_side=32))
+    set_kernel_forms(model, KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3))
     assert all(m.scale == 1.0 for m in model.modules() if hasattr(m, "scale")), "every scale is folded"
     with torch.inference_mode():
         source = model.encode_source(to_model_input(golden["source"]))
@@ -155,8 +155,9 @@ def test_batched_styles_equal_layer_by_layer_and_share_the_weights():
     assert not any(".bank." in name for name in model.state_dict()), "the bank is not saved"
 
 
-def test_small_map_convolutions_as_matrix_products_are_exact():
-    """The patch-matrix form equals F.conv2d for 1x1 and 3x3 convs, batched, either layout."""
+def test_convolutions_as_matrix_products_and_sums_of_products_are_exact():
+    """The patch-matrix form equals F.conv2d for 1x1 and 3x3 convs, batched, either layout, and
+    so does the sum of products of a 1x1 conv of an RGB input, whose result is channels-last."""
     from liveanim.model.layers import KernelForms, conv2d
 
     gemm = KernelForms(gemm_max_side=16)
@@ -167,6 +168,13 @@ def test_small_map_convolutions_as_matrix_products_are_exact():
         expected = F.conv2d(x, weight, bias, padding=kernel // 2)
         actual = conv2d(x, weight, gemm, bias, padding=kernel // 2)
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+    rgb = torch.randn(2, 3, 20, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(40, 3, 1, 1, dtype=torch.float64)
+    for bias in (None, torch.randn(40, dtype=torch.float64)):
+        actual = conv2d(rgb, weight, KernelForms(pointwise_max_in=3), bias)
+        assert actual.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(actual, F.conv2d(rgb, weight, bias), rtol=1e-12, atol=1e-12)
 
 
 def test_channels_last_group_norm_and_stencil_filters_are_exact():

@@ -55,13 +55,18 @@ class KernelForms:
     gemm_max_side: stride-1 convolutions on maps of at most this side (8x8 .. 32x32 in the
                    decoder) run as one matrix product over their patches: cuDNN's implicit
                    GEMM starts too few thread blocks there to keep a large GPU busy. 0: never.
+    pointwise_max_in: 1x1 convolutions with at most this many input channels (the encoder's
+                   RGB input) run as a sum of products, which a compiler fuses with the
+                   activation into one pass: a tensor-core conv leaves most of its inputs
+                   lanes idle there and writes its output for a second pass. 0: never.
     """
 
     filters: str = "conv"
     gemm_max_side: int = 0
+    pointwise_max_in: int = 0
 
     def __post_init__(self) -> None:
-        if self.filters not in FILTER_FORMS or self.gemm_max_side < 0:
+        if self.filters not in FILTER_FORMS or self.gemm_max_side < 0 or self.pointwise_max_in < 0:
             raise ValueError(f"bad kernel forms {self}")
 
 
@@ -128,12 +133,27 @@ def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, forms: KernelForms, bias: torch.Tensor | None = None,
            stride: int = 1, padding: int = 0) -> torch.Tensor:
-    """`F.conv2d`, or for size-preserving convs on maps of at most `forms.gemm_max_side` the
-    same sums as one matrix product."""
+    """`F.conv2d`, or the same sums in the form `forms` picks for its shape: for size-preserving
+    convs on maps of at most `forms.gemm_max_side` one matrix product, for 1x1 convs with at most
+    `forms.pointwise_max_in` input channels a sum of products."""
     size_preserving = stride == 1 and weight.shape[-1] == 2 * padding + 1
+    if size_preserving and weight.shape[-1] == 1 and weight.shape[1] <= forms.pointwise_max_in:
+        return _conv1x1_as_products(x, weight, bias)
     if not size_preserving or max(x.shape[-2:]) > forms.gemm_max_side:
         return F.conv2d(x, weight, bias, stride=stride, padding=padding)
     return _conv2d_as_gemm(x, weight, bias, padding)
+
+
+def _conv1x1_as_products(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 conv as sum_i x_i * W[:, i] over the input channels, in float32 or wider, with a
+    channels-last result (what the next conv reads)."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    pixels = x.permute(0, 2, 3, 1).to(compute)  # (B, H, W, in)
+    columns = weight[:, :, 0, 0].t().to(compute)  # (in, out)
+    out = sum(pixels[..., i:i + 1] * columns[i] for i in range(columns.shape[0]))
+    if bias is not None:
+        out = out + bias
+    return out.to(x.dtype).permute(0, 3, 1, 2)
 
 
 def _conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
