@@ -9,11 +9,11 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   (docs/performance.md);
 - `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
   overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
-The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
 - `compile_in_background`: the first calls of each shape are served by the uncompiled graphs
   (captured in under a second) while a thread of the engine's own compiles the fast ones,
   or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
   The live loop starts this way: its first frames come seconds after the weights are read.
+The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
 """
 
 from __future__ import annotations
