@@ -57,7 +57,7 @@ class KernelForms:
                    GEMM starts too few thread blocks there to keep a large GPU busy. 0: never.
     pointwise_max_in: 1x1 convolutions with at most this many input channels (the encoder's
                    RGB input) run as a sum of products, which a compiler fuses with the
-                   activation into one pass: a tensor-core conv leaves most of its inputs
+                   activation into one pass: a tensor-core conv leaves most of its input
                    lanes idle there and writes its output for a second pass. 0: never.
     """
 
