@@ -9,6 +9,7 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   (docs/performance.md);
 - `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
   overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
+  Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
 - `compile_in_background`: the first calls of each shape are served by the uncompiled graphs
   (captured in under a second) while a thread of the engine's own compiles the fast ones,
   or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
@@ -23,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -233,6 +235,8 @@ def _shape_key(args: tuple[torch.Tensor, ...]) -> ShapeKey:
 # PyTorch's allocator cannot release memory while any thread captures (an internal assert).
 # Other work goes on meanwhile: captures are thread-local.
 _CAPTURING = threading.Lock()
+# stream (`cuda_stream`) -> the graph captured on it; under _CAPTURING
+_CAPTURE_STREAMS: dict[int, weakref.ref[torch.cuda.CUDAGraph]] = {}
 
 
 def release_cached_memory() -> None:
@@ -352,6 +356,26 @@ class _Capture:
     output: torch.Tensor
 
 
+def capture_stream(device: torch.device, graph: torch.cuda.CUDAGraph) -> torch.cuda.Stream:
+    """A stream to capture `graph` on that no other live graph was captured on.
+
+    PyTorch keys cuBLAS workspaces by stream, and a graph keeps the address of the workspace
+    it was captured with. Graphs captured on one stream (`torch.cuda.graph`'s default) share a
+    workspace, so two of them replayed at once on two streams (the motion and the render
+    graphs) write into it together; and freeing one of them frees the workspace of all
+    (pytorch/pytorch#193402). The live loop hung then: cuBLAS kernels spun on the GPU for
+    a minute or more (100% busy at 290 W) after the interim graphs were freed.
+    """
+    with _CAPTURING:
+        for _ in range(64):  # PyTorch hands out its 32 pooled streams per priority in turn
+            stream = torch.cuda.Stream(device)
+            holder = _CAPTURE_STREAMS.get(stream.cuda_stream)
+            if holder is None or holder() is None:  # a graph's reference dies with its workspace
+                _CAPTURE_STREAMS[stream.cuda_stream] = weakref.ref(graph)
+                return stream
+    raise EngineError("too many CUDA graphs are alive at once; close the engines that are no longer used")
+
+
 class GraphReplay:
     """Calls `fn(*tensors) -> tensor` through CUDA graphs, one capture per input shape and dtype."""
 
@@ -383,17 +407,18 @@ class GraphReplay:
     def _capture(self, args: tuple[torch.Tensor, ...]) -> _Capture:
         log.info("capturing a CUDA graph for inputs %s", [tuple(a.shape) for a in args])
         inputs = tuple(a.clone() for a in args)
-        side = torch.cuda.Stream(self._device)
-        side.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(side):
+        graph = torch.cuda.CUDAGraph()
+        stream = capture_stream(self._device, graph)
+        # warm-up on the capture stream: its cuBLAS workspace is made here, outside the capture
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
             for _ in range(WARMUP_RUNS):
                 self._fn(*inputs)
-        torch.cuda.current_stream(self._device).wait_stream(side)
-        side.synchronize()
-        graph = torch.cuda.CUDAGraph()
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        stream.synchronize()
         with _CAPTURING:
             torch.cuda.empty_cache()  # the warm-up runs' activations: the capture has a pool of its own
             # thread-local: other threads (the live loop, a background compile) keep using the GPU
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 output = self._fn(*inputs)
         return _Capture(graph, inputs, output)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -339,6 +340,45 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
         reference = _pipeline(eager, tiny_inputs)
     assert torch.equal(first["image"], again["image"]), "replays must not depend on earlier calls"
     _assert_close(first, reference, TOLERANCES["fp32"])
+
+
+# The live loop's order: the interim graph is captured first, the compiled one next, then the
+# interim one is freed. With one capture stream for both, the second graph reused the cuBLAS
+# workspace made during the first capture, in the first graph's memory pool, which is given back
+# when that graph is freed. The products have the shapes of the small-map convolutions, where
+# cuBLAS splits the sum and uses its workspace.
+_GRAPH_AFTER_ANOTHER_IS_FREED = """
+import sys, torch
+sys.path.insert(0, ".")
+from engines.torch_engine import GraphReplay
+torch.manual_seed(0)
+device = torch.device("cuda")
+x = torch.randn(64, 9216, device=device, dtype=torch.half)
+weights = [torch.randn(9216, n, device=device, dtype=torch.half) / 96 for n in (256, 512, 1024)]
+freed = GraphReplay(lambda x: torch.cat([x @ w for w in weights], 1) * 2, device)
+kept = GraphReplay(lambda x: torch.cat([x @ w for w in weights], 1), device)
+freed(x)
+expected = kept(x)
+freed.release(((tuple(x.shape), x.dtype),))
+torch.cuda.synchronize()
+fillers = [torch.full((1 << 20,), 7.0, device=device) for _ in range(256)]  # 1 GiB over the freed memory
+for _ in range(10):
+    output = kept(x)
+torch.cuda.synchronize()
+assert torch.equal(output, expected), "the kept graph computed another product"
+assert all(bool((f == 7.0).all()) for f in fillers), "the kept graph wrote into memory it does not own"
+print("ok")
+"""
+
+
+@needs_cuda
+def test_a_graph_stays_correct_after_another_graph_is_freed():
+    """The interim graphs are freed once the compiled ones serve; the live loop hung (cuBLAS kernels
+    spinning on a freed, shared workspace) when graphs shared a capture stream. A process of its own:
+    a failure can leave the CUDA context unusable."""
+    result = subprocess.run([sys.executable, "-c", _GRAPH_AFTER_ANOTHER_IS_FREED], capture_output=True, text=True,
+                            timeout=300, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 @needs_cuda
