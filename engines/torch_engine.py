@@ -194,34 +194,27 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 class BatchBuckets:
-    """Calls `fn(*tensors) -> tensor` with batch 1 or `size` only.
+    """Calls `fn(x) -> tensor` with a batch of 1 or `size` only.
 
     Another batch is split into parts of `size`, and a shorter last part is padded with
     copies of its last item (the model treats every item alone, so the others are unchanged).
-    Arguments whose batch is 1 (a shared source) pass as they are.
     """
 
     def __init__(self, fn: GraphFn, size: int):
         self._fn = fn
         self._size = size
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        batch = max(a.shape[0] for a in args)
-        if batch in (1, self._size):
-            return self._fn(*args)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] in (1, self._size):
+            return self._fn(x)
         parts = []
-        for start in range(0, batch, self._size):
-            count = min(self._size, batch - start)
-            parts.append(self._fn(*(self._part(a, batch, start, count) for a in args))[:count])
+        for start in range(0, x.shape[0], self._size):
+            part = x[start:start + self._size]
+            count = part.shape[0]
+            if count not in (1, self._size):
+                part = torch.cat([part, part[-1:].expand(self._size - count, *part.shape[1:])])
+            parts.append(self._fn(part)[:count])
         return torch.cat(parts)
-
-    def _part(self, arg: torch.Tensor, batch: int, start: int, count: int) -> torch.Tensor:
-        if arg.shape[0] != batch:
-            return arg
-        part = arg[start:start + count]
-        if count in (1, self._size):
-            return part
-        return torch.cat([part, part[-1:].expand(self._size - count, *part.shape[1:])])
 
 
 ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]

@@ -504,23 +504,24 @@ def test_auto_precision_and_graphs_follow_the_device(tiny_model):
 
 def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     """Each new batch size would compile for minutes: other batches are split and padded, and
-    every real item comes back unchanged and in order (a shared batch-1 input stays shared)."""
+    every real item comes back unchanged and in order."""
     from engines.torch_engine import BatchBuckets
 
-    seen: list[tuple[int, int]] = []
+    seen: list[int] = []
 
-    def graph(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        seen.append((x.shape[0], shared.shape[0]))
-        return x * 2 + shared
+    def graph(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return x * 2 + 1
 
     buckets = BatchBuckets(graph, 4)
-    x, shared = torch.arange(10.0).view(10, 1), torch.ones(1, 1)
-    torch.testing.assert_close(buckets(x, shared), x * 2 + 1)
-    assert seen == [(4, 1), (4, 1), (4, 1)]  # 10 = 4 + 4 + 2 padded to 4
+    x = torch.arange(10.0).view(10, 1)
+    torch.testing.assert_close(buckets(x), x * 2 + 1)
+    assert seen == [4, 4, 4]  # 10 = 4 + 4 + 2 padded to 4
     seen.clear()
-    torch.testing.assert_close(buckets(x[:3], shared), x[:3] * 2 + 1)
-    torch.testing.assert_close(buckets(x[:1], shared), x[:1] * 2 + 1)
-    assert seen == [(4, 1), (1, 1)]
+    torch.testing.assert_close(buckets(x[:3]), x[:3] * 2 + 1)
+    torch.testing.assert_close(buckets(x[:1]), x[:1] * 2 + 1)
+    torch.testing.assert_close(buckets(x[:4]), x[:4] * 2 + 1)
+    assert seen == [4, 1, 4]
 
 
 def test_build_engines_prepares_the_torch_engine(caplog):
