@@ -356,8 +356,8 @@ def capture_stream(device: torch.device, graph: torch.cuda.CUDAGraph) -> torch.c
     it was captured with. Graphs captured on one stream (`torch.cuda.graph`'s default) share a
     workspace, so two of them replayed at once on two streams (the motion and the render
     graphs) write into it together; and freeing one of them frees the workspace of all
-    (pytorch/pytorch#193402). The live loop hung then: cuBLAS kernels spun on the GPU for
-    a minute or more (100% busy at 290 W) after the interim graphs were freed.
+    (pytorch/pytorch#193402). The live loop hung then, during and after the background
+    compile: cuBLAS kernels spun on the GPU for a minute or more (100% busy at 290 W).
     """
     with _CAPTURING:
         for _ in range(64):  # PyTorch hands out its 32 pooled streams per priority in turn

@@ -374,7 +374,7 @@ print("ok")
 @needs_cuda
 def test_a_graph_stays_correct_after_another_graph_is_freed():
     """The interim graphs are freed once the compiled ones serve; the live loop hung (cuBLAS kernels
-    spinning on a freed, shared workspace) when graphs shared a capture stream. A process of its own:
+    spinning) while graphs shared a capture stream, and with it a workspace. A process of its own:
     a failure can leave the CUDA context unusable."""
     result = subprocess.run([sys.executable, "-c", _GRAPH_AFTER_ANOTHER_IS_FREED], capture_output=True, text=True,
                             timeout=300, cwd=Path(__file__).parent.parent)
