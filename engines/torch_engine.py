@@ -37,17 +37,19 @@ from export.contract import shared_source
 from liveanim.errors import BackendUnavailable, EngineError
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
-from liveanim.model.layers import KernelForms, set_kernel_forms
+from liveanim.model.layers import REFERENCE_FORMS, KernelForms
 
 log = logging.getLogger(__name__)
 
 GraphFn = Callable[..., torch.Tensor]
 WARMUP_RUNS = 2  # before a capture: lets cuDNN pick its algorithms and compile run
-# Compiled on CUDA, size-preserving convs on maps up to 32x32 run as matrix products: cuDNN took
-# 38-66 us for a 1024-channel 3x3 conv at 8x8..32x32 on an H100, far from the weight-read bound.
-GPU_GEMM_MAX_SIDE = 32
-# ... and the encoders' 1x1 conv of the RGB input as one pass of products with its activation
-GPU_POINTWISE_MAX_IN = 3
+# Compiled, blur and upsampling are stencils that Inductor fuses. On CUDA also: size-preserving
+# convs on maps up to 32x32 as matrix products (cuDNN took 38-66 us for a 1024-channel 3x3 conv
+# at 8x8..32x32 on an H100, far from the weight-read bound); the encoders' 1x1 conv of the RGB
+# input as one pass of products with its activation; from 128x128 up, the upsampling convs in
+# phases (docs/performance.md).
+COMPILED_FORMS = KernelForms(filters="stencil")
+GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
@@ -88,16 +90,13 @@ class TorchEngine(Engine):
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
         fast_gpu_path = self.compiled and device.type == "cuda"
-        fold_for_inference(self.model, channels_last=fast_gpu_path)
+        forms = GPU_FORMS if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
+        fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
         if fast_gpu_path:
             log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "
                      "and PyTorch, ~20 s later (Inductor's cache)",
                      "in the background, uncompiled (slower) until then" if config.compile_in_background
                      else "on their first frame")
-        if self.compiled:
-            set_kernel_forms(self.model, KernelForms(filters="stencil",
-                                                     gemm_max_side=GPU_GEMM_MAX_SIDE if fast_gpu_path else 0,
-                                                     pointwise_max_in=GPU_POINTWISE_MAX_IN if fast_gpu_path else 0))
         self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call

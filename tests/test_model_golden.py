@@ -113,16 +113,18 @@ def test_narrow_models_run(width):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golden, golden_edit, channels_last):
-    """The GPU's fast path (stencil filters, small-map convs as matrix products, scales and
-    demodulation energies folded into the weights) is as exact as the reference forms."""
+    """The GPU's fast path (stencil filters, small-map convs as matrix products, upsampling convs
+    in phases, scales and demodulation energies folded into the weights) is as exact as the
+    reference forms."""
+    from engines.torch_engine import GPU_FORMS
     from liveanim.model.folding import fold_for_inference
-    from liveanim.model.layers import KernelForms, set_kernel_forms
 
     model = LIAX(0.5).eval()
     model.load_state_dict(golden_state, strict=True)
-    fold_for_inference(model, channels_last=channels_last)
-    set_kernel_forms(model, KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3))
+    fold_for_inference(model, GPU_FORMS, channels_last=channels_last)
     assert all(m.scale == 1.0 for m in model.modules() if hasattr(m, "scale")), "every scale is folded"
+    in_phases = [side for side, layer in model.dec.upsampling_convs() if layer.phase_weight is not None]
+    assert in_phases == [128, 256, 512]
     with torch.inference_mode():
         source = model.encode_source(to_model_input(golden["source"]))
         alpha = model.encode_motion(to_model_input(golden["driving"][:1]))
@@ -207,6 +209,25 @@ def test_channels_last_group_norm_and_stencil_filters_are_exact():
     out = fast(x, fast.modulate(style))
     assert out.shape == (2, 32, 24, 20)
     torch.testing.assert_close(out, conv(x.contiguous(), conv.modulate(style)))
+
+
+def test_upsampling_convs_in_phases_are_exact():
+    """An upsampling conv run at its input's resolution in four phases computes what the reference
+    computes, border pixels included (where zero padding breaks the rewrite), on odd sizes, in
+    either filter form and layout."""
+    from liveanim.model.layers import FILTER_FORMS, ConvLayer, KernelForms, phase_kernels, set_kernel_forms
+
+    torch.manual_seed(0)
+    for filters in FILTER_FORMS:
+        reference = ConvLayer(16, 8, 3, upsample=True).double()
+        with torch.no_grad():
+            reference[2].bias.normal_()
+        fast = copy.deepcopy(reference)
+        set_kernel_forms(fast, KernelForms(filters=filters))
+        fast.phase_weight = phase_kernels(fast[1].weight * fast[1].scale)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 16, 6, 5, dtype=torch.float64).contiguous(memory_format=layout)
+            torch.testing.assert_close(fast(x), reference(x.contiguous()), rtol=1e-12, atol=1e-12)
 
 
 def test_loading_a_checkpoint_leaves_the_compiler_unloaded():

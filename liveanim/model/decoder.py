@@ -134,6 +134,12 @@ class Decoder(nn.Module):
             cin = cout
         self.register_module("bank", None)  # a ModulationBank once folded for inference
 
+    def upsampling_convs(self) -> list[tuple[int, ConvLayer]]:
+        """(output side, layer) of the convs that upsample the warped features (every stage but
+        the first)."""
+        sides = [8 * 2**index for index in range(len(STAGE_NAMES))]
+        return [(side, self.stage(index).skip_up) for index, side in enumerate(sides) if index > 0]
+
     def modulated_convs(self) -> list[ModulatedConv2d]:
         return [layer for layer in self.modules() if isinstance(layer, ModulatedConv2d)]
 

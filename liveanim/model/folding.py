@@ -13,20 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from liveanim.model.decoder import Decoder
-from liveanim.model.layers import (EqualConv2d, EqualLinear, Modulation, ModulatedConv2d, Styles,
-                                   demodulation)
+from liveanim.model.layers import (REFERENCE_FORMS, EqualConv2d, EqualLinear, KernelForms, Modulation,
+                                   ModulatedConv2d, Styles, demodulation, phase_kernels, set_kernel_forms)
 
 
 @torch.no_grad()
-def fold_for_inference(module: nn.Module, channels_last: bool = False) -> None:
-    """Bake the constant weight arithmetic into the weights and batch the styles, in place.
+def fold_for_inference(module: nn.Module, forms: KernelForms = REFERENCE_FORMS, channels_last: bool = False) -> None:
+    """Bake the constant weight arithmetic into the weights and batch the styles, in place, for
+    running in `forms` (which it sets).
 
     The equalized-lr scales and the demodulation energies (sum_k W^2 of each modulated conv)
     are otherwise recomputed from every weight on every frame: 1.3 ms of a 18.5 ms fp16 render
     on an H100, which freezing in torch.compile did not remove. Every decoder then computes its
-    styles in a `ModulationBank`. channels_last stores the conv weights NHWC, as cuDNN's fast
-    kernels and the patch-matrix form read them. Fold a model after moving it to its device and
-    dtype: moving it later copies the bank's shared weights apart (same results, more memory).
+    styles in a `ModulationBank`, and keeps the phase kernels of the upsampling convs that
+    `forms.phase_min_side` runs in phases (only those: they are 4x their weight).
+    channels_last stores the conv weights NHWC, as cuDNN's fast kernels and the patch-matrix
+    form read them. Fold a model after moving it to its device and dtype: moving it later copies
+    the bank's shared weights apart (same results, more memory).
     """
     for layer in module.modules():
         if isinstance(layer, (EqualConv2d, EqualLinear, ModulatedConv2d)) and layer.scale != 1.0:
@@ -39,8 +42,13 @@ def fold_for_inference(module: nn.Module, channels_last: bool = False) -> None:
             layer.weight.data = layer.weight.contiguous(memory_format=torch.channels_last)
         if channels_last and isinstance(layer, ModulatedConv2d):
             layer.weight.data = layer.weight[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
-    for decoder in [layer for layer in module.modules() if isinstance(layer, Decoder) and layer.bank is None]:
-        decoder.bank = ModulationBank(decoder.modulated_convs())
+    for decoder in [layer for layer in module.modules() if isinstance(layer, Decoder)]:
+        if decoder.bank is None:
+            decoder.bank = ModulationBank(decoder.modulated_convs())
+        for side, skip_up in decoder.upsampling_convs():
+            in_phases = 0 < forms.phase_min_side <= side
+            skip_up.phase_weight = phase_kernels(skip_up[1].weight) if in_phases else None
+    set_kernel_forms(module, forms)
 
 
 class ModulationBank(nn.Module):

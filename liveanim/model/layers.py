@@ -59,14 +59,20 @@ class KernelForms:
                    RGB input) run as a sum of products, which a compiler fuses with the
                    activation into one pass: a tensor-core conv leaves most of its input
                    lanes idle there and writes its output for a second pass. 0: never.
+    phase_min_side: a 2x upsampling followed by a 3x3 conv whose output has at least this side
+                   runs as one conv at the input's resolution with the four output phases'
+                   kernels stacked, then interleaved: the upsampled map (the largest of its
+                   stage) is never written. Same multiply-adds. 0: never.
     """
 
     filters: str = "conv"
     gemm_max_side: int = 0
     pointwise_max_in: int = 0
+    phase_min_side: int = 0
 
     def __post_init__(self) -> None:
-        if self.filters not in FILTER_FORMS or self.gemm_max_side < 0 or self.pointwise_max_in < 0:
+        sizes = (self.gemm_max_side, self.pointwise_max_in, self.phase_min_side)
+        if self.filters not in FILTER_FORMS or min(sizes) < 0:
             raise ValueError(f"bad kernel forms {self}")
 
 
@@ -154,6 +160,23 @@ def _conv1x1_as_products(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if bias is not None:
         out = out + bias
     return out.to(x.dtype).permute(0, 3, 1, 2)
+
+
+# Per axis, tap k of a 3-tap conv after 2x upsampling reads, at even outputs 2i (row 0) and odd
+# outputs 2i+1 (row 1), these mixes of the input at i-1, i and i+1 (upfirdn's taps 0.25, 0.75).
+_PHASE_MIX = ((((0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),
+               ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75))))
+
+
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """The 3x3 kernels (4 out, in, 3, 3) that compute a 3x3 conv's outputs at the four phases
+    (row parity major, then column parity) of a 2x upsampled map from the map before upsampling;
+    in the weight's dtype and memory layout."""
+    compute = torch.promote_types(weight.dtype, torch.float32)
+    mix = torch.tensor(_PHASE_MIX, dtype=compute, device=weight.device)
+    kernels = torch.einsum("pkj,qlm,oikl->pqoijm", mix, mix, weight.to(compute))
+    layout = torch.channels_last if _is_channels_last(weight) else torch.contiguous_format
+    return kernels.reshape(-1, *weight.shape[1:]).to(weight.dtype).contiguous(memory_format=layout)
 
 
 def _conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
@@ -271,7 +294,12 @@ class EqualLinear(nn.Module):
 
 
 class ConvLayer(nn.Sequential):
-    """[blur or upsample] -> equalized conv -> [bias + leaky ReLU]; indices match the checkpoint."""
+    """[blur or upsample] -> equalized conv -> [bias + leaky ReLU]; indices match the checkpoint.
+
+    An upsampling 3x3 layer given `phase_weight` (`phase_kernels` of its weight; folding gives
+    them to the layers that `KernelForms.phase_min_side` picks) runs its conv at the input's
+    resolution.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  downsample: bool = False, upsample: bool = False,
@@ -294,6 +322,38 @@ class ConvLayer(nn.Sequential):
         if activate:
             layers.append(FusedLeakyReLU(out_channels))
         super().__init__(*layers)
+        self.register_buffer("phase_weight", None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        if self.phase_weight is not None:
+            x = self._upsampled_conv_in_phases(x, self.phase_weight)
+            layers = layers[2:]
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    def _upsampled_conv_in_phases(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """conv(upsample(x)) as one conv of `x` with the four phases' kernels, interleaved.
+
+        The zero padding of a conv after the upsampling is not a zero padding before it (the
+        upsampling would spread the input into it), so the outermost output rows and columns come
+        from the reference form, on strips two rows or columns wide of the upsampled map.
+        """
+        upsample, conv = self[0], self[1]
+        batch, _, height, width = x.shape
+        out_channels = weight.shape[0] // 4
+        phases = conv2d(x, weight, conv.forms, padding=1)
+        out = (phases.view(batch, 2, 2, out_channels, height, width).permute(0, 3, 4, 1, 5, 2)
+               .reshape(batch, out_channels, 2 * height, 2 * width))
+        if conv.bias is not None:
+            out = out + conv.bias[:, None, None]
+        rows = conv(torch.cat([upsample(x[:, :, :2])[:, :, :2], upsample(x[:, :, -2:])[:, :, -2:]]))
+        cols = conv(torch.cat([upsample(x[..., :2])[..., :2], upsample(x[..., -2:])[..., -2:]]))
+        row, col = (torch.arange(2 * n, device=x.device) for n in (height, width))
+        out = torch.where(col == 0, cols[:batch, ..., :1], torch.where(col == 2 * width - 1, cols[batch:, ..., -1:], out))
+        return torch.where(row[:, None] == 0, rows[:batch, :, :1],
+                           torch.where(row[:, None] == 2 * height - 1, rows[batch:, :, -1:], out))
 
 
 class Modulation(NamedTuple):
