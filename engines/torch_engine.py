@@ -5,8 +5,8 @@ weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-u
 per-frame graphs (motion encoder and renderer), from EngineConfig:
 - `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
   compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
-  on CUDA channels-last weights and small-map convolutions as matrix products
-  (docs/performance.md);
+  on CUDA channels-last weights, small-map convolutions as matrix products and large-map
+  upsampling convolutions in phases (docs/performance.md);
 - `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
   overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).

@@ -162,10 +162,10 @@ def _conv1x1_as_products(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return out.to(x.dtype).permute(0, 3, 1, 2)
 
 
-# Per axis, tap k of a 3-tap conv after 2x upsampling reads, at even outputs 2i (row 0) and odd
-# outputs 2i+1 (row 1), these mixes of the input at i-1, i and i+1 (upfirdn's taps 0.25, 0.75).
-_PHASE_MIX = ((((0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),
-               ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75))))
+# Per axis, _PHASE_MIX[p][k][j]: the weight of input i - 1 + j in the upsampled value that tap k
+# of a 3-tap conv reads at output 2i + p (upfirdn's 2x upsampling mixes neighbours 0.25 / 0.75).
+_PHASE_MIX = (((0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),
+              ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75)))
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
