@@ -351,7 +351,8 @@ class ConvLayer(nn.Sequential):
         rows = conv(torch.cat([upsample(x[:, :, :2])[:, :, :2], upsample(x[:, :, -2:])[:, :, -2:]]))
         cols = conv(torch.cat([upsample(x[..., :2])[..., :2], upsample(x[..., -2:])[..., -2:]]))
         row, col = (torch.arange(2 * n, device=x.device) for n in (height, width))
-        out = torch.where(col == 0, cols[:batch, ..., :1], torch.where(col == 2 * width - 1, cols[batch:, ..., -1:], out))
+        out = torch.where(col == 0, cols[:batch, ..., :1],
+                          torch.where(col == 2 * width - 1, cols[batch:, ..., -1:], out))
         return torch.where(row[:, None] == 0, rows[:batch, :, :1],
                            torch.where(row[:, None] == 2 * height - 1, rows[batch:, :, -1:], out))
 
