@@ -234,6 +234,23 @@ def test_verification_names_the_outputs_out_of_tolerance():
                         TOLERANCES["fp32"])
 
 
+def test_a_graph_the_checker_rejects_is_an_engine_error(tmp_path):
+    """The fp16 export's old failure (an fp16 input into an fp32 Gemm) as the user sees it: our
+    error, naming the file, not a traceback."""
+    from onnx import helper
+
+    from export.verify import check_onnx
+
+    a = helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT16, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [1, 4])
+    b = helper.make_tensor("b", onnx.TensorProto.FLOAT, [4, 4], [0.0] * 16)
+    graph = helper.make_graph([helper.make_node("Gemm", ["a", "b"], ["y"])], "mixed", [a], [y], [b])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(EngineError, match=r"mixed.onnx is not valid ONNX.*inconsistent type"):
+        check_onnx(path)
+
+
 def test_module_path_from_exporter_scopes():
     assert module_path("['', 'model.dec', 'model.dec.flow2', 'grid_sampler']") == "dec.flow2"
     assert module_path("['', 'add_3']") == ""
