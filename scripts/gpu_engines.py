@@ -80,6 +80,9 @@ def write(name: str, report: Any) -> None:
 
 
 def env() -> None:
+    """Versions of what the stages use, read from the installed packages' metadata."""
+    from importlib import metadata
+
     import torch
 
     report: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -87,17 +90,11 @@ def env() -> None:
     if torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name()
         report["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability()
-    for name in ("onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt_rtx"):
+    for package in ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt-rtx-cu13-bindings"):
         try:
-            report[name] = importlib.import_module(name).__version__
-        except ImportError as error:
-            report[name] = f"not importable: {error}"
-    try:
-        import onnxruntime
-
-        report["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except ImportError:
-        pass
+            report[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            report[package] = None
     write("env", report)
 
 
