@@ -55,7 +55,8 @@ def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
     model: an already loaded fp32 CPU model of the weights `config` names (tests, benchmarks);
            None loads them, only where needed. The torch backend takes it over (moves it to
            its device and dtype and folds it for inference, in place: no copy).
-    An explicit backend that cannot run here raises BackendUnavailable saying what to install.
+    An explicit backend that cannot run here raises BackendUnavailable saying why, and what to
+    install only where installing can help (never a GPU library on a machine without an NVIDIA GPU).
     """
     config = _resolve_precision(config)
     weights = _Weights(config, model)

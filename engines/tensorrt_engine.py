@@ -60,6 +60,7 @@ class TensorRTLibrary:
     jit:     engines are built for compute capabilities and their kernels compiled just in time
              on the GPU that runs them (runtime cache), rather than built and timed on that GPU.
     runs_on: the compute capabilities it runs on; empty: every GPU the library supports.
+    gpus:    the GPUs those are, in words.
     """
 
     backend: str
@@ -67,6 +68,7 @@ class TensorRTLibrary:
     title: str
     jit: bool
     runs_on: tuple[str, ...] = ()
+    gpus: str = ""
 
     def install_command(self) -> str:
         """The pip command for its wheels; TensorRT's must match torch's CUDA major version."""
@@ -83,14 +85,15 @@ class TensorRTLibrary:
         if not self.runs(gpu):
             raise BackendUnavailable(
                 f"{self.title} does not run on {gpu.name} (compute capability {gpu.compute_capability}); it runs on "
-                f"{', '.join(self.runs_on)} (GeForce RTX 20 to 50 series, RTX workstation GPUs). Use --engine "
+                f"{', '.join(self.runs_on)} ({self.gpus}). Use --engine "
                 "tensorrt or torch on this GPU; build-engines --gpu-target CC still builds engines for others here.")
 
 
 TENSORRT = TensorRTLibrary("tensorrt", "tensorrt", "TensorRT", jit=False)
 # NVIDIA's support matrix: Turing (7.5, fp16 and fp32), Ampere (8.0, 8.6), Ada (8.9), Blackwell (12.0, 12.1)
 TENSORRT_RTX = TensorRTLibrary("tensorrt-rtx", "tensorrt_rtx", "TensorRT for RTX", jit=True,
-                               runs_on=("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"))
+                               runs_on=("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"),
+                               gpus="GeForce RTX 20 to 50 series, RTX workstation GPUs")
 LIBRARIES = {library.backend: library for library in (TENSORRT, TENSORRT_RTX)}
 # what a TensorRT for RTX engine is built for by default, where no GPU decides (NVIDIA's default:
 # Ampere RTX and later; Turing needs engines of its own)
