@@ -211,9 +211,9 @@ def test_fp16_renderer_types_where_onnxruntime_cpu_cannot_check_them(tiny_fp16_e
     assert sum(keeps_fp32(node.name) for node in nodes) >= 7 * 3, "each flow head's conv, style and bias in fp32"
 
 
-def test_half_model_is_a_copy_with_fp32_flow_heads(tiny_model):
-    half = half_model(tiny_model)
-    assert next(tiny_model.parameters()).dtype == torch.float32, "the original must not change"
+def test_half_model_is_a_copy_with_fp32_flow_heads(seeded_model):
+    half = half_model(seeded_model)
+    assert next(seeded_model.parameters()).dtype == torch.float32, "the original must not change"
     for path, module in half.named_modules():
         if isinstance(module, ToFlow):
             assert keeps_fp32(path) and module.conv.weight.dtype == torch.float32
