@@ -107,6 +107,28 @@ def test_first_use_downloads_the_face_model_into_the_cache(server, tmp_path, mon
     assert resolve_face_model(cache_dir=tmp_path) == path and len(behaviour.ranges) == 1, "fetched once"
 
 
+def test_the_detector_downloads_its_model_on_first_use_with_progress_shown(server, tmp_path):
+    """The download happens before mediapipe starts (while it does, the console is muted), so a
+    person sees the message and the progress bar."""
+    url, behaviour = server
+    script = (
+        "import dataclasses, logging, sys\n"
+        "from skimage import data\n"
+        "from liveanim.face import FaceDetector, model\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        f"model.FACE_LANDMARKER = dataclasses.replace(model.FACE_LANDMARKER, url={url!r})\n"
+        "with FaceDetector() as detector:\n"
+        "    sys.exit(detector.detect(data.astronaut()) is None)\n"
+    )
+    env = {**os.environ, "LIVEANIM_CACHE": str(tmp_path)}
+    del env[FACE_MODEL_ENV]
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "face_landmarker.task").read_bytes() == behaviour.payload
+    assert "Downloading the face model" in run.stderr and "face_landmarker.task:" in run.stderr  # the bar
+
+
 def test_a_dropped_connection_is_resumed_and_logged_once(server, tmp_path, caplog):
     url, behaviour = server
     behaviour.cut_at, behaviour.cut_requests = 1_000_000, 1

@@ -96,8 +96,9 @@ class FaceDetector:
 
     def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
         self.config = config
-        self._still = _Landmarker(lambda: _build(config, video=False), config.quiet)
-        self._video = _Landmarker(lambda: _build(config, video=True), config.quiet)
+        self._still = _Landmarker(self._model, lambda model: _build(model, config, video=False), config.quiet)
+        self._video = _Landmarker(self._model, lambda model: _build(model, config, video=True), config.quiet)
+        self._model_bytes: bytes | None = None
         self._clock_ms = 0
 
     def detect(self, image: np.ndarray) -> FaceBox | None:
@@ -134,6 +135,12 @@ class FaceDetector:
         self._still.close()
         self._video.close()
 
+    def _model(self) -> bytes:
+        """The face model file's contents, found (or downloaded) on first use."""
+        if self._model_bytes is None:
+            self._model_bytes = resolve_face_model(self.config.model).read_bytes()
+        return self._model_bytes
+
     def __enter__(self) -> FaceDetector:
         return self
 
@@ -142,9 +149,11 @@ class FaceDetector:
 
 
 class _Landmarker:
-    """One mediapipe FaceLandmarker, built on first use. Its first run is where the C++ side logs."""
+    """One mediapipe FaceLandmarker, built on first use. Its first run is where the C++ side logs;
+    the model is fetched before that, so a download's progress and messages stay visible."""
 
-    def __init__(self, build: Callable[[], Any], quiet: bool) -> None:
+    def __init__(self, model: Callable[[], bytes], build: Callable[[bytes], Any], quiet: bool) -> None:
+        self._model = model
         self._build = build
         self._quiet = quiet
         self._task: Any = None
@@ -152,8 +161,9 @@ class _Landmarker:
     def run(self, image: Any, timestamp_ms: int | None = None) -> Any:
         if self._task is not None:
             return self._call(image, timestamp_ms)
+        model = self._model()
         with _native_stderr_silenced(self._quiet):
-            self._task = self._build()
+            self._task = self._build(model)
             return self._call(image, timestamp_ms)
 
     def _call(self, image: Any, timestamp_ms: int | None) -> Any:
@@ -167,14 +177,13 @@ class _Landmarker:
             self._task = None
 
 
-def _build(config: DetectorConfig, video: bool) -> Any:
+def _build(model: bytes, config: DetectorConfig, video: bool) -> Any:
     """A FaceLandmarker over the model's bytes (a path could not hold every user's characters)."""
     from mediapipe.tasks.python import BaseOptions, vision
 
-    model = resolve_face_model(config.model)
-    log.debug("starting mediapipe's face landmarker (%s mode) from %s", "video" if video else "image", model)
+    log.debug("starting mediapipe's face landmarker (%s mode)", "video" if video else "image")
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_buffer=model.read_bytes()),
+        base_options=BaseOptions(model_asset_buffer=model),
         running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
         num_faces=1 if video else STILL_FACES,
         min_face_detection_confidence=config.min_detection_confidence,
