@@ -13,7 +13,7 @@ class CheckpointError(LiveAnimError):
 
 
 class WeightsDownloadError(LiveAnimError):
-    """The weights could not be fetched from the hub."""
+    """Model weights (LIA-X's or the face model) could not be downloaded."""
 
 
 class NoFaceError(LiveAnimError):

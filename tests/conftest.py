@@ -1,7 +1,12 @@
-"""Shared fixtures: the golden data in ../shared/golden and small seeded models."""
+"""Shared fixtures: the golden data in ../shared/golden and small seeded models.
+
+The face model comes from ../shared/models (set for this process and the commands it starts):
+tests never download it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +16,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO.parent / "shared" / "golden"
+FACE_MODEL = REPO.parent / "shared" / "models" / "face_landmarker.task"
+
+os.environ["LIVEANIM_FACE_MODEL"] = str(FACE_MODEL)
 
 
 def golden_recipe():

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from skimage import data
 
+from liveanim.cli import main
 from liveanim.errors import NoFaceError
 from liveanim.face import (
+    FACE_MODEL_ENV,
     CropBox,
     CropConfig,
     FaceBox,
@@ -23,6 +25,7 @@ from liveanim.face import (
     crop_portrait,
     paste_back,
 )
+from tests.conftest import FACE_MODEL
 
 # Where the astronaut's face is in the 512x512 photo, roughly (left, top, right, bottom).
 FACE_REGION = (170, 60, 280, 170)
@@ -90,7 +93,7 @@ def test_detects_a_face_in_a_mirrored_view(detector: FaceDetector, astronaut: np
 
 
 def test_finds_a_face_that_fills_the_picture(detector: FaceDetector, astronaut: np.ndarray) -> None:
-    """A portrait cropped to the face defeats the full-range model; the close-up one finds it."""
+    """A portrait cropped to the face (the landmarker must see a face that fills the picture)."""
     close_up = crop_image(astronaut, CropBox(170, 65, 110), 512)
     face = detector.detect(close_up)
     assert face is not None
@@ -123,6 +126,20 @@ def test_starting_the_detector_writes_nothing_to_the_console(capfd, astronaut: n
 def test_importing_the_package_does_not_load_mediapipe() -> None:
     code = "import sys, liveanim.face; assert 'mediapipe' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_commands_take_the_face_model_option(tmp_path, monkeypatch, caplog) -> None:
+    """--face-model wins over $LIVEANIM_FACE_MODEL (here a file that does not exist)."""
+    monkeypatch.setenv(FACE_MODEL_ENV, str(tmp_path / "not-there.task"))
+    source = tmp_path / "source.png"
+    cv2.imwrite(str(source), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    command = ["edit-image", "--source", str(source), "--out", str(tmp_path / "out.png"), "--seeded", "0.125",
+               "--device", "cpu"]
+    assert main([*command, "--face-model", str(FACE_MODEL)]) == 0
+    assert cv2.imread(str(tmp_path / "out.png")).shape == (512, 512, 3)
+    missing = tmp_path / "missing.task"
+    assert main(["--face-model", str(missing), *command]) == 2
+    assert f"The face model {missing} does not exist" in caplog.text and "--face-model PATH" in caplog.text
 
 
 # --- crop rule ------------------------------------------------------------------------------
@@ -177,9 +194,9 @@ def test_crop_portrait_of_the_astronaut(detector: FaceDetector, astronaut: np.nd
     crop, box = crop_portrait(astronaut, detector)
     face = detector.detect(astronaut)
     assert crop.shape == (512, 512, 3) and crop.dtype == np.uint8
-    assert box.inside(astronaut.shape) and contains(box, face)
+    assert box == crop_box(face, astronaut.shape) and box.inside(astronaut.shape) and contains(box, face)
     for margin in (face.left - box.left, box.right - face.right):
-        assert margin == pytest.approx(0.25 * face.width, abs=2)
+        assert margin >= 0.25 * face.width - 1
     assert face.top - box.top > box.bottom - face.bottom > 0.1 * face.height  # room for hair
     assert np.array_equal(crop, cv2.resize(astronaut[box.slices], (512, 512), interpolation=cv2.INTER_CUBIC))
 
@@ -272,21 +289,25 @@ def test_paste_back_rejects_a_feather_wider_than_half_the_box(frame: np.ndarray)
 # --- tracker --------------------------------------------------------------------------------
 
 
+SETTLE = 8  # frames the video landmarker takes to settle on a still face (its box moves < 0.1 px after)
+
+
 def boxes(tracker: FaceTracker, frames: list[np.ndarray]) -> list[CropBox | None]:
     return [tracker.track(frame).box for frame in frames]
 
 
 def test_tracker_is_still_on_a_still_face(astronaut: np.ndarray) -> None:
     with FaceTracker() as tracker:
-        boxes(tracker, [astronaut] * 3)  # face mesh settles on its first frames
+        boxes(tracker, [astronaut] * SETTLE)
         assert len(set(boxes(tracker, [astronaut] * 10))) == 1
 
 
 def test_tracker_ignores_one_pixel_jitter(astronaut: np.ndarray) -> None:
+    """Once on the jittering face (the first frames' box may still move once), the crop holds."""
+    jitter = [shifted(astronaut, dx, dy) for dx, dy in [(1, 0), (-1, 1), (0, -1), (1, 1)] * 3]
     with FaceTracker() as tracker:
-        boxes(tracker, [astronaut] * 3)
-        jitter = [shifted(astronaut, dx, dy) for dx, dy in [(1, 0), (-1, 1), (0, -1), (1, 1)] * 3]
-        assert len(set(boxes(tracker, jitter))) == 1
+        boxes(tracker, jitter)
+        assert len(set(boxes(tracker, jitter * 2))) == 1
 
 
 def test_tracker_follows_a_move_quickly(astronaut: np.ndarray) -> None:

@@ -269,6 +269,7 @@ def test_missing_weights_offline_says_what_to_do(qtbot, tmp_path, monkeypatch):
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setenv("LIVEANIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     window = open_window(make_deps(tmp_path, model=ModelSource()))
     qtbot.addWidget(window)
@@ -296,6 +297,7 @@ def test_downloaded_weights_show_progress_then_load(qtbot, tmp_path, monkeypatch
         return str(partial.rename(partial.with_name(filename)))
 
     monkeypatch.setenv("LIVEANIM_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: None)  # the hub answers
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", slow_download)
     window = open_window(make_deps(tmp_path, model=ModelSource()))
     qtbot.addWidget(window)

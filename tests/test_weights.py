@@ -81,6 +81,12 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.fixture
+def hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's quick look-up before a download succeeds (the download itself is faked)."""
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: None)
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -152,7 +158,7 @@ def hub_errors() -> list[Exception]:
 
 
 @pytest.mark.parametrize("error", hub_errors(), ids=lambda e: type(e).__name__)
-def test_hub_failures_become_instructions(tmp_path, monkeypatch, error):
+def test_hub_failures_become_instructions(tmp_path, monkeypatch, error, hub_answers):
     def unreachable(**_: object) -> str:
         raise error
 
@@ -165,7 +171,7 @@ def test_hub_failures_become_instructions(tmp_path, monkeypatch, error):
     assert str(error).splitlines()[0] in message
 
 
-def test_full_disk_during_download_says_so(tmp_path, monkeypatch):
+def test_full_disk_during_download_says_so(tmp_path, monkeypatch, hub_answers):
     def disk_full(**_: object) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -174,7 +180,7 @@ def test_full_disk_during_download_says_so(tmp_path, monkeypatch):
         download_weights(tmp_path)
 
 
-def test_download_goes_to_the_hub_cache_inside_our_folder(tmp_path, monkeypatch):
+def test_download_goes_to_the_hub_cache_inside_our_folder(tmp_path, monkeypatch, hub_answers):
     calls = []
 
     def fake_download(**kwargs: object) -> str:

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 def probe_cameras(indices: range) -> list[CameraInfo]:
     """The indices that open and deliver a frame, with the capture backend `live` uses."""
     found = []
-    previous_level = cv2.getLogLevel()
-    cv2.setLogLevel(0)  # silent: missing indices are expected here
+    previous_level = cv2.utils.logging.getLogLevel()  # the contrib build has it here only
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # missing indices are expected
     try:
         for index in indices:
             capture = cv2.VideoCapture(index, camera_api())
@@ -71,7 +71,7 @@ def probe_cameras(indices: range) -> list[CameraInfo]:
             finally:
                 capture.release()
     finally:
-        cv2.setLogLevel(previous_level)
+        cv2.utils.logging.setLogLevel(previous_level)
     return found
 
 

@@ -1,26 +1,33 @@
-"""Face boxes and landmarks from mediapipe, on RGB uint8 arrays.
+"""Face boxes and landmarks from mediapipe's Face Landmarker (Tasks API), on RGB uint8 arrays.
 
-Mediapipe is imported and its graphs are built on first use, never at import: building a
-graph loads TFLite models and starts native threads.
+Mediapipe is imported and its landmarkers are built on first use, never at import: building
+one loads TFLite models and starts native threads. A face's box is the bounding box of its
+478 landmarks, for stills and video alike, so sources and driving frames are cropped alike.
+
+The landmarker's detector sees the picture shrunk to 128x128 (letterboxed), so in a wide
+frame it misses faces smaller than about a quarter of the frame's height. Stills are
+therefore also searched in square windows of the frame's short side, where such faces are
+twice as large to the detector.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from types import ModuleType
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from liveanim.face.model import resolve_face_model
+
 log = logging.getLogger(__name__)
 
-FULL_RANGE_MODEL = 1  # face_detection model for faces up to about 5 m from the camera
-CLOSE_UP_MODEL = 0  # model for faces within about 2 m: catches faces that fill the image
+STILL_FACES = 4  # faces a still is searched for; the largest is the subject
+FRAME_MS = 33  # the clock the video landmarker is given: one frame at 30 fps per call
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,11 @@ class FaceBox:
 
 @dataclass(frozen=True, eq=False)
 class FaceLandmarks:
-    """Face-mesh points of one face and the box around them.
+    """The landmarks of one face and the box around them.
 
-    points: (N, 2) float32 pixel (x, y), read-only; N = 478 with iris refinement.
-    box:    their bounding box; score 1.0, since face mesh reports none (it drops a face
-            whose presence falls under its tracking confidence).
+    points: (478, 2) float32 pixel (x, y), read-only.
+    box:    their bounding box; score 1.0, since the landmarker reports none (it drops a face
+            whose presence falls under its confidence thresholds).
     """
 
     points: np.ndarray
@@ -64,65 +71,75 @@ class FaceLandmarks:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Thresholds of the mediapipe graphs.
+    """The face model and the landmarker's thresholds.
 
-    min_detection_confidence: faces scored below this are ignored (face detection and the
-                              detector inside face mesh).
-    min_tracking_confidence:  face mesh drops a followed face below this and re-detects.
+    model:                    the .task file; None: $LIVEANIM_FACE_MODEL, else the cache, else
+                              a download on first use (liveanim.face.model).
+    min_detection_confidence: faces scored below this by the detector are ignored.
+    min_tracking_confidence:  in video, a followed face scored below this is searched anew.
     quiet:                    hide the lines mediapipe's C++ side writes to stderr while a
-                              graph starts (it ignores GLOG_minloglevel in 0.10.x).
+                              landmarker starts (it ignores Python's logging).
     """
 
+    model: Path | None = None
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     quiet: bool = True
 
 
 class FaceDetector:
-    """Finds the main face of still images (face detection) and follows it in video (face mesh).
+    """Finds the main face of still images and follows one face through video.
 
-    Use one instance per video stream and per thread: face mesh runs in video mode, so each
-    call starts from the landmarks of the previous one.
+    Use one instance per video stream and per thread: the video landmarker starts each call
+    from the landmarks of the previous one.
     """
 
     def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
         self.config = config
-        self._full_range = _Graph(functools.partial(_build_detection, FULL_RANGE_MODEL, config), config.quiet)
-        self._close_up = _Graph(functools.partial(_build_detection, CLOSE_UP_MODEL, config), config.quiet)
-        self._mesh = _Graph(functools.partial(_build_mesh, config), config.quiet)
+        self._still = _Landmarker(self._model, lambda model: _build(model, config, video=False), config.quiet)
+        self._video = _Landmarker(self._model, lambda model: _build(model, config, video=True), config.quiet)
+        self._model_bytes: bytes | None = None
+        self._clock_ms = 0
 
     def detect(self, image: np.ndarray) -> FaceBox | None:
-        """The largest face in an RGB uint8 (H, W, 3) image, or None.
+        """The box of the largest face in an RGB uint8 (H, W, 3) still, or None.
 
-        The full-range model runs first; the close-up one only when it finds nothing, since
-        the full-range model misses faces that fill most of the picture.
+        The whole picture is searched first; only when it shows no face, its square windows.
         """
         image = _checked_rgb(image)
-        for graph in (self._full_range, self._close_up):
-            faces = _face_boxes(graph.process(image), image.shape)
-            if faces:
-                return max(faces, key=lambda face: face.area)
+        for windows in _search_windows(image.shape):
+            boxes = [face.box for window in windows for face in self._still_faces(image, window)]
+            if boxes:
+                return max(boxes, key=lambda box: box.area)
         return None
 
+    def _still_faces(self, image: np.ndarray, window: tuple[int, int, int, int]) -> list[FaceLandmarks]:
+        left, top, width, height = window
+        part = image[top : top + height, left : left + width]
+        return _landmarks(self._still.run(_mp_image(part)), part.shape, (left, top))
+
     def landmarks(self, image: np.ndarray) -> FaceLandmarks | None:
-        """Face-mesh landmarks of one face in a video frame (RGB uint8 (H, W, 3)), or None."""
+        """The landmarks of the followed face in a video frame (RGB uint8 (H, W, 3)), or None."""
         image = _checked_rgb(image)
-        faces = self._mesh.process(image).multi_face_landmarks
-        if not faces:
-            return None
-        height, width = image.shape[:2]
-        points = np.array([(point.x * width, point.y * height) for point in faces[0].landmark], dtype=np.float32)
-        points.flags.writeable = False
-        return FaceLandmarks(points, _bounding_box(points))
+        self._clock_ms += FRAME_MS
+        faces = _landmarks(self._video.run(_mp_image(image), self._clock_ms), image.shape, (0, 0))
+        return faces[0] if faces else None
 
     def reset_tracking(self) -> None:
         """Forget the followed face, e.g. when the video source changes."""
-        self._mesh.close()
+        self._video.close()
+        self._clock_ms = 0
 
     def close(self) -> None:
-        """Release the mediapipe graphs; a later call builds them again."""
-        for graph in (self._full_range, self._close_up, self._mesh):
-            graph.close()
+        """Release the landmarkers; a later call builds them again."""
+        self._still.close()
+        self._video.close()
+
+    def _model(self) -> bytes:
+        """The face model file's contents, found (or downloaded) on first use."""
+        if self._model_bytes is None:
+            self._model_bytes = resolve_face_model(self.config.model).read_bytes()
+        return self._model_bytes
 
     def __enter__(self) -> FaceDetector:
         return self
@@ -131,68 +148,78 @@ class FaceDetector:
         self.close()
 
 
-class _Graph:
-    """One mediapipe solution, built on first use. Its first run is where the C++ side logs."""
+class _Landmarker:
+    """One mediapipe FaceLandmarker, built on first use. Its first run is where the C++ side logs;
+    the model is fetched before that, so a download's progress and messages stay visible."""
 
-    def __init__(self, build: Callable[[], Any], quiet: bool) -> None:
+    def __init__(self, model: Callable[[], bytes], build: Callable[[bytes], Any], quiet: bool) -> None:
+        self._model = model
         self._build = build
         self._quiet = quiet
-        self._solution: Any = None
+        self._task: Any = None
 
-    def process(self, image: np.ndarray) -> Any:
-        if self._solution is not None:
-            return self._solution.process(image)
+    def run(self, image: Any, timestamp_ms: int | None = None) -> Any:
+        if self._task is not None:
+            return self._call(image, timestamp_ms)
+        model = self._model()
         with _native_stderr_silenced(self._quiet):
-            self._solution = self._build()
-            return self._solution.process(image)
+            self._task = self._build(model)
+            return self._call(image, timestamp_ms)
+
+    def _call(self, image: Any, timestamp_ms: int | None) -> Any:
+        if timestamp_ms is None:
+            return self._task.detect(image)
+        return self._task.detect_for_video(image, timestamp_ms)
 
     def close(self) -> None:
-        if self._solution is not None:
-            self._solution.close()
-            self._solution = None
+        if self._task is not None:
+            self._task.close()
+            self._task = None
 
 
-def _solutions() -> ModuleType:
-    """mediapipe.solutions, imported on first use (importing it takes about a second)."""
-    import mediapipe
+def _build(model: bytes, config: DetectorConfig, video: bool) -> Any:
+    """A FaceLandmarker over the model's bytes (a path could not hold every user's characters)."""
+    from mediapipe.tasks.python import BaseOptions, vision
 
-    return mediapipe.solutions
-
-
-def _build_detection(model: int, config: DetectorConfig) -> Any:
-    log.debug("starting mediapipe face detection (model %d)", model)
-    return _solutions().face_detection.FaceDetection(
-        model_selection=model, min_detection_confidence=config.min_detection_confidence
-    )
-
-
-def _build_mesh(config: DetectorConfig) -> Any:
-    log.debug("starting mediapipe face mesh")
-    return _solutions().face_mesh.FaceMesh(
-        static_image_mode=False,
-        max_num_faces=1,
-        refine_landmarks=True,
-        min_detection_confidence=config.min_detection_confidence,
+    log.debug("starting mediapipe's face landmarker (%s mode)", "video" if video else "image")
+    options = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_buffer=model),
+        running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
+        num_faces=1 if video else STILL_FACES,
+        min_face_detection_confidence=config.min_detection_confidence,
+        min_face_presence_confidence=config.min_tracking_confidence,
         min_tracking_confidence=config.min_tracking_confidence,
     )
+    return vision.FaceLandmarker.create_from_options(options)
 
 
-def _face_boxes(results: Any, shape: tuple[int, ...]) -> list[FaceBox]:
-    """Pixel boxes of mediapipe detections (given relative to the image size)."""
+def _search_windows(shape: tuple[int, ...]) -> Iterator[list[tuple[int, int, int, int]]]:
+    """(left, top, width, height) windows to search, coarse to fine: the whole picture, then
+    (unless it is nearly square) the squares of its short side at the start, middle and end."""
     height, width = shape[:2]
-    boxes = []
-    for detection in results.detections or ():
-        rel = detection.location_data.relative_bounding_box
-        boxes.append(
-            FaceBox(
-                left=rel.xmin * width,
-                top=rel.ymin * height,
-                right=(rel.xmin + rel.width) * width,
-                bottom=(rel.ymin + rel.height) * height,
-                score=float(detection.score[0]),
-            )
-        )
-    return boxes
+    yield [(0, 0, width, height)]
+    side, length = min(height, width), max(height, width)
+    if length >= 1.25 * side:
+        starts = sorted({0, (length - side) // 2, length - side})
+        yield [(start, 0, side, side) if width > height else (0, start, side, side) for start in starts]
+
+
+def _mp_image(image: np.ndarray) -> Any:
+    import mediapipe
+
+    return mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+
+
+def _landmarks(result: Any, shape: tuple[int, ...], offset: tuple[int, int]) -> list[FaceLandmarks]:
+    """Pixel landmarks of each face (given relative to the window, placed at `offset`)."""
+    height, width = shape[:2]
+    faces = []
+    for face in result.face_landmarks:
+        points = np.array([(point.x * width, point.y * height) for point in face], dtype=np.float32)
+        points += np.array(offset, dtype=np.float32)
+        points.flags.writeable = False
+        faces.append(FaceLandmarks(points, _bounding_box(points)))
+    return faces
 
 
 def _bounding_box(points: np.ndarray) -> FaceBox:
@@ -201,10 +228,10 @@ def _bounding_box(points: np.ndarray) -> FaceBox:
 
 
 def _checked_rgb(image: np.ndarray) -> np.ndarray:
-    """The image as mediapipe needs it: C-contiguous RGB uint8 (a copy only if it is not)."""
+    """The image as mediapipe needs it: RGB uint8 (made C-contiguous when it is wrapped)."""
     assert image.ndim == 3 and image.shape[2] == 3, f"expected an (H, W, 3) RGB image, got {image.shape}"
     assert image.dtype == np.uint8, f"expected uint8 pixels, got {image.dtype}"
-    return np.ascontiguousarray(image)
+    return image
 
 
 @contextlib.contextmanager

@@ -49,8 +49,8 @@ class TrackResult:
 
     box:       where to crop; while the face is lost, the last box (None until a first face).
     found:     whether a face was found in this frame.
-    landmarks: (N, 2) face-mesh points in pixels, or None when the mesh found no face (the box
-               may then come from face detection).
+    landmarks: (478, 2) landmarks in pixels, or None when the video landmarker lost the face (the
+               box may then come from a search of the whole frame).
     """
 
     box: CropBox | None
@@ -61,8 +61,8 @@ class TrackResult:
 class FaceTracker:
     """Gives, frame after frame, the LIA-X crop of the performer's face.
 
-    Face mesh follows the face; when it loses it, face detection (which also sees distant
-    faces) looks for it again in the same frame.
+    The video landmarker follows the face; when it loses it, the still search (which also
+    looks in square windows of the frame, for smaller faces) finds it again in the same frame.
     """
 
     def __init__(self, detector: FaceDetector | None = None, config: TrackerConfig = TrackerConfig()) -> None:

@@ -81,17 +81,33 @@ def _manual_instructions(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> str
 
 
 def download_weights(cache_dir: Path | None = None, source: HubFile = LIAX_RELEASE) -> Path:
-    """Fetch the weights into the hub cache (resumable, with a progress bar); return the file."""
+    """Fetch the weights into the hub cache (resumable, with a progress bar); return the file.
+
+    One quick look-up first, without retries: when the hub cannot be reached at all (offline),
+    the person learns it at once instead of after the hub library's retries. The hub
+    library's own messages (e.g. a retry during the long transfer) go through our logging once.
+    """
     cache_dir = cache_dir or default_cache_dir()
+    _hub_messages_through_our_logging()
     log.info("Downloading %s from %s (about %.1f GB, once)", source.filename, source.url,
              source.approx_bytes / 1e9)
     try:
+        huggingface_hub.get_hf_file_metadata(url=huggingface_hub.hf_hub_url(source.repo_id, source.filename))
         found = huggingface_hub.hf_hub_download(
             repo_id=source.repo_id, filename=source.filename, cache_dir=cache_dir / HUB_SUBDIR
         )
     except HUB_FAILURES as exc:
         raise WeightsDownloadError(_download_failure(exc, cache_dir, source)) from exc
     return Path(found)
+
+
+def _hub_messages_through_our_logging() -> None:
+    """The hub library prints its warnings with a handler of its own and passes them on to ours
+    as well, so each retry would be printed twice: leave the printing to our handlers."""
+    hub_logger = logging.getLogger(huggingface_hub.__name__)
+    for handler in list(hub_logger.handlers):
+        hub_logger.removeHandler(handler)
+    hub_logger.propagate = True
 
 
 def _download_failure(exc: BaseException, cache_dir: Path, source: HubFile) -> str:
