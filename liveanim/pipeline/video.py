@@ -317,6 +317,10 @@ def check_output(path: Path) -> None:
         raise MediaError(f"Cannot write {path}: it is a folder. Give a file name such as {path / 'out.mp4'}")
     folder = path.parent
     try:
+        if path.exists():
+            with open(path, "ab"):  # the file itself (or device) can be written: it is not changed
+                pass
+            return
         if not folder.is_dir():
             folder.mkdir(parents=True)
             log.info("made the folder %s", folder)
