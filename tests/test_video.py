@@ -6,7 +6,6 @@ inspect media straight through PyAV, independently of the code under test.
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess

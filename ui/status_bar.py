@@ -26,6 +26,7 @@ class LiveStatusBar(QStatusBar):
         self.latency = QLabel("latency --")
         self.vcam = QLabel("Virtual camera: off")
         self.recording = QLabel("")
+        self._busy_message = ""
         self.fps.setToolTip("Frames delivered per second")
         self.latency.setToolTip("Camera to output, median (95th percentile)")
         self.addPermanentWidget(self.busy)
@@ -60,8 +61,9 @@ class LiveStatusBar(QStatusBar):
         self.busy.setVisible(bool(label))
         self.busy.setToolTip(label)
         if label:
-            self.showMessage(f"{label}...")
-        elif self.currentMessage().endswith("..."):
+            self._busy_message = f"{label}..."
+            self.showMessage(self._busy_message)
+        elif self.currentMessage() == self._busy_message:
             self.clearMessage()
 
     def show_message(self, text: str) -> None:

@@ -327,8 +327,7 @@ def check_output(path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise MediaError(f"Cannot write {path} ({_reason(error)} in {error.filename or folder}): "
-                         f"pick a folder you can write to") from error
+        raise MediaError(f"Cannot write {path} ({_reason(error)}: {folder}): pick a folder you can write to") from error
 
 
 def _regular_file_size(path: Path) -> int | None:
