@@ -165,8 +165,9 @@ class Events(list):
         return [event for event in self if isinstance(event, kind)]
 
 
-def register_test_vcam(name: str, fail: str | None = None) -> type:
-    """A pyvirtualcam backend that keeps what it is sent (or fails to start, like a missing driver)."""
+def register_test_vcam(name: str, fail: str | None = None, unplug_after: int | None = None) -> type:
+    """A pyvirtualcam backend that keeps what it is sent (or fails to start, like a missing driver,
+    or fails after `unplug_after` frames, like a device that goes away)."""
 
     class Backend:
         frames: list[np.ndarray] = []
@@ -179,6 +180,8 @@ def register_test_vcam(name: str, fail: str | None = None) -> type:
             type(self).opened.append(dict(width=width, height=height, fps=fps, fourcc=fourcc))
 
         def send(self, frame: np.ndarray) -> None:
+            if unplug_after is not None and len(type(self).frames) >= unplug_after:
+                raise OSError("device unplugged")
             type(self).frames.append(frame.copy())
 
         def close(self) -> None:
@@ -720,6 +723,19 @@ def test_outputs_that_cannot_work_fail_before_any_model_work(monkeypatch, tmp_pa
     record_error, vcam_error = [record.getMessage() for record in caplog.records]
     assert str(tmp_path / "a-file" / "out.mp4") in record_error
     assert "No v4l2 loopback device found" in vcam_error and "modprobe v4l2loopback" in vcam_error
+
+
+def test_a_virtual_camera_that_goes_away_ends_the_cli_with_exit_2_naming_it(tmp_path, caplog):
+    vcam = register_test_vcam("test-unplugged", unplug_after=2)
+    video = driving_video(tmp_path / "drive.mp4", frames=3)
+    out = tmp_path / "out.mp4"
+    with caplog.at_level(logging.INFO):
+        assert main(["live", "--video", str(video), "--loop", "--fast", "--no-track", "--vcam", "--vcam-backend",
+                     "test-unplugged", "--record", str(out), "--max-frames", "4", *TINY]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors[0].startswith("virtual camera /dev/test-unplugged stopped: device unplugged"), errors
+    assert errors[-1] == "live ended with a failed output: the virtual camera /dev/test-unplugged (see above)"
+    assert len(vcam.frames) == 2 and playable_frames(out) == 4  # the recording went on to the end
 
 
 def test_recordings_run_at_the_source_frame_rate_into_a_folder_made_for_them(animator, tmp_path):
