@@ -507,7 +507,8 @@ class LiveSession:
                     sink = RecorderSink(value, fps, size, pace=self.source.live)
                 else:
                     sink = MotionRecorder(value, fps)
-            except LiveAnimError as error:
+            except Exception as error:  # an output that cannot start never ends the stream
+                log.debug("an output could not start", exc_info=True)
                 self._emit(virtual_camera_failed_to_start(error) if what == "vcam"
                            else recording_failed_to_start(value, error))
                 continue

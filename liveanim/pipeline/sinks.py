@@ -18,7 +18,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from liveanim.errors import LiveAnimError, MediaError, UsageError, VirtualCameraUnavailable
+from liveanim.errors import MediaError, UsageError, VirtualCameraUnavailable
 from liveanim.face import CropBox
 from liveanim.motion.dials import MOTION_DIM
 from liveanim.pipeline.events import (RecordingFailed, RecordingStarted, RecordingStopped, SessionEvent,
@@ -140,10 +140,10 @@ def probe_virtual_camera(config: VirtualCameraConfig = VirtualCameraConfig()) ->
     return sink.device
 
 
-def virtual_camera_failed_to_start(error: LiveAnimError) -> VirtualCameraFailed:
+def virtual_camera_failed_to_start(error: Exception) -> VirtualCameraFailed:
     if isinstance(error, VirtualCameraUnavailable):
         return VirtualCameraFailed(None, error.reason, error.setup)
-    return VirtualCameraFailed(None, str(error), virtual_camera_setup())
+    return VirtualCameraFailed(None, str(error) or type(error).__name__, virtual_camera_setup())
 
 
 class RecorderSink:
@@ -278,8 +278,8 @@ class MotionRecorder:
         return RecordingFailed(self.path, str(error), self.frames, self._last)
 
 
-def recording_failed_to_start(path: Path, error: LiveAnimError) -> RecordingFailed:
-    return RecordingFailed(Path(path), str(error), 0, 0.0)
+def recording_failed_to_start(path: Path, error: Exception) -> RecordingFailed:
+    return RecordingFailed(Path(path), str(error) or type(error).__name__, 0, 0.0)
 
 
 @contextlib.contextmanager
