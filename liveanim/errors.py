@@ -29,7 +29,15 @@ class CameraError(LiveAnimError):
 
 
 class VirtualCameraUnavailable(LiveAnimError):
-    """No virtual-camera driver is installed or it refused to start."""
+    """No virtual-camera driver is installed or it refused to start.
+
+    reason: what went wrong; setup: the one-time set-up of this OS that provides a virtual camera.
+    """
+
+    def __init__(self, reason: str, setup: str) -> None:
+        super().__init__(f"{reason} {setup}")
+        self.reason = reason
+        self.setup = setup
 
 
 class BackendUnavailable(LiveAnimError):

@@ -8,13 +8,20 @@ The CPU renders a frame in seconds, so each test delivers only a few frames.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import json
+import logging
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -24,6 +31,8 @@ from skimage import data
 
 from engines import EngineConfig, create_engine
 from liveanim.cli import live as live_cli
+from liveanim.cli import main
+from liveanim.cli import options as cli_options
 from liveanim.errors import CameraError
 from liveanim.face import CropBox, paste_back
 from liveanim.motion.controller import MotionConfig
@@ -31,13 +40,21 @@ from liveanim.motion.dials import DIALS_BY_NAME, edit_vector
 from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
+from liveanim.pipeline import sources
+from liveanim.pipeline.events import (EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
+                                      RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
+                                      VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession, _FrameQueue
 from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, VirtualCameraSink, load_motion_track
 from liveanim.pipeline.sources import CameraConfig, CameraSource, ImageFolderSource, VideoFileSource
 from liveanim.pipeline.video import VideoReader, VideoWriter, write_image
+from tests.test_video import probe
 
 FACE_CENTRE = (225.0, 115.0)  # (x, y) of the astronaut's face
 TIMEOUT_S = 90.0
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--seeded", "0.125", "--device", "cpu", "--engine", "torch"]
+CLI_TIMEOUT_S = 180.0  # a CPU shared with other work renders a frame in one to several seconds
 
 
 # ----- fixtures and helpers ---------------------------------------------------------------
@@ -80,8 +97,77 @@ def frames_in(path: Path) -> int:
         return sum(1 for _ in reader)
 
 
-def register_test_vcam(name: str, fail: str | None = None) -> type:
-    """A pyvirtualcam backend that keeps what it is sent (or fails to start, like a missing driver)."""
+def playable_frames(path: Path) -> int:
+    """The frames a player decodes from `path`, or 0 while it does not play (no index yet, or a
+    broken packet anywhere)."""
+    try:
+        return len(probe(path).frames)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return 0
+
+
+def wait_for(condition, timeout_s: float = TIMEOUT_S, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.1)
+
+
+def start_cli(*arguments: str, code: str = "from liveanim.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
+              ) -> subprocess.Popen:
+    """`main.py` in a process of its own (run by `code`), on the tiny seeded model."""
+    return subprocess.Popen([sys.executable, "-c", code, *arguments, *TINY], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size_kb: int, read_only: bool = False):
+    """A small file system of its own at `folder` (needs root, as on CI); skips where it cannot mount."""
+    folder.mkdir()
+    options = f"size={size_kb}k" + (",ro" if read_only else "")
+    try:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill_up(folder: Path) -> None:
+    """Write into `folder` until its file system is full."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as filler:
+        while True:
+            filler.write(bytes(1 << 16))
+    with pytest.raises(OSError) as full, open(folder / "more", "wb", buffering=0) as more:
+        more.write(bytes(1 << 16))
+    assert full.value.errno == errno.ENOSPC
+
+
+def frames_to(callback) -> callable:
+    """A session's event callback that hands each delivered frame to `callback`."""
+    return lambda event: callback(event.frame) if isinstance(event, FrameDelivered) else None
+
+
+class Events(list):
+    """Every event of a session but the frames, in order."""
+
+    def __call__(self, event: SessionEvent) -> None:
+        if not isinstance(event, FrameDelivered):
+            self.append(event)
+
+    def of(self, kind: type) -> list:
+        return [event for event in self if isinstance(event, kind)]
+
+
+def register_test_vcam(name: str, fail: str | None = None, unplug_after: int | None = None) -> type:
+    """A pyvirtualcam backend that keeps what it is sent (or fails to start, like a missing driver,
+    or fails after `unplug_after` frames, like a device that goes away)."""
 
     class Backend:
         frames: list[np.ndarray] = []
@@ -94,6 +180,8 @@ def register_test_vcam(name: str, fail: str | None = None) -> type:
             type(self).opened.append(dict(width=width, height=height, fps=fps, fourcc=fourcc))
 
         def send(self, frame: np.ndarray) -> None:
+            if unplug_after is not None and len(type(self).frames) >= unplug_after:
+                raise OSError("device unplugged")
             type(self).frames.append(frame.copy())
 
         def close(self) -> None:
@@ -122,7 +210,7 @@ class ScriptedSource:
     def push(self, frame: np.ndarray, timestamp: float) -> None:
         self._frames.put((frame, timestamp))
 
-    def frames(self, on_status=None):
+    def frames(self, on_event=None):
         while (item := self._frames.get()) is not None:
             yield item
 
@@ -139,7 +227,7 @@ class Stepper:
     def __init__(self, config: LiveConfig, animator: Animator) -> None:
         self.source = ScriptedSource()
         self.delivered: queue.Queue[LiveFrame] = queue.Queue()
-        self.session = LiveSession(config, animator, self.source, on_frame=self.delivered.put)
+        self.session = LiveSession(config, animator, self.source, on_event=frames_to(self.delivered.put))
         self.session.add_avatar(data.astronaut(), "astronaut")
         self.session.start()
 
@@ -154,17 +242,21 @@ def test_video_flows_end_to_end_into_the_virtual_camera_and_recordings(animator,
     vcam = register_test_vcam("test-flow")
     video = driving_video(tmp_path / "drive.mp4", frames=3)
     seen: list[LiveFrame] = []
-    statuses: list[str] = []
+    events = Events()
     config = LiveConfig(vcam=True, virtual_camera=VirtualCameraConfig(backend="test-flow"),
-                        record=tmp_path / "out.mp4", record_motion=tmp_path / "motion.npz")
-    session = LiveSession(config, animator, VideoFileSource(video, realtime=False), on_frame=seen.append,
-                          on_status=statuses.append)
+                        record=tmp_path / "out.mp4", record_motion=tmp_path / "motion.track")
+    session = LiveSession(config, animator, VideoFileSource(video, realtime=False),
+                          on_event=lambda event: (events(event), frames_to(seen.append)(event)))
     session.start()
     assert session.wait(TIMEOUT_S), "the session did not end with the video"
     session.stop()
 
-    assert session.error is None, statuses
-    assert statuses[0].startswith("preparing the engine") and "engine ready in" in statuses[1]
+    assert session.error is None, events
+    assert isinstance(events[0], EnginePreparing) and isinstance(events[1], Started)
+    assert events[1].source == "video drive.mp4" and isinstance(events[-1], Stopped)
+    assert [type(e) for e in events[2:5]] == [VirtualCameraOn, RecordingStarted, RecordingStarted]
+    assert {e.path for e in events.of(RecordingStopped)} == {tmp_path / "out.mp4", tmp_path / "motion.track"}
+    assert events.of(VirtualCameraOff) == [VirtualCameraOff("/dev/test-flow")]
     assert [frame.index for frame in seen] == [0, 1, 2]  # every frame, in order
     assert vcam.opened == [dict(width=512, height=512, fps=30.0, fourcc=vcam.opened[0]["fourcc"])]
     assert vcam.opened[0]["fourcc"] == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
@@ -175,7 +267,7 @@ def test_video_flows_end_to_end_into_the_virtual_camera_and_recordings(animator,
     assert all(frame.face_found for frame in seen)
     assert not np.array_equal(seen[0].output, seen[1].output)  # the head moved, so did the avatar
     assert frames_in(tmp_path / "out.mp4") == 3
-    track = load_motion_track(tmp_path / "motion.npz")
+    track = load_motion_track(tmp_path / "motion.track")
     assert track.motion.shape == (3, 40) and track.fps == 30.0
     np.testing.assert_array_equal(track.motion[0], 0)  # the first frame is its own neutral
     assert session.stats.frames == 3
@@ -263,31 +355,26 @@ class FakeCapture:
         return True
 
     def get(self, prop: int) -> float:
-        return 0.0
+        return {cv2.CAP_PROP_FRAME_WIDTH: 64.0, cv2.CAP_PROP_FRAME_HEIGHT: 48.0, cv2.CAP_PROP_FPS: 15.0}.get(prop, 0.0)
 
     def release(self) -> None:
         self.released = True
 
 
-def test_camera_failing_mid_stream_is_reopened_with_backoff():
-    captures = [FakeCapture(3), FakeCapture(0, opens=False), FakeCapture(2)]
+def test_camera_failing_mid_stream_is_reopened_with_backoff(monkeypatch):
+    captures = [FakeCapture(1), FakeCapture(3), FakeCapture(0, opens=False), FakeCapture(2)]
     made = iter(captures)
-    source = CameraSource(CameraConfig(read_failures=2, backoff_s=0.01), lambda device, api: next(made))
-    statuses: list[str] = []
+    monkeypatch.setattr(sources, "open_capture", lambda device, api: next(made))
+    source = CameraSource(CameraConfig(read_failures=2, backoff_s=0.01))  # checks the camera with the first
+    events = Events()
     frames = []
-    for frame, captured_at in source.frames(statuses.append):
+    for frame, captured_at in source.frames(events):
         frames.append(frame)
         if len(frames) == 5:
             source.close()
     assert len(frames) == 5 and frames[0].shape == (48, 64, 3)
     assert all(capture.released for capture in captures)
-    assert any("reopening" in status for status in statuses) and statuses[-1] == "camera 0 is back"
-
-
-def test_a_camera_that_cannot_open_says_what_to_do():
-    source = CameraSource(CameraConfig(device=3), lambda device, api: FakeCapture(0, opens=False))
-    with pytest.raises(CameraError, match="--camera"):
-        next(source.frames())
+    assert events == [SourceLost("camera 0", 0.01), SourceLost("camera 0", 0.02), SourceReopened("camera 0")]
 
 
 def test_image_folder_plays_in_name_order_once_or_looped(tmp_path):
@@ -328,7 +415,7 @@ def test_slow_output_drops_frames_and_latency_stays_bounded(animator, tmp_path):
         time.sleep(0.15)
 
     session = LiveSession(LiveConfig(max_frames=10), animator, VideoFileSource(video, realtime=True),
-                          on_frame=slow_output)
+                          on_event=frames_to(slow_output))
     session.add_avatar(data.astronaut(), "astronaut")
     session.start()
     assert session.wait(TIMEOUT_S)
@@ -343,17 +430,17 @@ def test_slow_output_drops_frames_and_latency_stays_bounded(animator, tmp_path):
 def test_without_a_virtual_camera_driver_the_fix_is_shown_and_recording_goes_on(animator, tmp_path):
     register_test_vcam("test-missing", fail="No v4l2 loopback device found")
     video = driving_video(tmp_path / "drive.mp4", frames=2)
-    statuses: list[str] = []
+    events = Events()
     config = LiveConfig(vcam=True, virtual_camera=VirtualCameraConfig(backend="test-missing"), track=False,
                         record=tmp_path / "out.mp4")
-    session = LiveSession(config, animator, VideoFileSource(video, realtime=False), on_status=statuses.append)
+    session = LiveSession(config, animator, VideoFileSource(video, realtime=False), on_event=events)
     session.add_avatar(data.astronaut(), "astronaut")
     session.start()
     assert session.wait(TIMEOUT_S)
     session.stop()
-    message = next(status for status in statuses if "virtual camera" in status.lower())
-    assert "No v4l2 loopback device found" in message
-    assert "modprobe v4l2loopback" in message or "OBS" in message
+    [failed] = events.of(VirtualCameraFailed)
+    assert "No v4l2 loopback device found" in failed.reason and failed.device is None
+    assert "modprobe v4l2loopback" in failed.setup and failed.setup in failed.message
     assert session.error is None
     assert frames_in(tmp_path / "out.mp4") == 2
 
@@ -365,7 +452,7 @@ def test_sigterm_stops_the_cli_and_finalizes_the_recording(tmp_path):
     live_cli.register(parser.add_subparsers())
     args = parser.parse_args([
         "live", "--video", str(video), "--loop", "--fast", "--no-track", "--vcam", "--vcam-backend", "test-sigterm",
-        "--record", str(tmp_path / "out.mp4"), "--record-motion", str(tmp_path / "motion.npz"),
+        "--record", str(tmp_path / "out.mp4"), "--record-motion", str(tmp_path / "motion.track"),
         "--dial", "smirk=0.2", "--intensity", "head=0.5", "--smoothing", "0.3",
         "--seeded", "0.125", "--device", "cpu", "--engine", "torch",
     ])
@@ -382,7 +469,7 @@ def test_sigterm_stops_the_cli_and_finalizes_the_recording(tmp_path):
     killer.join()
     assert vcam.closed and len(vcam.frames) >= 2
     assert frames_in(tmp_path / "out.mp4") >= 2
-    track = load_motion_track(tmp_path / "motion.npz")
+    track = load_motion_track(tmp_path / "motion.track")
     assert len(track.motion) >= 2
     np.testing.assert_allclose(track.edit[0], edit_vector({"smirk": 0.2}))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
@@ -456,7 +543,8 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
     source = ScriptedSource(live=False)  # every frame is rendered and checked
     delivered: queue.Queue[LiveFrame] = queue.Queue()
     session = LiveSession(LiveConfig(track=False, motion=MotionConfig(smoothing=0.0),
-                                     avatars=AvatarConfig(auto_crop=False)), animator, source, on_frame=delivered.put)
+                                     avatars=AvatarConfig(auto_crop=False)), animator, source,
+                          on_event=frames_to(delivered.put))
     session.add_avatar(data.astronaut(), "astronaut")
     session.start()
     try:
@@ -477,3 +565,205 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
         others = torch.cat([distances[:own], distances[own + 1:]])
         assert distances.argmin() == own and distances[own] < 0.5, \
             f"frame {frame.index}: {distances[own]:.3f} from its own render, {others.min():.3f} from the nearest other"
+
+
+# ----- nothing lost, nothing silent --------------------------------------------------------
+
+def test_a_killed_cli_leaves_a_recording_and_a_motion_track_that_play(tmp_path):
+    video = driving_video(tmp_path / "drive.mp4", frames=4, fps=2)  # a fragment every 2 frames
+    out, motion = tmp_path / "out.mp4", tmp_path / "out.motion"
+    live = start_cli("live", "--video", str(video), "--loop", "--no-track", "--record", str(out),
+                     "--record-motion", str(motion))
+    try:
+        wait_for(lambda: playable_frames(out) >= 2 or live.poll() is not None, CLI_TIMEOUT_S,
+                 "a recording that plays while it is being written")
+    finally:
+        live.kill()
+    output = live.communicate()[0]
+    assert live.returncode == -signal.SIGKILL, output
+    assert playable_frames(out) >= 2
+    assert len(load_motion_track(motion).motion) >= 1
+
+
+def test_ctrl_c_again_and_again_while_stopping_cannot_break_the_shutdown(tmp_path):
+    video = driving_video(tmp_path / "drive.mp4", frames=4, fps=2)
+    out, motion, stats = tmp_path / "out.mp4", tmp_path / "out.motion", tmp_path / "stats.json"
+    live = start_cli("live", "--video", str(video), "--loop", "--no-track", "--record", str(out),
+                     "--record-motion", str(motion), "--stats-json", str(stats))
+    try:
+        wait_for(lambda: playable_frames(out) >= 2 or live.poll() is not None, CLI_TIMEOUT_S, "a recording")
+        live.send_signal(signal.SIGINT)
+        while live.poll() is None:  # a second Ctrl-C 50 ms later, and more, until it has ended
+            time.sleep(0.05)
+            live.send_signal(signal.SIGINT)
+    finally:
+        live.kill()
+    output = live.communicate()[0]
+    # 0, or 130 as a shell reports it: main's KeyboardInterrupt exit, or the interpreter ending
+    # itself by SIGINT when one comes after everything was finished and the handlers put back
+    assert live.returncode in (0, 130, -signal.SIGINT), output
+    assert "SIGINT: already stopping" in output
+    assert playable_frames(out) >= 2 and len(load_motion_track(motion).motion) >= 1
+    report = json.loads(stats.read_text())
+    assert report["finished"] and report["frames"] >= 1 and report["failed_outputs"] == []
+
+
+def test_a_full_disk_stops_the_recording_only_and_keeps_what_it_wrote(animator, tmp_path):
+    """A real full disk (a small tmpfs filled up mid-recording); see the next test for the same
+    error forced where nothing can be mounted."""
+    video = driving_video(tmp_path / "drive.mp4", frames=4, fps=2)
+    events = Events()
+    delivered: queue.Queue[LiveFrame] = queue.Queue()
+    with mounted_tmpfs(tmp_path / "disk", size_kb=4096) as disk:
+        out = disk / "out.mp4"
+        session = LiveSession(LiveConfig(track=False, record=out), animator, VideoFileSource(video, loop=True),
+                              on_event=lambda event: (events(event), frames_to(delivered.put)(event)))
+        session.start()
+        try:
+            wait_for(lambda: playable_frames(out) >= 2, CLI_TIMEOUT_S, "a recording")
+            fill_up(disk)
+            wait_for(lambda: events.of(RecordingFailed), CLI_TIMEOUT_S, "the recording to fail")
+            after = delivered.qsize()
+            wait_for(lambda: delivered.qsize() >= after + 2, CLI_TIMEOUT_S, "frames after the failure")
+        finally:
+            session.stop()
+        [failed] = events.of(RecordingFailed)
+        assert failed.path == out and "disk is full" in failed.reason and failed.frames >= 2
+        assert session.error is None and not events.of(RecordingStopped)
+        assert playable_frames(out) >= 2
+
+
+def test_a_recording_write_error_ends_the_cli_with_exit_2_naming_the_file(tmp_path):
+    """The same as a full disk through the real writer, on any machine: the recording may not grow
+    past what it holds once it plays (RLIMIT_FSIZE: EFBIG instead of ENOSPC). The motion track
+    is another output asked for, so the stream goes on to --max-frames; the exit code says 2."""
+    video = driving_video(tmp_path / "drive.mp4", frames=4, fps=2)
+    out, motion, stats = tmp_path / "out.mp4", tmp_path / "out.motion", tmp_path / "stats.json"
+    limit_once_it_plays = f"""
+import os, resource, signal, sys, threading, time
+import av
+from liveanim.cli import main
+
+def plays(path: str) -> bool:
+    try:
+        with av.open(path) as container:
+            return sum(1 for _ in container.decode(video=0)) >= 2
+    except (av.error.FFmpegError, OSError):
+        return False
+
+def limit() -> None:
+    while not plays({str(out)!r}):
+        time.sleep(0.05)
+    size = os.path.getsize({str(out)!r})
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+threading.Thread(target=limit, daemon=True).start()
+sys.exit(main(sys.argv[1:]))
+"""
+    live = start_cli("live", "--video", str(video), "--loop", "--no-track", "--record", str(out),
+                     "--record-motion", str(motion), "--max-frames", "8", "--stats-json", str(stats),
+                     code=limit_once_it_plays)
+    try:
+        output = live.communicate(timeout=3 * CLI_TIMEOUT_S)[0]
+    finally:
+        live.kill()
+    assert live.returncode == 2, output
+    assert f"recording {out} stopped after" in output and "File too large" in output
+    assert f"live ended with a failed output: the recording {out}" in output
+    report = json.loads(stats.read_text())
+    assert report["frames"] == 8 and report["failed_outputs"] == [f"the recording {out}"]
+    assert len(load_motion_track(motion).motion) == 8  # the loop went on after the failure
+    assert playable_frames(out) >= 2
+
+
+def test_a_read_only_folder_refuses_the_recording_and_the_loop_goes_on(animator, tmp_path):
+    video = driving_video(tmp_path / "drive.mp4", frames=2)
+    events = Events()
+    with mounted_tmpfs(tmp_path / "read-only", size_kb=64, read_only=True) as folder:
+        config = LiveConfig(track=False, record=folder / "out.mp4", record_motion=tmp_path / "out.motion")
+        session = LiveSession(config, animator, VideoFileSource(video, realtime=False), on_event=events)
+        session.start()
+        assert session.wait(TIMEOUT_S)
+        session.stop()
+    [failed] = events.of(RecordingFailed)
+    assert failed.path == folder / "out.mp4" and failed.frames == 0 and "Read-only" in failed.reason
+    assert "could not start" in failed.message and session.stats.frames == 2
+    assert len(load_motion_track(tmp_path / "out.motion").motion) == 2
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the inputs and outputs were checked")
+
+
+def test_a_missing_camera_fails_before_any_model_work_once_naming_the_cameras(monkeypatch, caplog):
+    monkeypatch.setattr(cli_options, "create_engine", no_model)
+    with caplog.at_level(logging.INFO):
+        assert main(["live", "--camera", "7", *TINY]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("Cannot open camera 7"), errors
+    assert "Cameras that open:" in errors[0] or "No camera opens on this machine" in errors[0]
+
+
+def test_a_missing_camera_names_the_cameras_that_do_open(monkeypatch):
+    monkeypatch.setattr(sources, "open_capture", lambda device, api: FakeCapture(5, opens=device in (0, 2)))
+    with pytest.raises(CameraError, match=r"Cannot open camera 7.*Cameras that open: 0 \(64x48\), 2 \(64x48\)\."):
+        CameraSource(CameraConfig(device=7))
+    assert CameraSource(CameraConfig(device=2)).fps == 15.0, "the rate the camera reports, not the one asked for"
+
+
+def test_outputs_that_cannot_work_fail_before_any_model_work(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(cli_options, "create_engine", no_model)
+    register_test_vcam("test-nodriver", fail="No v4l2 loopback device found")
+    video = driving_video(tmp_path / "drive.mp4", frames=1)
+    (tmp_path / "a-file").write_text("")
+    with caplog.at_level(logging.ERROR):
+        assert main(["live", "--video", str(video), "--record", str(tmp_path / "a-file" / "out.mp4"), *TINY]) == 2
+        assert main(["live", "--video", str(video), "--vcam", "--vcam-backend", "test-nodriver", *TINY]) == 2
+    record_error, vcam_error = [record.getMessage() for record in caplog.records]
+    assert str(tmp_path / "a-file" / "out.mp4") in record_error
+    assert "No v4l2 loopback device found" in vcam_error and "modprobe v4l2loopback" in vcam_error
+
+
+def test_a_virtual_camera_that_goes_away_ends_the_cli_with_exit_2_naming_it(tmp_path, caplog):
+    vcam = register_test_vcam("test-unplugged", unplug_after=2)
+    video = driving_video(tmp_path / "drive.mp4", frames=3)
+    out = tmp_path / "out.mp4"
+    with caplog.at_level(logging.INFO):
+        assert main(["live", "--video", str(video), "--loop", "--fast", "--no-track", "--vcam", "--vcam-backend",
+                     "test-unplugged", "--record", str(out), "--max-frames", "4", *TINY]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors[0].startswith("virtual camera /dev/test-unplugged stopped: device unplugged"), errors
+    assert errors[-1] == "live ended with a failed output: the virtual camera /dev/test-unplugged (see above)"
+    assert len(vcam.frames) == 2 and playable_frames(out) == 4  # the recording went on to the end
+
+
+def test_recordings_run_at_the_source_frame_rate_into_a_folder_made_for_them(animator, tmp_path):
+    video = driving_video(tmp_path / "drive.mp4", frames=3, fps=12)
+    out, motion = tmp_path / "new" / "out.mp4", tmp_path / "new" / "out.motion"
+    parser = argparse.ArgumentParser()
+    live_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["live", "--video", str(video), "--fast", "--no-track", "--record", str(out),
+                              "--record-motion", str(motion), *TINY])
+    assert args.run(args) == 0
+    recorded = probe(out)
+    assert recorded.fps == 12 and len(recorded.frames) == 3
+    assert load_motion_track(motion).fps == 12.0
+
+
+def test_soak_script_samples_the_live_process_as_it_runs(tmp_path):
+    """scripts/soak.py (the 60-minute and H200 soaks), for a few seconds: `main.py live
+    --duration --stats-every` samples memory, threads, FPS and latency, and the script sums up."""
+    out = tmp_path / "soak.json"
+    result = subprocess.run([sys.executable, "scripts/soak.py", "--minutes", "0.2", "--every", "3", "--size", "128x96",
+                             "--fps", "5", "--out", str(out), "--", "--no-track", *TINY],
+                            cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    samples = report["live"]["samples"]
+    assert len(samples) >= 3 and report["summary"]["samples"] == len(samples)
+    assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
+    assert all(s["rss_mb"] > 50 and s["threads"] >= s["python_threads"] >= 1 for s in samples)
+    assert samples[-1]["frames"] >= 1 and samples[-1]["gpu_allocated_mb"] is None  # no CUDA here
+    assert report["live"]["finished"] and report["exit_code"] == 0 and report["load_average_1min"]
+    assert "rss_mb_growth_per_hour" in report["summary"] and report["summary"]["threads_max"] >= 1

@@ -199,11 +199,30 @@ class TestStreaming:
         qtbot.waitUntil(out.exists, timeout=STREAM_TIMEOUT_MS)
         seen = len(log.frames)
         qtbot.waitUntil(lambda: len(log.after(seen)) >= 2, timeout=STREAM_TIMEOUT_MS)
+        assert "Recording" in window.status.recording.text()
+        messages: list[str] = []
+        window.status.messageChanged.connect(messages.append)
         window.record_action.trigger()
-        seen = len(log.frames)
-        qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)
+        qtbot.waitUntil(lambda: any(m.startswith(f"Recording saved to {out}") for m in messages),
+                        timeout=STREAM_TIMEOUT_MS)
+        assert not window.record_action.isChecked() and window.status.recording.text() == ""
         with VideoReader(out) as reader:
             assert sum(1 for _ in reader) >= 1, "the recording was finalized and plays"
+
+    def test_a_recording_on_a_full_disk_unchecks_record_and_says_it_failed(self, streaming, qtbot, monkeypatch):
+        window, log = streaming
+        monkeypatch.setattr(main_window, "recording_path", lambda: Path("/dev/full"))  # every write: ENOSPC
+        messages: list[str] = []
+        window.status.messageChanged.connect(messages.append)
+        window.record_action.trigger()
+        qtbot.waitUntil(lambda: not window.record_action.isChecked(), timeout=STREAM_TIMEOUT_MS)
+        boxes = [b for b in window.findChildren(QMessageBox) if b.windowTitle() == "Recording failed"]
+        assert boxes and "The disk is full" in boxes[-1].text() and "/dev/full" in boxes[-1].text()
+        assert "Recording failed: /dev/full" in messages and not any("saved" in m for m in messages)
+        assert window.status.recording.text() == ""
+        boxes[-1].close()
+        seen = len(log.frames)
+        qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)  # the stream goes on
 
     @pytest.mark.skipif(os.environ.get("LIVEANIM_SCREENSHOT") != "1", reason="set LIVEANIM_SCREENSHOT=1 to rewrite it")
     def test_save_screenshot(self, streaming, qtbot):

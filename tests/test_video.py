@@ -6,6 +6,10 @@ inspect media straight through PyAV, independently of the code under test.
 
 from __future__ import annotations
 
+import resource
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,7 +21,7 @@ import pytest
 from skimage import data
 
 from liveanim.errors import MediaError
-from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image
+from liveanim.pipeline.video import EncoderConfig, VideoReader, VideoWriter, check_output, read_image, write_image
 
 FPS = 10
 SAMPLE_RATE = 16_000
@@ -74,6 +78,7 @@ class Probe:
 
 
 def probe(path: Path) -> Probe:
+    """Decodes every frame; a file that does not play (no index, a broken packet) raises."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = stream.average_rate
@@ -176,6 +181,62 @@ def test_full_disk_is_reported_as_such():
         with VideoWriter(Path("/dev/full"), FPS, (512, 512)) as writer:
             for frame in noise:
                 writer.write(frame)
+
+
+def noise(count: int, size: int = 256) -> np.ndarray:
+    """Frames that compress badly, so that a few fill a small file system."""
+    return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_a_writer_killed_midway_leaves_a_file_that_plays(tmp_path):
+    """A process killed while writing (no close, no index written last) keeps every fragment
+    it had written: all but about the last second."""
+    out = tmp_path / "killed.mp4"
+    child = f"""
+import os, sys
+import numpy as np
+from pathlib import Path
+from liveanim.pipeline.video import VideoWriter
+writer = VideoWriter(Path({str(out)!r}), {FPS}, (64, 64))
+for i in range(35):
+    writer.write(np.full((64, 64, 3), 7 * i, np.uint8))
+os.kill(os.getpid(), 9)
+"""
+    result = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).parents[1], capture_output=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    frames = probe(out).frames
+    assert 2 * FPS <= len(frames) <= 35  # the first two seconds, at least
+    np.testing.assert_allclose([frame.mean() for frame in frames[:3]], [0, 7, 14], atol=1.5)  # in order, from the start
+
+
+def test_a_write_error_cuts_the_file_back_to_its_last_whole_fragment(tmp_path):
+    """A file-size limit (EFBIG; the same path as a full disk) stops the writer mid-fragment;
+    what was written before stays a file that plays to its end, without a broken packet."""
+    out = tmp_path / "limited.mp4"
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, hard))
+    try:
+        with pytest.raises(MediaError, match="limited.mp4"):
+            with VideoWriter(out, FPS, (256, 256), config=EncoderConfig(preset="ultrafast")) as writer:
+                for frame in noise(60):
+                    writer.write(frame)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    kept = probe(out).frames
+    assert len(kept) % FPS == 0 and FPS <= len(kept) < writer.frames_written  # whole seconds only
+    assert out.stat().st_size < 600_000
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    check_output(tmp_path / "new" / "folder" / "out.mp4")
+    assert (tmp_path / "new" / "folder").is_dir(), "a missing folder is made"
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(MediaError, match="a-file"):
+        check_output(tmp_path / "a-file" / "out.mp4")
+    with pytest.raises(MediaError, match="is a folder"):
+        check_output(tmp_path)
 
 
 def test_odd_frame_size_is_refused(tmp_path):

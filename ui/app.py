@@ -23,7 +23,7 @@ SIGNAL_POLL_MS = 200
 
 def list_cameras() -> list[SourceSpec]:
     """The cameras that open, as picker entries (probing takes a moment per index)."""
-    from liveanim.cli.devices import probe_cameras
+    from liveanim.pipeline.sources import probe_cameras
 
     return [SourceSpec.camera(c.index, f"Camera {c.index}: {c.name or f'{c.width}x{c.height}'}")
             for c in probe_cameras(range(10))]

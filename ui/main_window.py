@@ -24,6 +24,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.pipeline.events import (RecordingFailed, RecordingStarted, RecordingStopped, SessionEvent,
+                                      SessionFailed, VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
 from liveanim.pipeline.live import LiveConfig, LiveFrame
 from liveanim.weights import default_cache_dir
 from ui.avatar_gallery import AvatarGallery
@@ -78,7 +80,6 @@ class MainWindow(QMainWindow):
         self.controller = SessionController(deps.model.seeded, deps.live, self)
         self.countdown = CalibrationCountdown(parent=self)
         self.weights_dialog: WeightsDialog | None = None
-        self._recording: Path | None = None
         self._dialogs: dict[str, QWidget] = {}
         self._build_widgets()
         self._build_actions()
@@ -172,13 +173,11 @@ class MainWindow(QMainWindow):
         controller = self.controller
         controller.frame_ready.connect(self.show_frame)
         controller.stats_changed.connect(self.status.show_stats)
-        controller.status_changed.connect(self.status.show_message)
+        controller.session_event.connect(self._session_event)
         controller.running_changed.connect(self._running_changed)
         controller.engine_changed.connect(self._engine_changed)
         controller.busy_changed.connect(self.status.show_busy)
         controller.error.connect(lambda text: show_warning(self, "LiveAnim", text))
-        controller.vcam_changed.connect(lambda on: self.status.show_vcam(on, controller.vcam_requested))
-        controller.vcam_unavailable.connect(self._vcam_unavailable)
         controller.avatar_added.connect(self.gallery.add_avatar)
         controller.avatar_removed.connect(self.gallery.remove_avatar)
         controller.avatar_selected.connect(self.gallery.show_current)
@@ -304,21 +303,38 @@ class MainWindow(QMainWindow):
             self.status.show_idle()
 
     def _toggle_record(self, checked: bool) -> None:
-        path = recording_path() if checked else None
-        if not self.controller.set_recording(path):
+        """Ask for a recording to start or stop; the button and the status bar follow what the
+        session then reports (`_session_event`)."""
+        if not self.controller.set_recording(recording_path() if checked else None):
             self.record_action.setChecked(False)
-        elif path is not None:
-            self._recording = path
-            self.status.show_message(f"Recording to {path}")
-        else:
-            self.status.show_message(f"Recording saved to {self._recording}")
 
-    def _vcam_unavailable(self, message: str) -> None:
-        self.vcam_action.blockSignals(True)
-        self.vcam_action.setChecked(False)
-        self.vcam_action.blockSignals(False)
-        self.status.show_vcam(False, False)
-        show_warning(self, "Virtual camera unavailable", message)
+    def _session_event(self, event: SessionEvent) -> None:
+        """Widget state from what the session reports, by the event's type (its text is only shown)."""
+        if isinstance(event, RecordingStarted):
+            _set_checked(self.record_action, True)
+            self.status.show_recording(event.path)
+            self.status.show_message(f"Recording to {event.path}")
+        elif isinstance(event, RecordingStopped):
+            _set_checked(self.record_action, False)
+            self.status.show_recording(None)
+            self.status.show_message(f"Recording saved to {event.path} ({event.seconds:.0f} s)")
+        elif isinstance(event, RecordingFailed):
+            _set_checked(self.record_action, False)
+            self.status.show_recording(None)
+            self.status.show_message(f"Recording failed: {event.path}")
+            show_warning(self, "Recording failed", event.message)
+        elif isinstance(event, VirtualCameraOn):
+            self.status.show_vcam(True, True)
+        elif isinstance(event, VirtualCameraOff):
+            self.status.show_vcam(False, self.controller.vcam_requested)
+        elif isinstance(event, VirtualCameraFailed):
+            _set_checked(self.vcam_action, False)
+            self.status.show_vcam(False, False)
+            show_warning(self, "Virtual camera unavailable", event.message)
+        elif isinstance(event, SessionFailed):
+            show_warning(self, "LiveAnim", event.message)
+        else:
+            self.status.show_message(event.message)
 
     # ----- beyond live -----------------------------------------------------------------------
 
@@ -341,11 +357,16 @@ class MainWindow(QMainWindow):
 
 
 def recording_path() -> Path:
-    """A new, time-stamped mp4 in the user's Videos folder (made if missing)."""
+    """A new, time-stamped mp4 in the user's Videos folder (the recorder makes the folder)."""
     videos = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.MoviesLocation) or str(Path.home())
-    folder = Path(videos) / "LiveAnim"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / time.strftime("liveanim-%Y%m%d-%H%M%S.mp4")
+    return Path(videos) / "LiveAnim" / time.strftime("liveanim-%Y%m%d-%H%M%S.mp4")
+
+
+def _set_checked(action: QAction, checked: bool) -> None:
+    """Show a toggle's state without acting on it (the state comes from the session)."""
+    action.blockSignals(True)
+    action.setChecked(checked)
+    action.blockSignals(False)
 
 
 def _titled(title: str, *widgets: QWidget) -> QGroupBox:

@@ -3,8 +3,8 @@
 It owns the engine, the `LiveSession` and the avatars, and does everything slow on worker
 threads: building engines, opening inputs, encoding portraits, stopping sessions. Those run
 one after another on a single worker, so they never race each other; the cheap setters
-(dials, avatar switch) go straight to the session, which is thread-safe. Frames and
-messages come back as Qt signals. The window never touches the model.
+(dials, avatar switch) go straight to the session, which is thread-safe. Frames and the
+session's typed events come back as Qt signals. The window never touches the model.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
 from liveanim.motion.dials import GROUPS, MOTION_DIM
 from liveanim.pipeline.animator import Animator
+from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
-from liveanim.pipeline.sinks import VirtualCameraSink, virtual_camera_setup
 from ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
 from ui.offline_tasks import AnimateJob, run_animate, run_edit_image
 from ui.source_picker import SourceSpec
@@ -57,14 +57,12 @@ class SessionController(QObject):
     """
 
     frame_ready = pyqtSignal(object)  # LiveFrame, emitted from the session's output thread
-    status_changed = pyqtSignal(str)
+    session_event = pyqtSignal(object)  # every other SessionEvent (recording, virtual camera, source, errors)
     stats_changed = pyqtSignal(object)  # LiveStats, a few times a second while running
     running_changed = pyqtSignal(bool)
     engine_changed = pyqtSignal(object)  # EngineInfo
     busy_changed = pyqtSignal(str)  # what runs in the background; '' when nothing does
     error = pyqtSignal(str)
-    vcam_changed = pyqtSignal(bool)
-    vcam_unavailable = pyqtSignal(str)  # the reason and the OS's setup step
     avatar_added = pyqtSignal(str, object)  # name, crop
     avatar_removed = pyqtSignal(int)
     avatar_selected = pyqtSignal(int)
@@ -90,7 +88,6 @@ class SessionController(QObject):
         self._busy: list[str] = []
         self._frame_pending = False
         self.frame_ready.connect(self._frame_taken)
-        self.vcam_unavailable.connect(lambda _: self._set_vcam_request(False))
         self._poll = QTimer(self, interval=STATS_INTERVAL_MS, timeout=self._poll_session)
 
     # ----- state the window reads ----------------------------------------------------------
@@ -204,14 +201,13 @@ class SessionController(QObject):
 
     def set_vcam(self, enabled: bool) -> None:
         """Send the output to the virtual camera (now, or from the next start)."""
-        self._set_vcam_request(enabled)
+        self._vcam = enabled
         if self._session is not None:
             self._session.set_vcam(enabled)
-        elif not enabled:
-            self.vcam_changed.emit(False)
 
     def set_recording(self, path: Path | None) -> bool:
-        """Record the output into `path`, or stop with None; False when nothing is streaming."""
+        """Record the output into `path`, or stop with None; False when nothing is streaming.
+        The outcome comes as RecordingStarted/Stopped/Failed events."""
         if self._session is None:
             if path is not None:
                 self.error.emit("Start the stream first, then record.")
@@ -272,7 +268,7 @@ class SessionController(QObject):
     def _open_session(self) -> None:
         animator = self._require_animator()
         config = dataclasses.replace(self.config, vcam=self._vcam)
-        session = LiveSession(config, animator, self._source.open(), self._on_frame, self._on_status)
+        session = LiveSession(config, animator, self._source.open(), self._on_event)
         avatars = self._library.entries
         for avatar in avatars:
             session.add_avatar(avatar.image, avatar.name)
@@ -327,6 +323,16 @@ class SessionController(QObject):
 
     # ----- called from the session's threads ----------------------------------------------
 
+    def _on_event(self, event: SessionEvent) -> None:
+        """Frames to `frame_ready`, every other event (logged) to `session_event`."""
+        if isinstance(event, FrameDelivered):
+            self._on_frame(event.frame)
+            return
+        log_event(log, event)
+        if isinstance(event, VirtualCameraFailed):
+            self._vcam = False  # not asked for again at the next start
+        self.session_event.emit(event)
+
     def _on_frame(self, frame: LiveFrame) -> None:
         """Hand the frame to the GUI, unless the GUI has not shown the previous one yet: a slow
         window then skips frames instead of queueing them up (and falling behind)."""
@@ -334,15 +340,6 @@ class SessionController(QObject):
             busy, self._frame_pending = self._frame_pending, True
         if not busy:
             self.frame_ready.emit(frame)
-
-    def _on_status(self, message: str) -> None:
-        self.status_changed.emit(message)
-        if virtual_camera_setup() in message:
-            self.vcam_unavailable.emit(message)
-        elif message == f"{VirtualCameraSink.name} on":
-            self.vcam_changed.emit(True)
-        elif message.startswith(f"{VirtualCameraSink.name} stopped"):
-            self.vcam_changed.emit(False)
 
     # ----- GUI-thread bookkeeping ------------------------------------------------------------
 
@@ -367,12 +364,12 @@ class SessionController(QObject):
         with self._lock:
             self._frame_pending = False
 
-    def _set_vcam_request(self, enabled: bool) -> None:
-        self._vcam = enabled
-
     def _engine_ready(self, info: EngineInfo) -> None:
+        switched = self._engine_info is not None and self._session is not None  # the stream moved over
         self._engine_info = info
         self.engine_changed.emit(info)
+        if switched:
+            self._on_event(EngineSwitched(info.description))
         self._set_running(self._session is not None)
 
     def _engine_failed(self, message: str) -> None:
@@ -386,7 +383,6 @@ class SessionController(QObject):
 
     def _stopped(self) -> None:
         self._set_running(False)
-        self.vcam_changed.emit(False)
 
     def _set_running(self, running: bool) -> None:
         if running:
@@ -413,7 +409,8 @@ class SessionController(QObject):
         self.avatar_selected.emit(selected)
 
     def _poll_session(self) -> None:
-        """Publish the stats; notice a session that ended by itself (input over, camera lost)."""
+        """Publish the stats; notice a session that ended by itself (input over, camera lost: its
+        SessionFailed event says why)."""
         session = self._session
         if session is None:
             return
@@ -423,5 +420,3 @@ class SessionController(QObject):
                 if self._session is session:
                     self._session = None
             self._run(lambda context: session.stop(), "Stopping the stream", lambda _: self._stopped())
-            if session.error is not None:
-                self.error.emit(str(session.error))

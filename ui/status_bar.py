@@ -1,6 +1,8 @@
-"""The status bar: engine, precision, FPS, latency, virtual camera, and background work."""
+"""The status bar: engine, precision, FPS, latency, recording, virtual camera, and background work."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from PyQt6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
 
@@ -23,10 +25,12 @@ class LiveStatusBar(QStatusBar):
         self.fps = QLabel("-- fps")
         self.latency = QLabel("latency --")
         self.vcam = QLabel("Virtual camera: off")
+        self.recording = QLabel("")
+        self._busy_message = ""
         self.fps.setToolTip("Frames delivered per second")
         self.latency.setToolTip("Camera to output, median (95th percentile)")
         self.addPermanentWidget(self.busy)
-        for label in (self.engine, self.precision, self.fps, self.latency, self.vcam):
+        for label in (self.engine, self.precision, self.fps, self.latency, self.recording, self.vcam):
             self.addPermanentWidget(label)
 
     def show_engine(self, info: EngineInfo) -> None:
@@ -43,6 +47,11 @@ class LiveStatusBar(QStatusBar):
         self.fps.setText("-- fps")
         self.latency.setText("latency --")
 
+    def show_recording(self, path: Path | None) -> None:
+        """'Recording' with the file as its tooltip while a recording runs; nothing otherwise."""
+        self.recording.setText("\u25cf Recording" if path is not None else "")
+        self.recording.setToolTip(str(path) if path is not None else "")
+
     def show_vcam(self, active: bool, requested: bool) -> None:
         state = "on" if active else ("on when streaming" if requested else "off")
         self.vcam.setText(f"Virtual camera: {state}")
@@ -52,8 +61,9 @@ class LiveStatusBar(QStatusBar):
         self.busy.setVisible(bool(label))
         self.busy.setToolTip(label)
         if label:
-            self.showMessage(f"{label}...")
-        elif self.currentMessage().endswith("..."):
+            self._busy_message = f"{label}..."
+            self.showMessage(self._busy_message)
+        elif self.currentMessage() == self._busy_message:
             self.clearMessage()
 
     def show_message(self, text: str) -> None:

@@ -9,30 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-from dataclasses import dataclass
-from pathlib import Path
-
-import cv2
 
 from liveanim.cli.options import positive_int
 from liveanim.errors import LiveAnimError
-from liveanim.pipeline.sinks import VirtualCameraConfig, VirtualCameraSink
-from liveanim.pipeline.sources import camera_api
+from liveanim.pipeline.sinks import VirtualCameraConfig, probe_virtual_camera
+from liveanim.pipeline.sources import probe_cameras
 
 log = logging.getLogger(__name__)
-
-PROBE_SIZE = (640, 480)  # a size every virtual camera backend accepts
-
-
-@dataclass(frozen=True)
-class CameraInfo:
-    """A camera that opened: its index, size, rate and (on Linux) its driver name."""
-
-    index: int
-    width: int
-    height: int
-    fps: float
-    name: str
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,26 +38,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_cameras(indices: range) -> list[CameraInfo]:
-    """The indices that open and deliver a frame, with the capture backend `live` uses."""
-    found = []
-    previous_level = cv2.utils.logging.getLogLevel()  # the contrib build has it here only
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # missing indices are expected
-    try:
-        for index in indices:
-            capture = cv2.VideoCapture(index, camera_api())
-            try:
-                if capture.isOpened() and capture.read()[0]:
-                    found.append(CameraInfo(index, int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                                            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                                            capture.get(cv2.CAP_PROP_FPS), _linux_name(index)))
-            finally:
-                capture.release()
-    finally:
-        cv2.utils.logging.setLogLevel(previous_level)
-    return found
-
-
 def probe_virtual_cameras() -> dict[str, str]:
     """{backend name: the device it opened, or why it cannot start and how to fix that}."""
     import pyvirtualcam
@@ -85,16 +48,7 @@ def probe_virtual_cameras() -> dict[str, str]:
     outcome = {}
     for name in backends:
         try:
-            sink = VirtualCameraSink(PROBE_SIZE, 30.0, VirtualCameraConfig(backend=name))
+            outcome[name] = f"available ({probe_virtual_camera(VirtualCameraConfig(backend=name))})"
         except LiveAnimError as error:
             outcome[name] = f"unavailable. {error}"
-            continue
-        outcome[name] = f"available ({sink.device})"
-        sink.close()
     return outcome
-
-
-def _linux_name(index: int) -> str:
-    """The driver's name of /dev/video<index> (e.g. 'LiveAnim' for a v4l2loopback device)."""
-    path = Path(f"/sys/class/video4linux/video{index}/name")
-    return path.read_text().strip() if path.is_file() else ""

@@ -15,13 +15,15 @@ on an H100 fed 60 fps, 2-frame queues gave the same 57 fps as 1-frame ones with 
 latency (docs/performance.md). A file read "as fast as possible" is
 processed losslessly instead. Nothing in the loop is fatal except losing the source for
 good: a failed frame is skipped, a failed output is switched off and reported.
+
+Everything the session has to tell (started, each frame, an output on, off or failed, the
+source lost, an error) goes to one callback as typed events (`liveanim.pipeline.events`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -38,9 +40,11 @@ from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
 from liveanim.motion.controller import MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
+from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered, FrameFailed,
+                                      SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable, log_event)
 from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
-from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, PreviewSink, RecorderSink, Sink, VirtualCameraConfig,
-                                     VirtualCameraSink)
+from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, RecorderSink, Sink, VirtualCameraConfig,
+                                     VirtualCameraSink, recording_failed_to_start, virtual_camera_failed_to_start)
 from liveanim.pipeline.sources import FrameSource
 
 log = logging.getLogger(__name__)
@@ -49,14 +53,14 @@ __all__ = ["LiveConfig", "LiveFrame", "LiveSession", "LiveStats"]
 
 _END = object()  # end of the stream, passed down the queues
 _JOIN_TIMEOUT_S = 30.0
-_SINK_ORDER = ("vcam", "record", "motion", "preview")  # the call's video first, the GUI last
+_SINK_ORDER = ("vcam", "record", "motion")  # the call's video first
 
 
 @dataclass(frozen=True)
 class LiveConfig:
-    """Everything about a live session that is fixed when it starts.
+    """Everything about a live session that is fixed when it starts. Outputs run at the
+    source's frame rate (a camera's as it reports it, a video's own).
 
-    fps:            frame rate the outputs announce (virtual camera, recording clock).
     queue_size:     frames each queue holds between two stages.
     track:          follow the face; False crops the centre square of every frame (no mediapipe).
     tracker:        how the face crop follows the face.
@@ -65,12 +69,11 @@ class LiveConfig:
     vcam:           start the virtual camera with the session.
     virtual_camera: which virtual camera backend and device.
     record:         an mp4 to record the output into from the start.
-    record_motion:  an .npz to save the rendered motion into, for replay.
+    record_motion:  a motion track file to write the rendered motion into, for replay.
     max_frames:     end after delivering this many frames (None: until stopped or the source ends).
     metrics:        statistics window and log interval.
     """
 
-    fps: float = 30.0
     queue_size: int = 1
     track: bool = True
     tracker: TrackerConfig = TrackerConfig()
@@ -84,8 +87,8 @@ class LiveConfig:
     metrics: MetricsConfig = MetricsConfig()
 
     def __post_init__(self) -> None:
-        if self.fps <= 0 or self.queue_size < 1:
-            raise ValueError(f"need fps > 0 and queue_size >= 1, got {self.fps} and {self.queue_size}")
+        if self.queue_size < 1:
+            raise ValueError(f"need queue_size >= 1, got {self.queue_size}")
 
 
 @dataclass(frozen=True)
@@ -167,18 +170,17 @@ class LiveSession:
     is safe to call from any thread, before or during the run."""
 
     def __init__(self, config: LiveConfig, animator: Animator, source: FrameSource,
-                 on_frame: Callable[[LiveFrame], None] | None = None,
-                 on_status: Callable[[str], None] | None = None, avatars: AvatarBank | None = None) -> None:
-        """on_frame:  gets every delivered frame, on the output thread (the GUI's preview).
-        on_status: gets messages for the person (an output failed, the camera is back...), on any thread.
-        avatars:   a bank to share with an earlier session (e.g. after a camera change), so its
-                   avatars are not encoded again; by default a new one made with `config.avatars`.
+                 on_event: EventCallback | None = None, avatars: AvatarBank | None = None) -> None:
+        """on_event: gets every event (each delivered frame as `FrameDelivered`, on the output
+                  thread, after every output), on the session's threads; by default they are logged.
+        avatars:  a bank to share with an earlier session (e.g. after a camera change), so its
+                  avatars are not encoded again; by default a new one made with `config.avatars`.
         """
         self.config = config
         self.animator = animator
         self.source = source
-        self._on_frame = on_frame
-        self._on_status = on_status
+        self._on_event = on_event if on_event is not None else (lambda event: log_event(log, event))
+        self._event_failures = 0
         self._metrics = Metrics(config.metrics)
         self._controller = MotionController(config.motion)
         self._bank = avatars if avatars is not None else AvatarBank(animator, config.avatars)
@@ -186,11 +188,13 @@ class LiveSession:
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
-        self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool) or ("record", Path | None)
+        self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool), ("record" or "motion", Path | None)
         if config.vcam:
             self.set_vcam(True)
         if config.record is not None:
             self.set_recording(config.record)
+        if config.record_motion is not None:
+            self._requests.append(("motion", config.record_motion))
         self._threads: list[threading.Thread] = []
         self._finished = threading.Event()
         self._ready = threading.Event()  # set once the engine has run: capture starts only then
@@ -212,7 +216,6 @@ class LiveSession:
                            ("render", self._render_loop), ("output", self._output_loop)):
             self._threads.append(threading.Thread(target=self._guarded, args=(loop,), name=f"live-{name}",
                                                   daemon=True))
-        log.info("live: %s -> %s", self.source.describe(), self.animator.engine.describe())
         for thread in self._threads:
             thread.start()
 
@@ -229,7 +232,6 @@ class LiveSession:
                 thread.join(_JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.warning("%s did not stop within %.0f s", thread.name, _JOIN_TIMEOUT_S)
-        log.info("live stopped: %s", self.stats.line())
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the session ends by itself (source over, max_frames, fatal error) or is
@@ -266,7 +268,7 @@ class LiveSession:
         """Take the performer's neutral pose from the next still frames."""
         with self._lock:
             self._controller.calibrate()
-        self._status("calibrating: hold a neutral expression for a moment")
+        self._emit(Calibrating())
 
     def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
         """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index."""
@@ -279,11 +281,12 @@ class LiveSession:
         self._bank.select(index)
 
     def set_vcam(self, enabled: bool) -> None:
-        """Start or stop the virtual camera; a failure is reported through on_status."""
+        """Start or stop the virtual camera; it reports back as VirtualCameraOn/Off/Failed."""
         self._requests.append(("vcam", enabled))
 
     def set_recording(self, path: Path | None) -> None:
-        """Record the output into `path` (finishing any current recording), or stop with None."""
+        """Record the output into `path` (finishing any current recording), or stop with None; it
+        reports back as RecordingStarted/Stopped/Failed."""
         self._requests.append(("record", path))
 
     # ----- the per-frame step -----------------------------------------------------------
@@ -342,8 +345,7 @@ class LiveSession:
                 result = self._tracker.track(frame)
                 return result.box, result.found
             except ImportError as error:
-                self._status(f"face tracking is unavailable ({error}); using the centre of the frame instead",
-                             logging.WARNING)
+                self._emit(TrackingUnavailable(str(error)))
                 self._fixed_crop = True
         height, width = frame.shape[:2]
         side = min(height, width)
@@ -370,22 +372,24 @@ class LiveSession:
         try:
             loop()
         except LiveAnimError as error:
-            self._error = self._error or error
-            self._status(str(error), logging.ERROR)
-            self._halt()
+            self._fail(error)
         except Exception as error:
             log.exception("live loop failed")
-            self._error = self._error or LiveAnimError(f"the live loop failed: {error!r}")
-            self._status(str(self._error), logging.ERROR)
-            self._halt()
+            self._fail(LiveAnimError(f"the live loop failed: {error!r}"))
+
+    def _fail(self, error: LiveAnimError) -> None:
+        """End the session on `error` (the first one is kept and reported)."""
+        if self._error is None:
+            self._error = error
+            self._emit(SessionFailed(error))
+        self._halt()
 
     def _capture_loop(self) -> None:
         try:
             self._ready.wait()  # frames captured while the engine warms up would only be dropped
             if self._inbox.closed:
                 return
-            source_status = functools.partial(self._status, level=logging.WARNING)  # camera lost, back...
-            for index, (frame, captured_at) in enumerate(self.source.frames(source_status)):
+            for index, (frame, captured_at) in enumerate(self.source.frames(self._emit)):
                 if not self._inbox.put((index, frame, captured_at)):
                     return
         finally:
@@ -431,12 +435,12 @@ class LiveSession:
         capture and cuDNN autotuning happen here, not as a stall (and dropped frames) mid-stream."""
         encoded = self._bank.current().encoded
         rest = self._on_device(np.zeros(encoded.alpha.shape[1], dtype=np.float32))
-        self._status("preparing the engine")
+        self._emit(EnginePreparing())
         started = time.monotonic()
         with self._metrics.stage("warm_up"):
             self.animator.motion(encoded.crop)
             self.animator.render(encoded, rest, rest)
-        self._status(f"engine ready in {time.monotonic() - started:.0f} s")
+        self._emit(Started(self.source.describe(), self.animator.engine.describe(), time.monotonic() - started))
         self._ready.set()
 
     def _safely(self, step: Callable[..., Any], *args: Any) -> Any | None:
@@ -446,17 +450,12 @@ class LiveSession:
         except Exception as error:
             self._frame_failures += 1
             if self._frame_failures == 1 or self._frame_failures % 100 == 0:
-                log.exception("a frame failed")
-                self._status(f"a frame could not be animated ({self._frame_failures} so far): {error}",
-                             logging.WARNING)
+                log.debug("a frame failed", exc_info=True)
+                self._emit(FrameFailed(self._frame_failures, str(error)))
             return None
 
     def _output_loop(self) -> None:
         sinks: dict[str, Sink] = {}
-        if self.config.record_motion is not None:
-            sinks["motion"] = MotionRecorder(self.config.record_motion, self.config.fps)
-        if self._on_frame is not None:
-            sinks["preview"] = PreviewSink(self._on_frame)
         shape: tuple[int, ...] | None = None  # of the output frames; known from the first one
         delivered = 0
         try:
@@ -476,22 +475,25 @@ class LiveSession:
             self._halt()
             for sink in sinks.values():
                 self._close_sink(sink)
+            self._emit(Stopped(self._metrics.snapshot()))
             self._finished.set()
 
     def _deliver(self, frame: LiveFrame, sinks: dict[str, Sink]) -> None:
+        """The frame into every output (one that fails is closed and reported), then to the owner."""
         with self._metrics.stage("output"):
             for key in sorted(sinks, key=_SINK_ORDER.index):
-                sink = sinks[key]
                 try:
-                    sink.write(frame)
+                    sinks[key].write(frame)
                 except Exception as error:
-                    self._status(f"{sink.name} stopped: {error}", logging.WARNING)
-                    self._close_sink(sinks.pop(key))
+                    self._drop_failed_sink(sinks.pop(key), error)
+            self._emit(FrameDelivered(frame))
         self._metrics.delivered(frame.captured_at)
 
     def _apply_requests(self, sinks: dict[str, Sink], shape: tuple[int, ...]) -> None:
-        """Open and close outputs as asked (on this thread: sinks are not thread-safe)."""
+        """Open and close outputs as asked (on this thread: sinks are not thread-safe), at the
+        source's frame rate."""
         size = (shape[1], shape[0])
+        fps = self.source.fps
         while self._requests:
             what, value = self._requests.popleft()
             if what in sinks:
@@ -499,18 +501,38 @@ class LiveSession:
             if not value:
                 continue
             try:
-                sinks[what] = (VirtualCameraSink(size, self.config.fps, self.config.virtual_camera) if what == "vcam"
-                               else RecorderSink(value, self.config.fps, size, pace=self.source.live))
-                self._status(f"{sinks[what].name} on")
-            except LiveAnimError as error:
-                self._status(str(error), logging.WARNING)
+                if what == "vcam":
+                    sink: Sink = VirtualCameraSink(size, fps, self.config.virtual_camera)
+                elif what == "record":
+                    sink = RecorderSink(value, fps, size, pace=self.source.live)
+                else:
+                    sink = MotionRecorder(value, fps)
+            except Exception as error:  # an output that cannot start never ends the stream
+                log.debug("an output could not start", exc_info=True)
+                self._emit(virtual_camera_failed_to_start(error) if what == "vcam"
+                           else recording_failed_to_start(value, error))
+                continue
+            sinks[what] = sink
+            self._emit(sink.opened())
 
     def _close_sink(self, sink: Sink) -> None:
+        """Finish an output: its 'closed' event, or its 'failed' one if finishing failed."""
         try:
             sink.close()
         except Exception as error:
-            log.exception("closing the %s failed", sink.name)
-            self._status(f"{sink.name} could not be finished: {error}", logging.WARNING)
+            log.debug("closing an output failed", exc_info=True)
+            self._emit(sink.failed(error))
+        else:
+            self._emit(sink.closed())
+
+    def _drop_failed_sink(self, sink: Sink, error: Exception) -> None:
+        """Close an output that failed to write (what it had written is kept) and report the error."""
+        log.debug("an output failed", exc_info=True)
+        try:
+            sink.close()
+        except Exception:
+            log.debug("closing the failed output failed too", exc_info=True)
+        self._emit(sink.failed(error))
 
     def _halt(self) -> None:
         """Make every thread wind down soon: the source ends and the queues close."""
@@ -520,13 +542,14 @@ class LiveSession:
         self._outbox.close()
         self._ready.set()
 
-    def _status(self, message: str, level: int = logging.INFO) -> None:
-        log.log(level, "%s", message)
-        if self._on_status is not None:
-            try:
-                self._on_status(message)
-            except Exception:
-                log.exception("the status callback failed")
+    def _emit(self, event: SessionEvent) -> None:
+        """Hand `event` to the owner; a failing callback is logged (the first and every 100th), not fatal."""
+        try:
+            self._on_event(event)
+        except Exception:
+            self._event_failures += 1
+            if self._event_failures == 1 or self._event_failures % 100 == 0:
+                log.exception("the event callback failed (%d times so far)", self._event_failures)
 
 
 def _used_on_this_stream(image: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""How the live loop is doing: per-stage times, capture-to-output latency, fps, dropped frames.
+"""How the live loop is doing: per-stage times, capture-to-output latency, fps, dropped frames;
+and how the process is doing over a long run: memory, GPU memory, threads.
 
 Written to by the loop's three threads, read by the GUI and a periodic log line. Figures
 cover a sliding window of recent frames, so they show the present, not the average since
@@ -13,9 +14,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +111,39 @@ class Metrics:
             return
         self._last_log = now
         log.info("live: %s", self.snapshot().line())
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """What a long run is watched for: memory or threads that grow.
+
+    rss_mb:           resident memory of the process (None where /proc is missing: not Linux).
+    threads:          the process's threads, native ones included (None without /proc).
+    python_threads:   threads Python knows of.
+    gpu_allocated_mb: tensors on the CUDA device (None without CUDA).
+    gpu_reserved_mb:  what PyTorch's caching allocator holds from the device.
+    """
+
+    rss_mb: float | None
+    threads: int | None
+    python_threads: int
+    gpu_allocated_mb: float | None
+    gpu_reserved_mb: float | None
+
+
+def sample_process(device: torch.device, status: Path = Path("/proc/self/status")) -> ProcessSample:
+    """The figures of `ProcessSample` now."""
+    fields: dict[str, str] = {}
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    rss_kb = fields.get("VmRSS", "").split()[:1]
+    cuda = device.type == "cuda"
+    return ProcessSample(
+        rss_mb=int(rss_kb[0]) / 1024 if rss_kb else None,
+        threads=int(fields["Threads"]) if "Threads" in fields else None,
+        python_threads=threading.active_count(),
+        gpu_allocated_mb=torch.cuda.memory_allocated(device) / 2**20 if cuda else None,
+        gpu_reserved_mb=torch.cuda.memory_reserved(device) / 2**20 if cuda else None,
+    )

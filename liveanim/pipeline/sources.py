@@ -2,8 +2,9 @@
 
 Every source yields `(frame, timestamp)`: a uint8 RGB (H, W, 3) frame and the
 `time.monotonic()` second it was captured, which end-to-end latency is measured from.
-`frames()` runs on the capture thread and opens its device there; `close()` may be called
-from any thread and makes `frames()` end soon, also out of a reconnect wait.
+A source is checked when it is made (a missing file or camera fails there, before any model
+work); `frames()` runs on the capture thread and opens its device there; `close()` may be
+called from any thread and makes `frames()` end soon, also out of a reconnect wait.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import cv2
 import numpy as np
 
 from liveanim.errors import CameraError, MediaError
+from liveanim.pipeline.events import EventCallback, SourceLost, SourceReopened, log_event
 from liveanim.pipeline.video import VideoReader, read_image
 
 log = logging.getLogger(__name__)
 
 Captured = tuple[np.ndarray, float]
-StatusCallback = Callable[[str], None]
+MAX_CAMERA_FPS = 240.0  # a camera reporting more is reporting nonsense (some drivers say 0 or 1e9)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -34,13 +36,13 @@ class FrameSource(Protocol):
 
     live: frames happen in real time, so a late frame may be dropped for a newer one; a
           source that is not live is read losslessly, as fast as the loop goes.
-    fps:  the nominal frame rate.
+    fps:  the frame rate (a camera's, once open, as it reports it): the rate of recordings.
     """
 
     live: bool
     fps: float
 
-    def frames(self, on_status: StatusCallback | None = None) -> Iterator[Captured]: ...
+    def frames(self, on_event: EventCallback | None = None) -> Iterator[Captured]: ...
 
     def close(self) -> None: ...
 
@@ -59,6 +61,55 @@ class VideoCaptureLike(Protocol):
     def get(self, prop: int) -> float: ...
 
     def release(self) -> None: ...
+
+
+def open_capture(device: int | str, api: int) -> VideoCaptureLike:
+    """A camera through OpenCV (tests put a stand-in here, as no camera exists on their machine).
+
+    OpenCV's own warnings are silenced: a camera that does not open is reported once, by us.
+    """
+    logging_ = cv2.utils.logging  # the contrib build has the log level here only
+    previous_level = logging_.getLogLevel()
+    logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(device, api)
+    finally:
+        logging_.setLogLevel(previous_level)
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """A camera that opened: its index, size, rate and (on Linux) its driver name."""
+
+    index: int
+    width: int
+    height: int
+    fps: float
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.index} ({self.name + ', ' if self.name else ''}{self.width}x{self.height})"
+
+
+def probe_cameras(indices: range) -> list[CameraInfo]:
+    """The indices that open and deliver a frame, with the capture backend `live` uses."""
+    found = []
+    for index in indices:
+        capture = open_capture(index, camera_api())
+        try:
+            if capture.isOpened() and capture.read()[0]:
+                found.append(CameraInfo(index, int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                                        int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                                        capture.get(cv2.CAP_PROP_FPS), _linux_name(index)))
+        finally:
+            capture.release()
+    return found
+
+
+def _linux_name(index: int) -> str:
+    """The driver's name of /dev/video<index> (e.g. 'LiveAnim' for a v4l2loopback device)."""
+    path = Path(f"/sys/class/video4linux/video{index}/name")
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def camera_api(system: str | None = None) -> int:
@@ -82,6 +133,7 @@ class CameraConfig:
                    (raw YUYV often manages 10). None leaves the driver's choice.
     read_failures: consecutive failed reads before the camera counts as gone.
     backoff_s:     first wait before reopening a lost camera; doubles up to `max_backoff_s`.
+    probe:         camera indices listed in the message when this camera cannot be opened.
     """
 
     device: int | str = 0
@@ -92,20 +144,27 @@ class CameraConfig:
     read_failures: int = 5
     backoff_s: float = 0.5
     max_backoff_s: float = 5.0
+    probe: range = range(10)
 
 
 class CameraSource:
-    """A webcam through OpenCV, reopened with backoff when it stops delivering frames."""
+    """A webcam through OpenCV, reopened with backoff when it stops delivering frames.
+
+    Made with `check=True` (the default), it opens the camera once to check it is there, so a
+    wrong index fails at once with the cameras that do exist; the capture thread opens it again.
+    """
 
     live = True
 
-    def __init__(self, config: CameraConfig = CameraConfig(),
-                 open_capture: Callable[[int | str, int], VideoCaptureLike] = cv2.VideoCapture) -> None:
-        """open_capture: makes a capture from (device, api); tests pass a stand-in for a camera."""
+    def __init__(self, config: CameraConfig = CameraConfig(), check: bool = True) -> None:
         self.config = config
         self.fps = config.fps
-        self._open_capture = open_capture
         self._closed = threading.Event()
+        if check:
+            capture = self._open()
+            if capture is None:
+                raise CameraError(self._open_failed_message())
+            capture.release()
 
     def describe(self) -> str:
         return f"camera {self.config.device}"
@@ -113,9 +172,9 @@ class CameraSource:
     def close(self) -> None:
         self._closed.set()
 
-    def frames(self, on_status: StatusCallback | None = None) -> Iterator[Captured]:
+    def frames(self, on_event: EventCallback | None = None) -> Iterator[Captured]:
         """Frames until `close()`; the first open failing is a CameraError, later losses are retried."""
-        notify = on_status or log.warning
+        notify = on_event if on_event is not None else (lambda event: log_event(log, event))
         capture = self._open()
         if capture is None:
             raise CameraError(self._open_failed_message())
@@ -143,21 +202,22 @@ class CameraSource:
                 break
         return None
 
-    def _reopen(self, notify: StatusCallback) -> VideoCaptureLike | None:
+    def _reopen(self, notify: EventCallback) -> VideoCaptureLike | None:
         """Try again and again with growing waits; None once the source is closed."""
         wait = self.config.backoff_s
         while not self._closed.wait(wait):
-            notify(f"{self.describe()} stopped delivering frames; reopening it (next try in {wait:.1f} s if it fails)")
+            notify(SourceLost(self.describe(), wait))
             capture = self._open()
             if capture is not None:
-                notify(f"{self.describe()} is back")
+                notify(SourceReopened(self.describe()))
                 return capture
             wait = min(2 * wait, self.config.max_backoff_s)
         return None
 
     def _open(self) -> VideoCaptureLike | None:
+        """The opened camera, set up as asked; its reported rate becomes `fps`."""
         config = self.config
-        capture = self._open_capture(config.device, camera_api())
+        capture = open_capture(config.device, camera_api())
         if not capture.isOpened():
             capture.release()
             return None
@@ -166,18 +226,26 @@ class CameraSource:
         capture.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
         capture.set(cv2.CAP_PROP_FPS, config.fps)
+        reported = capture.get(cv2.CAP_PROP_FPS)
+        if 0 < reported <= MAX_CAMERA_FPS:
+            self.fps = reported
         log.info("%s opened: %dx%d at %.0f fps (asked for %dx%d at %.0f)", self.describe(),
                  capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT),
-                 capture.get(cv2.CAP_PROP_FPS), config.width, config.height, config.fps)
+                 reported, config.width, config.height, config.fps)
         return capture
 
     def _open_failed_message(self) -> str:
+        """Why it may have failed, and the cameras that do open (probed now: this is the error path)."""
+        others = [camera for camera in probe_cameras(self.config.probe) if camera.index != self.config.device]
+        found = (f"Cameras that open: {', '.join(camera.describe() for camera in others)}." if others
+                 else f"No camera opens on this machine (indices {self.config.probe.start}.."
+                      f"{self.config.probe.stop - 1} tried).")
         hint = {
             "Darwin": " On macOS, allow camera access for your terminal or Python in System Settings > Privacy.",
             "Linux": " On Linux, check that your user may read /dev/video* (the 'video' group).",
         }.get(platform.system(), "")
         return (f"Cannot open {self.describe()}: check that it is plugged in and not in use by another app "
-                f"(Zoom, a browser), or pick another with --camera (list them with `python main.py devices`).{hint}")
+                f"(Zoom, a browser). {found}{hint}")
 
 
 class _Paced:
@@ -220,7 +288,7 @@ class VideoFileSource(_Paced):
     def describe(self) -> str:
         return f"video {self.path.name}"
 
-    def frames(self, on_status: StatusCallback | None = None) -> Iterator[Captured]:
+    def frames(self, on_event: EventCallback | None = None) -> Iterator[Captured]:
         yield from self._replay(self._one_pass)
 
     def _one_pass(self) -> Iterator[np.ndarray]:
@@ -243,5 +311,5 @@ class ImageFolderSource(_Paced):
     def describe(self) -> str:
         return f"images in {self.folder}"
 
-    def frames(self, on_status: StatusCallback | None = None) -> Iterator[Captured]:
+    def frames(self, on_event: EventCallback | None = None) -> Iterator[Captured]:
         yield from self._replay(lambda: (read_image(path) for path in self.paths))

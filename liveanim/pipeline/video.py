@@ -2,6 +2,11 @@
 
 Every failure a person can fix (a wrong path, a file that is not a video, a full disk)
 becomes a `MediaError` that names the file; the CLI prints it as one line.
+
+Videos are written as fragmented mp4: the index goes at the start and every second of video
+is appended as a self-contained fragment, flushed to the file at once. A crash, a kill or a
+full disk therefore leaves a file that plays up to about the last second written, where a
+plain mp4 (its index written last) would not play at all.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +30,9 @@ from liveanim.errors import MediaError
 
 log = logging.getLogger(__name__)
 
+FRAGMENT_S = 1.0  # seconds of video per fragment: what a crash or a full disk may cost a recording
+_X264_LOOKAHEAD = 40  # x264's default look-ahead in frames (preset medium)
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -29,11 +40,14 @@ class EncoderConfig:
 
     crf:           x264 constant quality: lower is better and larger (18 looks lossless).
     preset:        x264 speed against file size; 'veryfast' keeps up with a live recording.
+    tune:          x264 tuning; 'zerolatency' hands each frame to the file at once (no
+                   look-ahead), so a live recording keeps its last second on a crash.
     audio_bitrate: AAC bit rate in bits per second.
     """
 
     crf: int = 18
     preset: str = "medium"
+    tune: str | None = None
     audio_bitrate: int = 128_000
 
 
@@ -87,13 +101,14 @@ class VideoReader:
 
 
 class VideoWriter:
-    """Encodes uint8 RGB frames into an H.264 (yuv420p) mp4, with the audio of another file.
+    """Encodes uint8 RGB frames into an H.264 (yuv420p) fragmented mp4, with the audio of another file.
 
     Frames are pushed one at a time and stamped by their index (frame i shows at i / fps),
     so a live recorder and an offline render use it alike. The audio of `audio_from` is
     re-encoded to AAC in step with the frames, up to the length of the video. The file is
-    finalized on `close`, also when a `with` block ends in an exception: what was written
-    stays playable.
+    finalized on `close`, also when a `with` block ends in an exception. After a write error
+    (a full disk) nothing more is written, and `close` cuts the file back to its last whole
+    fragment, so it plays up to there.
     """
 
     def __init__(self, path: Path, fps: float | Fraction, size: tuple[int, int],
@@ -112,8 +127,9 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.frames_written = 0
         self._failed = False
+        self._whole = 0  # the file's size after the last fragment written in full
         with _writing(self.path):
-            self._container = av.open(str(self.path), mode="w", format="mp4")
+            self._container = av.open(str(self.path), mode="w", format="mp4", options=_FRAGMENTED)
         try:
             self._video = self._add_video(config)
             self._audio = _AudioTrack.open(audio_from, self._container, config) if audio_from else None
@@ -141,7 +157,7 @@ class VideoWriter:
                 self._audio.write_until(self.duration)
 
     def close(self) -> None:
-        """Flush the encoders and write the file's index; later calls do nothing."""
+        """Flush the encoders and write the last fragment; later calls do nothing."""
         if self._video is None:
             return
         video, self._video = self._video, None
@@ -152,8 +168,12 @@ class VideoWriter:
                     if self._audio is not None:
                         self._audio.finish(self.duration)
         finally:
-            with _writing(self.path):
-                self._close_all()
+            try:
+                with self._guarded():
+                    self._close_all()
+            finally:
+                if self._failed:
+                    self._cut_to_whole_fragments()
         log.debug("wrote %s: %d frames at %s fps", self.path, self.frames_written, self.fps)
 
     def __enter__(self) -> VideoWriter:
@@ -172,18 +192,39 @@ class VideoWriter:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = self.size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(config.crf), "preset": config.preset}
+        # x264 holds up to 40 frames back to plan its rate; a second's worth at most keeps what
+        # a crash loses to about a second (a fragment's worth) at any frame rate
+        lookahead = min(_X264_LOOKAHEAD, max(1, round(self.fps)))
+        stream.options = {"crf": str(config.crf), "preset": config.preset, "rc-lookahead": str(lookahead),
+                          **({"tune": config.tune} if config.tune else {})}
         return stream
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
-        """Errors as MediaError; after one, nothing more is muxed (PyAV crashes on a failed output)."""
+        """Errors as MediaError; after one, nothing more is muxed (PyAV crashes on a failed output).
+        Each write ends on a whole fragment (or before the next one): its size is noted."""
         try:
             with _writing(self.path):
                 yield
         except MediaError:
             self._failed = True
             raise
+        if not self._failed:
+            self._whole = _regular_file_size(self.path) or self._whole
+
+    def _cut_to_whole_fragments(self) -> None:
+        """Drop a fragment the failed write left half-written; remove a file with no fragment."""
+        if _regular_file_size(self.path) is None:
+            return  # not a regular file (a pipe, /dev/full): nothing to cut
+        try:
+            if self._whole:
+                os.truncate(self.path, self._whole)
+                log.info("%s cut back to its last whole fragment (%d bytes)", self.path, self._whole)
+            else:
+                self.path.unlink()
+                log.info("%s removed: not one fragment was written", self.path)
+        except OSError as error:
+            log.warning("could not tidy %s after the error: %s", self.path, _reason(error))
 
     def _close_all(self) -> None:
         try:
@@ -266,6 +307,45 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
         raise MediaError(f"Cannot write {path}: name it .png, .jpg or .webp")
     with _writing(path):
         path.write_bytes(data.tobytes())
+
+
+def check_output(path: Path) -> None:
+    """Make `path`'s folder if missing and check that a file can be written there, so that a
+    bad output is refused before any model work, with a message that names it."""
+    path = Path(path)
+    if path.is_dir():
+        raise MediaError(f"Cannot write {path}: it is a folder. Give a file name such as {path / 'out.mp4'}")
+    folder = path.parent
+    try:
+        if path.exists():
+            with open(path, "ab"):  # the file itself (or device) can be written: it is not changed
+                pass
+            return
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            log.info("made the folder %s", folder)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise MediaError(f"Cannot write {path} ({_reason(error)}: {folder}): pick a folder you can write to") from error
+
+
+def _regular_file_size(path: Path) -> int | None:
+    """The size of `path` if it is a regular file (not a device or a pipe), else None."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+# mp4 that plays without its end: the index goes out with the first fragment (delayed so that it
+# holds the edit lists that keep sound and picture in step), then each fragment as it is made
+_FRAGMENTED = {
+    "movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
+    "frag_duration": str(round(FRAGMENT_S * 1e6)),
+    "flush_packets": "1",
+}
 
 
 def _open_input(path: Path) -> av.container.InputContainer:
