@@ -9,6 +9,8 @@ driving frame, the sweep's edits) is checked on what the modes ask of the Animat
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -27,6 +29,13 @@ from tests.test_video import FPS, driving_frames, make_clip, probe
 
 TINY = ["--seeded", "0.125", "--device", "cpu"]
 FRAMES = 6
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` as a person runs it: its exit code and what it printed."""
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +196,31 @@ def test_manipulation_sweeps_out_and_back(media, tmp_path):
     factors = [float(e @ edit / (edit @ edit)) for e in animator.edits]
     assert factors == pytest.approx([0.5, 1, 0.5, 0, -0.5, -1, -0.5, 0])
     assert all(motion.abs().max() == 0 for motion in animator.motions)  # no driving video
+
+
+# --- values refused where they enter ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit, message", [
+    (["--dial", "yaw1=nan"], "dial 'yaw1' must be a number from -0.5 to 0.5, got nan"),
+    (["--direction", "5=inf"], "direction 5 must be a number from -0.5 to 0.5, got inf"),
+    (["--direction=-1=0.2"], "'-1' is no direction: directions are the numbers 0..39"),
+])
+def test_a_bad_dial_exits_2_with_a_message_and_writes_nothing(media, tmp_path, edit, message):
+    out = tmp_path / "o.png"
+    result = run_main("edit-image", "--source", str(media["source"]), "--out", str(out), *edit, *TINY)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--intensity", "head=nan"], "--intensity: the head intensity must be a number from 0 to 2, got nan"),
+    (["--intensity", "hair=1"], "--intensity: unknown group 'hair'"),
+    (["--smoothing", "nan"], "--smoothing must be a number from 0 to 1, got nan"),
+])
+def test_live_refuses_a_bad_intensity_or_smoothing_before_the_model_loads(tmp_path, caplog, option, message):
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not weights: loading them would fail")
+    assert main(["live", "--video", str(broken), "--weights", str(broken), *option]) == 2
+    assert message in caplog.text and "not a PyTorch checkpoint" not in caplog.text

@@ -30,7 +30,8 @@ from liveanim.cli.options import (
 )
 from liveanim.errors import UsageError
 from liveanim.motion.controller import MotionConfig
-from liveanim.motion.dials import GROUPS, parse_assignments
+from liveanim.motion.dials import GROUPS, check_intensity, parse_assignments
+from liveanim.motion.limits import LIMITS
 from liveanim.pipeline.avatars import AvatarConfig
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.sinks import VirtualCameraConfig
@@ -136,12 +137,14 @@ def run(args: argparse.Namespace) -> int:
 
 def live_config(args: argparse.Namespace) -> LiveConfig:
     """The session configuration the options describe."""
-    if not 0 <= args.smoothing <= 1:
-        raise UsageError(f"--smoothing must lie in 0..1, got {args.smoothing}")
+    try:
+        smoothing = LIMITS.smoothing.check(args.smoothing, "--smoothing")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return LiveConfig(
         fps=args.fps,
         track=args.track,
-        motion=MotionConfig(smoothing=args.smoothing),
+        motion=MotionConfig(smoothing=smoothing),
         avatars=AvatarConfig(auto_crop=args.auto_crop, crop_only=args.crop_only, output_size=args.output_size),
         vcam=args.vcam,
         virtual_camera=VirtualCameraConfig(backend=args.vcam_backend, device=args.vcam_device),
@@ -163,13 +166,9 @@ def _source(args: argparse.Namespace) -> FrameSource:
 
 def _intensity(items: list[str]) -> dict[str, float]:
     try:
-        intensity = parse_assignments(items)
+        return check_intensity(parse_assignments(items))
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    unknown = sorted(set(intensity) - set(GROUPS))
-    if unknown:
-        raise UsageError(f"--intensity: unknown group {unknown[0]!r}; the groups are {', '.join(GROUPS)}")
-    return intensity
+        raise UsageError(f"--intensity: {error}") from None
 
 
 def _size(value: str) -> tuple[int, int]:

@@ -1,0 +1,137 @@
+"""What the desktop app does with values a person can type or load: presets, saved settings,
+paths typed into the dialogs. Offscreen, with a small seeded model on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PyQt6.QtCore import Qt  # noqa: E402
+from PyQt6.QtWidgets import QMessageBox, QPushButton  # noqa: E402
+
+from liveanim.motion.dials import DIALS_BY_NAME  # noqa: E402
+from ui.dials_panel import DialsPanel  # noqa: E402
+from ui.presets import PresetStore  # noqa: E402
+from ui.settings import AppSettings  # noqa: E402
+from tests.test_ui import make_deps, open_window  # noqa: E402
+
+YAW = DIALS_BY_NAME["yaw1"].index
+
+MALFORMED_PRESETS = {
+    "a top-level list": ("[0.1, 0.2]", "it holds a list, not an object"),
+    "dials as a list": ('{"dials": [0.1, 0.2]}', "'dials' holds a list, not an object"),
+    "deeply nested JSON": ("[" * 20_000 + "]" * 20_000, "its JSON is nested too deeply"),
+    "a huge file": (" " * 100_000 + "{}", "larger than 64 KiB"),
+    "a NaN dial": ('{"dials": {"yaw1": NaN}}', "dial 'yaw1' must be a number from -0.5 to 0.5, got nan"),
+    "an infinite direction": ('{"directions": {"5": 1e999}}', "direction 5 must be a number from -0.5 to 0.5"),
+    "a dial beyond its range": ('{"dials": {"pout": 3}}', "dial 'pout' must be a number from -0.5 to 0.5, got 3"),
+    "a NaN intensity": ('{"intensity": {"head": NaN}}', "the head intensity must be a number from 0 to 2"),
+    "direction -1": ('{"directions": {"-1": 0.2}}', "'-1' is no direction"),
+    "a dial as text": ('{"dials": {"yaw1": "0.2"}}', "dial 'yaw1' must be a number from -0.5 to 0.5, got '0.2'"),
+    "an unknown dial": ('{"dials": {"nose": 0.1}}', "unknown dial 'nose'"),
+    "an unknown group": ('{"intensity": {"hair": 1}}', "unknown group 'hair'"),
+    "an unknown key": ('{"dial": {"yaw1": 0.1}}', "unknown key 'dial'"),
+    "another version": ('{"version": 2, "dials": {}}', "version 2"),
+    "null": ("null", "it holds null"),
+    "broken JSON": ('{"dials": {', "Expecting"),
+    "not text": (b"\xff\xfe\x00binary", "utf-8"),
+}
+
+
+def message_boxes(widget) -> list[QMessageBox]:
+    return [box for box in widget.findChildren(QMessageBox) if box.isVisible()]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_PRESETS))
+def test_a_malformed_preset_shows_why_and_leaves_the_dials_unchanged(qtbot, tmp_path, case):
+    content, reason = MALFORMED_PRESETS[case]
+    store = PresetStore(tmp_path / "presets")
+    panel = DialsPanel(store, smoothing=0.5)
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.dial_rows[YAW].spin.setValue(0.2)
+    panel.intensity_rows["mouth"].spin.setValue(0.5)
+    before = panel.offsets(), panel.intensity()
+    path = tmp_path / "presets" / "Broken.json"
+    path.parent.mkdir()
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    panel.presets.refresh(select="Broken")
+    load = next(b for b in panel.presets.findChildren(QPushButton) if b.text() == "Load")
+    qtbot.mouseClick(load, Qt.MouseButton.LeftButton)
+    boxes = message_boxes(panel)
+    assert len(boxes) == 1, "one dialog says what is wrong"
+    assert str(path) in boxes[0].text() and reason in boxes[0].text()
+    assert "Nothing was changed" in boxes[0].text()
+    np.testing.assert_array_equal(panel.offsets(), before[0])
+    assert panel.intensity() == before[1]
+
+
+def test_a_preset_of_the_app_still_loads_after_the_checks(qtbot, tmp_path):
+    panel = DialsPanel(PresetStore(tmp_path / "presets"), smoothing=0.5)
+    qtbot.addWidget(panel)
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "Hand.json").write_text(
+        '{"version": 1, "dials": {"yaw1": -0.5}, "directions": {"3": 0.25}, "intensity": {"eyes": 2}}')
+    assert panel.presets.load("Hand")
+    assert panel.offsets()[YAW] == -0.5 and panel.offsets()[3] == 0.25
+    assert panel.intensity() == {"head": 1.0, "mouth": 1.0, "eyes": 2.0}
+    assert not message_boxes(panel)
+
+
+BAD_SETTINGS = {
+    "dials/offsets": ["nan"] + ["0"] * 39,
+    "dials/intensity_head": "nan",
+    "dials/intensity_eyes": "7",
+    "dials/smoothing": "abc",
+    "avatars/current": "zz",
+    "engine/backend": "warp-drive",
+}
+
+
+def test_bad_saved_settings_fall_back_to_defaults_with_a_warning(qtbot, tmp_path, caplog):
+    settings = AppSettings.at(tmp_path / "settings.ini")
+    for key, value in BAD_SETTINGS.items():
+        settings._store.setValue(key, value)
+    settings.sync()
+    with caplog.at_level(logging.WARNING, logger="ui.settings"):
+        window = open_window(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    assert not window.dials.offsets().any()
+    assert window.dials.intensity() == {"head": 1.0, "mouth": 1.0, "eyes": 1.0}
+    assert window.dials.smoothing() == 0.5
+    assert window.engine_selector.choice()[0] == "auto"
+    for key in BAD_SETTINGS:
+        assert f"Ignoring the saved setting {key}=" in caplog.text
+    assert "dial 'yaw1'" not in caplog.text  # index 0 is no labelled dial
+    assert "direction 0 must be a number from -0.5 to 0.5, got nan" in caplog.text
+
+
+def test_a_nan_offset_saved_by_an_earlier_run_never_reaches_the_dials(qtbot, tmp_path):
+    settings = AppSettings.at(tmp_path / "settings.ini")
+    offsets = np.zeros(40, np.float32)
+    offsets[YAW] = np.nan
+    settings.offsets = offsets
+    settings.sync()
+    window = open_window(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    assert np.isfinite(window.dials.offsets()).all() and not window.dials.offsets().any()
+    window.close()
+    assert np.isfinite(AppSettings.at(tmp_path / "settings.ini").offsets).all()
+
+
+def test_settings_path_helper_reads_back_what_the_window_wrote(tmp_path):
+    settings = AppSettings.at(tmp_path / "settings.ini")
+    settings.offsets = np.full(40, 0.125, np.float32)
+    settings.intensity = {"head": 0.5, "mouth": 2.0, "eyes": 0.0}
+    settings.smoothing = 1.0
+    settings.sync()
+    again = AppSettings.at(Path(tmp_path / "settings.ini"))
+    np.testing.assert_array_equal(again.offsets, np.full(40, 0.125, np.float32))
+    assert again.intensity == {"head": 0.5, "mouth": 2.0, "eyes": 0.0} and again.smoothing == 1.0
