@@ -26,6 +26,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.pipeline.offline import Written
 from liveanim.pipeline.sources import IMAGE_SUFFIXES
 from ui.frame_view import FrameView
 from ui.offline_tasks import AnimateJob
@@ -214,11 +215,11 @@ class AnimateDialog(QDialog):
         self.progress.setValue(round(max(fraction, 0) * 1000))
         self.message.setText(text)
 
-    def _finished(self, out: Path) -> None:
+    def _finished(self, written: Written) -> None:
         self._set_running(False)
         self.progress.setRange(0, 1000)
         self.progress.setValue(1000)
-        self.message.setText(f"Saved {out}")
+        self.message.setText(f"Saved {written.out}" + (f", but {written.note}." if written.note else ""))
 
     def _failed(self, message: str) -> None:
         self._set_running(False)

@@ -24,6 +24,7 @@ from liveanim.errors import LiveAnimError
 from liveanim.motion.dials import GROUPS, MOTION_DIM
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
+from liveanim.pipeline.offline import Written
 from liveanim.pipeline.sinks import VirtualCameraSink, virtual_camera_setup
 from ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
 from ui.offline_tasks import AnimateJob, run_animate, run_edit_image
@@ -227,7 +228,7 @@ class SessionController(QObject):
         return self._offline.start(lambda context: run_edit_image(self._require_animator(), source, edit, out),
                                    "Editing the portrait", on_done, on_error)
 
-    def animate_video(self, job: AnimateJob, on_done: Callable[[Path], None],
+    def animate_video(self, job: AnimateJob, on_done: Callable[[Written], None],
                       on_error: Callable[[str], None]) -> Task:
         """Animate a portrait from a video file in the background, with progress and cancel."""
         return self._offline.start(lambda context: run_animate(self._require_animator(), job, context),
