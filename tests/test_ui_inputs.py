@@ -16,11 +16,17 @@ import pytest  # noqa: E402
 from PyQt6.QtCore import Qt  # noqa: E402
 from PyQt6.QtWidgets import QMessageBox, QPushButton  # noqa: E402
 
+from skimage import data  # noqa: E402
+
 from liveanim.motion.dials import DIALS_BY_NAME  # noqa: E402
+from liveanim.pipeline.video import write_image  # noqa: E402
+from tests.test_offline import cut_short  # noqa: E402
+from tests.test_ui import STREAM_TIMEOUT_MS, make_deps, open_window, ready_window  # noqa: E402, F401
+from tests.test_video import driving_frames  # noqa: E402
 from ui.dials_panel import DialsPanel  # noqa: E402
+from ui.main_window import MainWindow  # noqa: E402
 from ui.presets import PresetStore  # noqa: E402
 from ui.settings import AppSettings  # noqa: E402
-from tests.test_ui import make_deps, open_window  # noqa: E402
 
 YAW = DIALS_BY_NAME["yaw1"].index
 
@@ -135,3 +141,44 @@ def test_settings_path_helper_reads_back_what_the_window_wrote(tmp_path):
     again = AppSettings.at(Path(tmp_path / "settings.ini"))
     np.testing.assert_array_equal(again.offsets, np.full(40, 0.125, np.float32))
     assert again.intensity == {"head": 0.5, "mouth": 2.0, "eyes": 0.0} and again.smoothing == 1.0
+
+
+# --- paths typed into the Animate dialog -----------------------------------------------------
+
+
+def retype(qtbot, edit, text: str) -> None:
+    """Clear a line edit and type `text` into it key by key, as a person does."""
+    edit.selectAll()
+    qtbot.keyClick(edit, Qt.Key.Key_Backspace)
+    qtbot.keyClicks(edit, text)
+
+
+def test_typing_a_driving_video_path_suggests_an_output_that_follows_it(qtbot, tmp_path):
+    first, second = tmp_path / "talk.mp4", tmp_path / "clips" / "laugh.mp4"
+    second.parent.mkdir()
+    for video in (first, second):
+        video.write_bytes(b"")  # only the names matter until Animate is pressed
+    window = MainWindow(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    dialog = window.open_animator()
+    qtbot.keyClicks(dialog.driving.edit, "/")
+    assert dialog.out.edit.text() == "", "a half-typed path suggests nothing"
+    qtbot.keyClicks(dialog.driving.edit, str(first)[1:])
+    assert dialog.out.path() == tmp_path / "talk_animated.mp4"
+    retype(qtbot, dialog.driving.edit, str(second))
+    assert dialog.out.path() == second.parent / "laugh_animated.mp4", "the suggestion follows the typed path"
+    retype(qtbot, dialog.out.edit, str(tmp_path / "mine.mp4"))
+    retype(qtbot, dialog.driving.edit, str(first))
+    assert dialog.out.path() == tmp_path / "mine.mp4", "an output the person typed is kept"
+
+
+def test_the_animate_dialog_says_when_the_driving_video_was_cut_short(ready_window, qtbot, tmp_path):
+    portrait = tmp_path / "portrait.png"
+    write_image(portrait, data.astronaut())
+    dialog = ready_window.open_animator()
+    dialog.source.set_path(portrait)
+    dialog.driving.set_path(cut_short(tmp_path / "cut.mp4", driving_frames(20), kept=0.5))
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.message.text().startswith("Saved"), timeout=STREAM_TIMEOUT_MS)
+    assert "but only" in dialog.message.text() and "of the 20 frames of" in dialog.message.text()
+    assert "cut.mp4" in dialog.message.text() and dialog.out.path().stat().st_size > 0
