@@ -20,7 +20,7 @@ import torch
 
 from engines.base import FEATURE_NAMES, Engine, EngineConfig, Tensors
 from engines.devices import resolve_device, resolve_dtype
-from liveanim.errors import BackendUnavailable, EngineError, UsageError
+from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weig
 
     ort = import_onnxruntime(device)
     if device.type not in ("cpu", "cuda"):
-        raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}; "
-                                 "use --engine torch.")
+        raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}.",
+                                 fix=Fix.TORCH_ENGINE)
     if provider:
         check_provider(ort, provider, device)
     else:
@@ -172,8 +172,8 @@ def _check_exported_precision(precision: str, device: torch.device) -> None:
 
     resolve_dtype(precision, device)
     if precision not in EXPORT_PRECISIONS:
-        raise BackendUnavailable(f"{precision} runs with --engine torch only; exported engines are "
-                                 f"{' or '.join(EXPORT_PRECISIONS)}.")
+        raise BackendUnavailable(f"{precision} runs on the torch engine only; exported engines are "
+                                 f"{' or '.join(EXPORT_PRECISIONS)}.", fix=Fix.TORCH_ENGINE)
 
 
 def _cache_root(config: EngineConfig) -> Path:

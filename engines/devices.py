@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from liveanim.errors import BackendUnavailable
+from liveanim.errors import BackendUnavailable, Fix
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -22,10 +22,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise BackendUnavailable(
             "CUDA was requested but PyTorch sees no NVIDIA GPU (torch "
             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Install a CUDA build of "
-            "PyTorch that matches your driver (https://pytorch.org/get-started/locally/) or use --device cpu."
+            "PyTorch that matches your driver (https://pytorch.org/get-started/locally/).", fix=Fix.CPU_DEVICE
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise BackendUnavailable("MPS (Apple GPU) was requested but is not available; use --device cpu.")
+        raise BackendUnavailable("MPS (Apple GPU) was requested but is not available.", fix=Fix.CPU_DEVICE)
     return device
 
 
@@ -34,5 +34,5 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPES)}")
     if precision != "fp32" and device.type == "cpu":
-        raise BackendUnavailable(f"{precision} needs a GPU; on the CPU use --precision fp32.")
+        raise BackendUnavailable(f"{precision} needs a GPU.", fix=Fix.FP32)
     return DTYPES[precision]

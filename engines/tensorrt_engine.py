@@ -34,7 +34,7 @@ from export.contract import (
 )
 from export.manifest import read_manifest
 from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
-from liveanim.errors import BackendUnavailable, EngineError
+from liveanim.errors import BackendUnavailable, EngineError, Fix
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def import_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except ImportError:
-        raise BackendUnavailable(f"TensorRT is not installed: {install_command()} "
-                                 "(or use --engine onnxruntime / torch)") from None
+        raise BackendUnavailable(f"TensorRT is not installed: {install_command()}.", fix=Fix.OTHER_ENGINE) from None
     return tensorrt
 
 
@@ -94,7 +93,8 @@ class TensorRTEngine(ExportedGraphsEngine):
         if device.type != "cuda":
             raise BackendUnavailable(f"TensorRT needs an NVIDIA GPU, not {device}.")
         if config.precision not in ("fp32", "fp16"):
-            raise BackendUnavailable(f"TensorRT engines are fp32 or fp16; {config.precision} runs with --engine torch.")
+            raise BackendUnavailable(f"TensorRT engines are fp32 or fp16; {config.precision} runs on the torch engine.",
+                                     fix=Fix.TORCH_ENGINE)
         trt = import_tensorrt()
         super().__init__(config, device, export_folder)
         self.trt_version = trt.__version__
@@ -183,7 +183,8 @@ class _Builder:
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise EngineError(f"TensorRT could not build the {spec.name} engine (its messages are in the log above). "
-                              f"If it ran out of GPU memory ({gpu_memory_status(self.device)}): {MEMORY_ADVICE}")
+                              f"If it ran out of GPU memory ({gpu_memory_status(self.device)}): {MEMORY_ADVICE}",
+                              fix=Fix.FP16)
         self.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
         log.info("built the TensorRT %s engine in %.0f s", spec.name, time.perf_counter() - started)
         return bytes(serialized)

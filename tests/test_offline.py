@@ -330,3 +330,9 @@ def test_a_driving_video_cut_short_is_reported_with_how_much_was_read(media, tmp
 def test_a_complete_video_has_nothing_to_report(media, tmp_path):
     written = offline.edit_video(RecordingAnimator(), media["driving"], tmp_path / "o.mp4")
     assert written.frames == FRAMES and written.note == ""
+
+
+def test_the_command_line_still_names_its_options(media, tmp_path, caplog):
+    out = tmp_path / "o.png"
+    assert main(["edit-image", "--source", str(media["source"]), "--out", str(out), "--precision", "fp16", *TINY]) == 2
+    assert "fp16 needs a GPU. On the CPU use --precision fp32." in caplog.text

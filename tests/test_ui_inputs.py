@@ -13,11 +13,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PyQt6.QtCore import Qt  # noqa: E402
 from PyQt6.QtWidgets import QMessageBox, QPushButton  # noqa: E402
 
 from skimage import data  # noqa: E402
 
+from liveanim.errors import Fix  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME  # noqa: E402
 from liveanim.pipeline.video import write_image  # noqa: E402
 from tests.test_offline import cut_short  # noqa: E402
@@ -25,6 +27,8 @@ from tests.test_ui import STREAM_TIMEOUT_MS, make_deps, open_window, ready_windo
 from tests.test_video import driving_frames  # noqa: E402
 from ui.dials_panel import DialsPanel  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
+from ui.messages import WINDOW_FIXES  # noqa: E402
+from ui.model_source import ModelSource  # noqa: E402
 from ui.presets import PresetStore  # noqa: E402
 from ui.settings import AppSettings  # noqa: E402
 
@@ -182,3 +186,42 @@ def test_the_animate_dialog_says_when_the_driving_video_was_cut_short(ready_wind
     qtbot.waitUntil(lambda: dialog.message.text().startswith("Saved"), timeout=STREAM_TIMEOUT_MS)
     assert "but only" in dialog.message.text() and "of the 20 frames of" in dialog.message.text()
     assert "cut.mp4" in dialog.message.text() and dialog.out.path().stat().st_size > 0
+
+
+# --- the window speaks its own language ---------------------------------------------------------
+
+
+def test_every_fix_has_window_words_without_command_line_options():
+    assert set(WINDOW_FIXES) == set(Fix)
+    for fix, words in WINDOW_FIXES.items():
+        assert "--" not in words and "main.py" not in words, fix
+        assert "--" in fix.value, f"{fix} is command-line advice"
+
+
+def test_a_broken_weights_file_is_explained_with_the_windows_menus(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEANIM_CACHE", str(tmp_path / "cache"))
+    window = open_window(make_deps(tmp_path, model=ModelSource()))
+    qtbot.addWidget(window)
+    weights = tmp_path / "not-weights.pt"
+    weights.write_text("hello")
+    with qtbot.waitSignal(window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
+        window.weights_dialog.choose_file(weights)
+    message = error.args[0]
+    assert f"{weights} is not a PyTorch checkpoint" in message
+    assert "choose it with File > Get the LIA-X weights... > Choose file..." in message
+    assert "--" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="fp16 works on a GPU")
+def test_a_precision_the_cpu_lacks_points_to_the_toolbar(ready_window, qtbot):
+    with qtbot.waitSignal(ready_window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
+        ready_window.engine_selector.precision.setCurrentText("bf16")
+    assert error.args[0] == "bf16 needs a GPU. On the CPU choose fp32 in the toolbar's Precision list."
+
+
+def test_a_portrait_without_a_face_is_explained_without_command_line_options(ready_window, qtbot, tmp_path):
+    blank = tmp_path / "blank.png"
+    write_image(blank, np.full((300, 300, 3), 200, np.uint8))
+    with qtbot.waitSignal(ready_window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
+        ready_window.controller.add_avatars([str(blank)])
+    assert error.args[0] == "No face found in blank: use a photo where one face is clearly visible."

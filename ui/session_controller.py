@@ -27,6 +27,7 @@ from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.offline import Written
 from liveanim.pipeline.sinks import VirtualCameraSink, virtual_camera_setup
 from ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
+from ui.messages import window_text
 from ui.offline_tasks import AnimateJob, run_animate, run_edit_image
 from ui.source_picker import SourceSpec
 from ui.workers import Task, TaskContext, TaskRunner
@@ -302,7 +303,7 @@ class SessionController(QObject):
             try:
                 added.append(self._add(origin))
             except LiveAnimError as error:
-                errors.append(str(error))
+                errors.append(window_text(error))
         return added, errors
 
     def _add(self, origin: str) -> AvatarEntry:
@@ -425,4 +426,4 @@ class SessionController(QObject):
                     self._session = None
             self._run(lambda context: session.stop(), "Stopping the stream", lambda _: self._stopped())
             if session.error is not None:
-                self.error.emit(str(session.error))
+                self.error.emit(window_text(session.error))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 import cv2
 import numpy as np
 
-from liveanim.errors import CameraError, MediaError
+from liveanim.errors import CameraError, Fix, MediaError
 from liveanim.pipeline.video import VideoReader, read_image
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class CameraSource:
         notify = on_status or log.warning
         capture = self._open()
         if capture is None:
-            raise CameraError(self._open_failed_message())
+            raise CameraError(self._open_failed_message(), fix=Fix.OTHER_CAMERA)
         try:
             while not self._closed.is_set():
                 frame = self._read(capture)
@@ -177,7 +177,7 @@ class CameraSource:
             "Linux": " On Linux, check that your user may read /dev/video* (the 'video' group).",
         }.get(platform.system(), "")
         return (f"Cannot open {self.describe()}: check that it is plugged in and not in use by another app "
-                f"(Zoom, a browser), or pick another with --camera (list them with `python main.py devices`).{hint}")
+                f"(Zoom, a browser).{hint}")
 
 
 class _Paced:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from liveanim.errors import CheckpointError
+from liveanim.errors import CheckpointError, Fix
 from liveanim.model import LIAX
 from liveanim.weights.download import LIAX_RELEASE
 
@@ -34,6 +34,7 @@ LATENT_PER_WIDTH = 512
 LATENT_STEP = 8  # the first encoder stage has latent_dim / 8 channels, a whole number
 MIN_LATENT = 64  # width 0.125, the narrowest model
 NAMES_SHOWN = 3
+USE_THE_RELEASE = f"Use the released {LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) or a .safetensors copy of it."
 DETAIL_CHARS = 100
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -92,8 +93,8 @@ def existing_size(path: Path) -> int:
     """The size of a weights file, after checking that there is one to read (else a CheckpointError)."""
     if not path.is_file():
         raise CheckpointError(
-            f"The weights file {path} does not exist. Check the path, or pass the file with "
-            f"--weights PATH; the released file is {LIAX_RELEASE.filename} at {LIAX_RELEASE.url}."
+            f"The weights file {path} does not exist: check the path. The released file is "
+            f"{LIAX_RELEASE.filename} at {LIAX_RELEASE.url}.", fix=Fix.WEIGHTS_FILE
         )
     size = path.stat().st_size
     if size == 0:
@@ -144,10 +145,7 @@ def _not_a_checkpoint(path: Path) -> CheckpointError:
     if what is None and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
         what = f"a text file starting with {head.decode('ascii')[:40]!r}"
     found = f": it is {what}" if what else ""
-    return CheckpointError(
-        f"{path} is not a PyTorch checkpoint{found}. Pass the LIA-X weights "
-        f"({LIAX_RELEASE.filename} from {LIAX_RELEASE.url}, or a .safetensors copy) with --weights PATH."
-    )
+    return CheckpointError(f"{path} is not a PyTorch checkpoint{found}. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE)
 
 
 def _needs_code(path: Path, detail: str) -> CheckpointError:
@@ -173,10 +171,8 @@ def _unwrap(raw: object, path: Path) -> Mapping[str, torch.Tensor]:
         found = f"a dict with keys {', '.join(map(repr, list(raw)[:5]))}"
     else:
         found = f"a {type(raw).__name__}"
-    raise CheckpointError(
-        f"{path} holds no state dict of tensors (found {found}). Pass the LIA-X weights "
-        f"({LIAX_RELEASE.filename} from {LIAX_RELEASE.url}) with --weights PATH."
-    )
+    raise CheckpointError(f"{path} holds no state dict of tensors (found {found}). {USE_THE_RELEASE}",
+                          fix=Fix.WEIGHTS_FILE)
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -198,7 +194,7 @@ def check_layout(state: Mapping[str, torch.Tensor], expected: Shapes, *, source:
     found = _shapes(state)
     wanted = {name: tuple(shape) for name, shape in expected.items()}
     if found != wanted:
-        raise CheckpointError(_layout_mismatch(found, wanted, source))
+        raise CheckpointError(_layout_mismatch(found, wanted, source), fix=Fix.WEIGHTS_FILE)
 
 
 def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -221,7 +217,7 @@ def _layout_mismatch(found: Shapes, wanted: Shapes, source: Path | None) -> str:
     lines += [f"Missing, e.g.: {_few(missing)}."] if missing else []
     lines += [f"Unexpected, e.g.: {_few(unexpected)}."] if unexpected else []
     lines += [_wrong_shapes(reshaped, found, wanted)] if reshaped else []
-    lines.append(f"Pass the released {LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH.")
+    lines.append(USE_THE_RELEASE)
     return "\n".join(lines)
 
 
@@ -272,8 +268,7 @@ def infer_dims(state: Mapping[str, torch.Tensor], *, source: Path | None = None)
     if dims is None:
         raise CheckpointError(
             f"{source or 'The checkpoint'} does not look like LIA-X: it has no {MOTION_KEY} of two "
-            f"dimensions. Found {len(shapes)} tensors; {_guess(shapes)}. Pass the released "
-            f"{LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH."
+            f"dimensions. Found {len(shapes)} tensors; {_guess(shapes)}. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
         )
     return dims
 
@@ -307,8 +302,7 @@ def _expected_layout(width: float, motion_dim: int, source: Path | None) -> dict
 def _no_such_model(source: Path | None, shape: tuple[int, int], why: str) -> CheckpointError:
     return CheckpointError(
         f"{source or 'The checkpoint'} is no LIA-X checkpoint: its {MOTION_KEY} has shape {shape}, "
-        f"and no LIA-X model has that size ({why}). Pass the released {LIAX_RELEASE.filename} "
-        f"({LIAX_RELEASE.url}) with --weights PATH."
+        f"and no LIA-X model has that size ({why}). {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
     )
 
 
@@ -319,8 +313,7 @@ def _check_floating(state: Mapping[str, torch.Tensor], source: Path | None) -> N
         raise CheckpointError(
             f"{source or 'The checkpoint'} holds tensors that are not floating point, e.g. {wrong[0]} of "
             f"type {state[wrong[0]].dtype}{_and_others(wrong)}; LIA-X weights are float32, float16 or bfloat16. "
-            f"The file was changed by another program or is damaged. Pass the released "
-            f"{LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH."
+            f"The file was changed by another program or is damaged. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
         )
 
 
@@ -333,8 +326,8 @@ def _check_finite(state: Mapping[str, torch.Tensor], source: Path | None) -> Non
         raise CheckpointError(
             f"{source or 'The checkpoint'} holds NaN or infinite weights, e.g. {count:,} of the "
             f"{first.numel():,} values of {broken[0]}{_and_others(broken)}; a model with them renders black "
-            f"frames. The file is damaged, or comes from a training run that diverged. Pass the released "
-            f"{LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH."
+            f"frames. The file is damaged, or comes from a training run that diverged. {USE_THE_RELEASE}",
+            fix=Fix.WEIGHTS_FILE,
         )
 
 
