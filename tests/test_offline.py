@@ -336,3 +336,14 @@ def test_the_command_line_still_names_its_options(media, tmp_path, caplog):
     out = tmp_path / "o.png"
     assert main(["edit-image", "--source", str(media["source"]), "--out", str(out), "--precision", "fp16", *TINY]) == 2
     assert "fp16 needs a GPU. On the CPU use --precision fp32." in caplog.text
+
+
+def test_weights_before_the_command_are_the_commands_weights(media, tmp_path, caplog, capsys):
+    weights = broken_weights(tmp_path)
+    out = tmp_path / "o.png"
+    assert main(["--weights", str(weights), "edit-image", "--source", str(media["source"]), "--out", str(out),
+                 "--device", "cpu"]) == 2
+    assert f"{weights} is not a PyTorch checkpoint" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--weights", str(weights), "devices"])
+    assert exit_info.value.code == 2 and "devices takes no --weights" in capsys.readouterr().err

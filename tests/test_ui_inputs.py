@@ -9,6 +9,10 @@ import os
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 import logging  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -20,10 +24,12 @@ from PyQt6.QtWidgets import QMessageBox, QPushButton  # noqa: E402
 from skimage import data  # noqa: E402
 
 from liveanim.errors import Fix  # noqa: E402
+from liveanim.model import LIAX  # noqa: E402
+from liveanim.model.seeded import seed_parameters_  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME  # noqa: E402
 from liveanim.pipeline.video import write_image  # noqa: E402
 from tests.test_offline import cut_short  # noqa: E402
-from tests.test_ui import STREAM_TIMEOUT_MS, make_deps, open_window, ready_window  # noqa: E402, F401
+from tests.test_ui import REPO, STREAM_TIMEOUT_MS, make_deps, open_window, ready_window  # noqa: E402, F401
 from tests.test_video import driving_frames  # noqa: E402
 from ui.dials_panel import DialsPanel  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
@@ -225,3 +231,38 @@ def test_a_portrait_without_a_face_is_explained_without_command_line_options(rea
     with qtbot.waitSignal(ready_window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
         ready_window.controller.add_avatars([str(blank)])
     assert error.args[0] == "No face found in blank: use a photo where one face is clearly visible."
+
+
+# --- `python main.py --weights PATH` ------------------------------------------------------------
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert process.poll() is None, f"the app ended early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
+        time.sleep(0.2)
+    return log.read_text()
+
+
+def test_the_app_starts_with_the_weights_given_on_the_command_line(tmp_path):
+    weights = tmp_path / "mine.pt"
+    torch.save({name: tensor.clone() for name, tensor in seed_parameters_(LIAX(0.125), 0).state_dict().items()},
+               weights)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "LIVEANIM_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("LIVEANIM_SEEDED_WIDTH", None)
+    log = tmp_path / "app.log"
+    with log.open("w") as out:
+        app = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--weights", str(weights)], cwd=REPO,
+                               env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_line(log, f"loading weights from {weights}", app)
+        wait_for_line(log, "engine: torch on cpu", app)
+        app.send_signal(signal.SIGINT)  # the app closes its window on Ctrl+C
+        assert app.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert "Traceback" not in log.read_text()
+    assert AppSettings.at(tmp_path / "config" / "LiveAnim" / "LiveAnim.conf").weights == weights

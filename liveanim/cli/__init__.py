@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from liveanim.errors import LiveAnimError
 
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LiveAnim: drive a portrait with your face (LIA-X). Without a command the desktop app starts.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--weights", dest="app_weights", type=Path, default=None, metavar="PATH",
+                        help="local lia-x.pt or .safetensors for the desktop app (remembered, as when chosen with "
+                             "File > Get the LIA-X weights...), or for the command that follows")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"liveanim.cli.{name}").register(subparsers)
@@ -31,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _carry_weights(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
         from ui.app import run_app
 
-        return run_app()
+        return run_app(weights=args.app_weights)
     try:
         return args.run(args)
     except LiveAnimError as error:
@@ -46,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130
+
+
+def _carry_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`main.py --weights PATH COMMAND ...` gives the command that --weights, as if after it."""
+    if args.app_weights is None or args.command is None:
+        return
+    if not hasattr(args, "weights"):
+        parser.error(f"{args.command} takes no --weights")
+    if args.weights is not None and args.weights != args.app_weights:
+        parser.error(f"--weights was given twice, as {args.app_weights} and {args.weights}")
+    args.weights = args.app_weights
 
 
 if __name__ == "__main__":
