@@ -34,7 +34,6 @@ from tests.test_video import driving_frames  # noqa: E402
 from ui.dials_panel import DialsPanel  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 from ui.messages import WINDOW_FIXES  # noqa: E402
-from ui.model_source import ModelSource  # noqa: E402
 from ui.presets import PresetStore  # noqa: E402
 from ui.settings import AppSettings  # noqa: E402
 
@@ -202,20 +201,6 @@ def test_every_fix_has_window_words_without_command_line_options():
     for fix, words in WINDOW_FIXES.items():
         assert "--" not in words and "main.py" not in words, fix
         assert "--" in fix.value, f"{fix} is command-line advice"
-
-
-def test_a_broken_weights_file_is_explained_with_the_windows_menus(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("LIVEANIM_CACHE", str(tmp_path / "cache"))
-    window = open_window(make_deps(tmp_path, model=ModelSource()))
-    qtbot.addWidget(window)
-    weights = tmp_path / "not-weights.pt"
-    weights.write_text("hello")
-    with qtbot.waitSignal(window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
-        window.weights_dialog.choose_file(weights)
-    message = error.args[0]
-    assert f"{weights} is not a PyTorch checkpoint" in message
-    assert "choose it with File > Get the LIA-X weights... > Choose file..." in message
-    assert "--" not in message
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="fp16 works on a GPU")
