@@ -45,15 +45,15 @@ def run_app(weights: Path | None = None) -> int:
     """
     try:
         chosen = None if weights is None else resolve_weights(weights, download=False).absolute()
+        app = QApplication.instance() or QApplication(sys.argv)
+        app.setOrganizationName(ORGANIZATION)  # before default_deps: they name the presets folder
+        app.setApplicationName(APPLICATION)
         deps = default_deps()
     except LiveAnimError as error:
         log.error("%s", error)
         return 2
     if chosen is not None:
         deps.settings.weights = chosen
-    app = QApplication.instance() or QApplication(sys.argv)
-    app.setOrganizationName(ORGANIZATION)
-    app.setApplicationName(APPLICATION)
     window = MainWindow(deps)
     window.show()
     window.start_up()

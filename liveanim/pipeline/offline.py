@@ -136,13 +136,14 @@ def manipulate(animator: Animator, source: Path, out: Path, edit: np.ndarray,
     return _write_video(frames, out, Fraction(sweep.fps), None, config, total=len(factors))
 
 
-def prepare_output(out: Path, video: bool, inputs: tuple[Path, ...] = ()) -> Path:
+def prepare_output(out: Path, video: bool, inputs: tuple[Path, ...] = ()) -> None:
     """Make sure `out` can be written, before anything slow happens: its folder is created if
     missing and must take files, an image's name must say a format we write, and it must not
     be one of the `inputs`. Anything else is a MediaError saying what to change."""
     out = Path(out)
     if out.is_dir():
-        raise MediaError(f"{out} is a folder: give the output a file name, e.g. {out / _example_name(video)}")
+        example = out / ("out.mp4" if video else "out.png")
+        raise MediaError(f"{out} is a folder: give the output a file name, e.g. {example}")
     if not video and not cv2.haveImageWriter(str(out)):
         raise MediaError(f"Cannot write {out}: name it .png, .jpg or .webp")
     for source in inputs:
@@ -157,7 +158,6 @@ def prepare_output(out: Path, video: bool, inputs: tuple[Path, ...] = ()) -> Pat
                          f"place for {out.name}, or make the folder writable.") from error
     if out.exists() and not os.access(out, os.W_OK):
         raise MediaError(f"{out} exists and cannot be overwritten (it is read-only): choose another file name.")
-    return out
 
 
 def _detector(config: OfflineConfig) -> contextlib.AbstractContextManager[FaceDetector | None]:
@@ -237,10 +237,6 @@ def _probe(folder: Path) -> None:
     handle, name = tempfile.mkstemp(dir=folder, prefix=".liveanim-probe-")
     os.close(handle)
     os.unlink(name)
-
-
-def _example_name(video: bool) -> str:
-    return "out.mp4" if video else "out.png"
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -291,8 +291,8 @@ def _expected_layout(width: float, motion_dim: int, source: Path | None) -> dict
     """The names and shapes of the LIA-X model of these dimensions, if there can be one."""
     latent = round(width * LATENT_PER_WIDTH)
     if latent < MIN_LATENT or latent % LATENT_STEP or motion_dim < 1:
-        raise _no_such_model(source, (motion_dim, latent), f"the latent size must be a multiple of "
-                                                           f"{LATENT_STEP} from {MIN_LATENT}")
+        raise _no_such_model(source, (motion_dim, latent), f"it needs at least one direction and a latent "
+                                                           f"size that is a multiple of {LATENT_STEP} from {MIN_LATENT}")
     try:
         return LIAX.expected_layout(width, motion_dim)
     except ValueError as error:  # e.g. channel counts that GroupNorm cannot divide into groups
