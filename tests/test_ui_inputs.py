@@ -23,7 +23,7 @@ from PyQt6.QtWidgets import QMessageBox, QPushButton  # noqa: E402
 
 from skimage import data  # noqa: E402
 
-from liveanim.errors import Fix  # noqa: E402
+from liveanim.errors import Fix, UsageError  # noqa: E402
 from liveanim.model import LIAX  # noqa: E402
 from liveanim.model.seeded import seed_parameters_  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME  # noqa: E402
@@ -34,6 +34,7 @@ from tests.test_video import driving_frames  # noqa: E402
 from ui.dials_panel import DialsPanel  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 from ui.messages import WINDOW_FIXES  # noqa: E402
+from ui.model_source import ModelSource  # noqa: E402
 from ui.presets import PresetStore  # noqa: E402
 from ui.settings import AppSettings  # noqa: E402
 
@@ -251,3 +252,10 @@ def test_the_app_starts_with_the_weights_given_on_the_command_line(tmp_path):
             app.kill()
     assert "Traceback" not in log.read_text()
     assert AppSettings.at(tmp_path / "config" / "LiveAnim" / "LiveAnim.conf").weights == weights
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5", "0", "abc"])
+def test_a_seeded_width_that_is_no_width_is_refused(monkeypatch, value):
+    monkeypatch.setenv("LIVEANIM_SEEDED_WIDTH", value)
+    with pytest.raises(UsageError, match=f"LIVEANIM_SEEDED_WIDTH='{value}' is not a width"):
+        ModelSource.from_environment()
