@@ -3,11 +3,14 @@
     engine = create_engine(EngineConfig())        # 'auto': the fastest backend this machine has
     log.info("running %s", engine.describe())
 
-Backends: 'torch'; 'onnxruntime' (its best provider for the device) or 'onnxruntime:cpu',
-'onnxruntime:cuda', 'onnxruntime:tensorrt'; 'tensorrt'. 'auto' tries TensorRT, ONNX Runtime with
-its TensorRT provider, then PyTorch on the best device (CUDA, MPS, CPU), logging why each faster
-one was skipped. ONNX Runtime and TensorRT run exported graphs, exported into the
-cache folder on first use (see engines/cache.py for its layout).
+Backends (`BACKENDS`, the one list the CLI, the window and build-engines offer): 'torch';
+'onnxruntime' (its best provider for the device) or 'onnxruntime:cpu', 'onnxruntime:cuda',
+'onnxruntime:tensorrt'; 'tensorrt'; 'tensorrt-rtx' (TensorRT for RTX). On an NVIDIA GPU 'auto'
+tries TensorRT and TensorRT for RTX (the latter first on RTX-branded GPUs, the ones it is made
+for), ONNX Runtime with its TensorRT provider, then PyTorch, logging why each faster one was
+skipped; without one it runs PyTorch on the best device (MPS, CPU) and says why. ONNX Runtime
+and the TensorRT libraries run exported graphs, exported into the cache folder on first use
+(see engines/cache.py for its layout).
 """
 
 from __future__ import annotations
@@ -19,18 +22,31 @@ from pathlib import Path
 import torch
 
 from engines.base import FEATURE_NAMES, Engine, EngineConfig, Tensors
-from engines.devices import resolve_device, resolve_dtype
+from engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineConfig", "Tensors", "FEATURE_NAMES", "BACKENDS", "create_engine", "export_folder"]
+__all__ = ["Engine", "EngineConfig", "Tensors", "FEATURE_NAMES", "BACKENDS", "auto_order", "build_for_targets",
+           "create_engine", "export_folder"]
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-# Fastest first. ONNX Runtime's CUDA provider is left out: on an H100 it measured slower than
-# PyTorch with CUDA graphs (fp16: 60.3 vs 55.3 ms per frame; docs/performance.md).
-AUTO_ORDER = ("tensorrt", "onnxruntime:tensorrt", "torch")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
+GPU_BACKENDS = (*TENSORRT_BACKENDS, "onnxruntime:tensorrt")
+RTX_BRANDS = ("RTX", "GeForce", "TITAN", "Quadro")  # consumer and workstation GPUs, TensorRT for RTX's own
+
+
+def auto_order(gpu: Gpu) -> tuple[str, ...]:
+    """What 'auto' tries on this GPU, fastest first: the TensorRT libraries (TensorRT for RTX first on
+    the RTX GPUs it is made for, TensorRT first on datacenter GPUs), ONNX Runtime's TensorRT provider,
+    then torch. ONNX Runtime's CUDA provider is left out: on an H100 it measured slower than PyTorch
+    with CUDA graphs (fp16: 60.3 vs 55.3 ms per frame; docs/performance.md)."""
+    from engines.tensorrt_engine import TENSORRT_RTX
+
+    consumer = any(brand in gpu.name for brand in RTX_BRANDS) and TENSORRT_RTX.runs(gpu)
+    native = TENSORRT_BACKENDS[::-1] if consumer else TENSORRT_BACKENDS
+    return (*native, "onnxruntime:tensorrt", "torch")
 
 
 def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
@@ -39,7 +55,8 @@ def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
     model: an already loaded fp32 CPU model of the weights `config` names (tests, benchmarks);
            None loads them, only where needed. The torch backend takes it over (moves it to
            its device and dtype and folds it for inference, in place: no copy).
-    An explicit backend that cannot run here raises BackendUnavailable saying what to install.
+    An explicit backend that cannot run here raises BackendUnavailable saying why, and what to
+    install only where installing can help (never a GPU library on a machine without an NVIDIA GPU).
     """
     config = _resolve_precision(config)
     weights = _Weights(config, model)
@@ -105,8 +122,13 @@ class _Weights:
 
 
 def _auto(config: EngineConfig, weights: _Weights) -> Engine:
+    device = resolve_device(config.device)
+    if device.type != "cuda":
+        log.info("engine auto: torch on %s, since the exported engines (%s) need an NVIDIA GPU and %s", device,
+                 ", ".join(GPU_BACKENDS), no_cuda_reason() if config.device == "auto" else f"--device {device} was asked for")
+        return _create(replace(config, backend="torch"), weights)
     failure: Exception | None = None
-    for backend in AUTO_ORDER:
+    for backend in auto_order(cuda_gpu(device)):
         try:
             return _create(replace(config, backend=backend), weights)
         except BackendUnavailable as why:
@@ -124,8 +146,8 @@ def _create(config: EngineConfig, weights: _Weights) -> Engine:
     if backend not in BACKENDS or (provider and backend != "onnxruntime"):
         raise UsageError(f"unknown engine {config.backend!r}; choose auto, {', '.join(BACKENDS)} "
                          "or onnxruntime:cpu|cuda|tensorrt")
-    if backend == "tensorrt":
-        return _tensorrt(config, weights)
+    if backend in TENSORRT_BACKENDS:
+        return _tensorrt(backend, config, weights)
     device = resolve_device(config.device)
     if backend == "onnxruntime":
         return _onnxruntime(config, device, provider, weights)
@@ -136,12 +158,15 @@ def _create(config: EngineConfig, weights: _Weights) -> Engine:
 
 def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weights: _Weights) -> Engine:
     from engines.cache import ORT_TENSORRT_DIR
-    from engines.onnxruntime_engine import OnnxRuntimeEngine, best_provider, check_provider, import_onnxruntime
+    from engines.onnxruntime_engine import (OnnxRuntimeEngine, best_provider, check_provider,
+                                            check_provider_device, import_onnxruntime)
 
-    ort = import_onnxruntime(device)
     if device.type not in ("cpu", "cuda"):
         raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}.",
                                  fix=Fix.TORCH_ENGINE)
+    if provider:
+        check_provider_device(provider, device)
+    ort = import_onnxruntime(device)
     if provider:
         check_provider(ort, provider, device)
     else:
@@ -152,18 +177,41 @@ def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weig
     return OnnxRuntimeEngine(config, device, folder, provider, root / ORT_TENSORRT_DIR / folder.name)
 
 
-def _tensorrt(config: EngineConfig, weights: _Weights) -> Engine:
-    from engines.cache import tensorrt_dir
-    from engines.tensorrt_engine import TensorRTEngine, import_tensorrt, onnx_precision
+def _tensorrt(backend: str, config: EngineConfig, weights: _Weights) -> Engine:
+    """TensorRT or TensorRT for RTX: the GPU is checked before the library, so that no install is
+    suggested where it cannot help."""
+    from engines.cache import engine_dir
+    from engines.tensorrt_engine import LIBRARIES, TensorRTEngine, import_library, onnx_precision
 
-    trt = import_tensorrt()
+    library = LIBRARIES[backend]
     device = resolve_device(config.device)
     if device.type != "cuda":
-        raise BackendUnavailable(f"TensorRT needs an NVIDIA GPU; PyTorch sees none (device: {device}).")
+        raise BackendUnavailable(f"{library.title} needs an NVIDIA GPU to run and {no_cuda_reason()}.",
+                                 fix=Fix.BUILD_FOR_OTHER_GPUS if library.jit else None)
+    library.check_gpu(cuda_gpu(device))
+    trt = import_library(library)
     _check_exported_precision(config.precision, device)
     root = _cache_root(config)
     folder = _exported(weights, onnx_precision(trt, config.precision), root)
-    return TensorRTEngine(config, device, folder, tensorrt_dir(root, folder))
+    return TensorRTEngine(library, config, device, folder, engine_dir(root, backend, folder))
+
+
+def build_for_targets(config: EngineConfig, targets: tuple[str, ...]) -> dict[str, Path]:
+    """TensorRT for RTX engines of `config` (its weights and precision, fp32 or fp16) built for these
+    compute capabilities, exported first if needed, without running them: no GPU is needed.
+    -> {graph: engine file}."""
+    from engines.cache import engine_dir
+    from engines.tensorrt_engine import LIBRARIES, TensorRTOptions, build_engine_files, check_targets, import_library
+
+    if config.backend not in LIBRARIES:
+        raise UsageError(f"--gpu-target builds TensorRT for RTX engines (--engine tensorrt-rtx), not {config.backend}.")
+    library = LIBRARIES[config.backend]
+    check_targets(library, targets)
+    import_library(library)
+    _check_exported_precision(config.precision, torch.device("cuda"))
+    root = _cache_root(config)
+    folder = _exported(_Weights(config, None), config.precision, root)
+    return build_engine_files(library, folder, engine_dir(root, config.backend, folder), TensorRTOptions(targets=targets))
 
 
 def _check_exported_precision(precision: str, device: torch.device) -> None:

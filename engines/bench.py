@@ -29,7 +29,8 @@ from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
 
-GPU_ENGINES = ("torch", "torch+graphs", "torch+compile+graphs", "onnxruntime:cuda", "onnxruntime:tensorrt", "tensorrt")
+GPU_ENGINES = ("torch", "torch+graphs", "torch+compile+graphs", "onnxruntime:cuda", "onnxruntime:tensorrt", "tensorrt",
+               "tensorrt-rtx")
 CPU_ENGINES = ("torch", "onnxruntime:cpu")
 STAGES = ("motion", "latent", "render", "step")
 FRAME_POOL = 8  # distinct driving frames, cycled
@@ -40,7 +41,7 @@ MIB = 2**20
 class BenchConfig:
     """What to measure.
 
-    engines:    engine specs: a backend ('torch', 'onnxruntime[:cpu|cuda|tensorrt]', 'tensorrt'), torch
+    engines:    engine specs: a backend ('torch', 'onnxruntime[:cpu|cuda|tensorrt]', 'tensorrt', 'tensorrt-rtx'), torch
                 with '+graphs' (CUDA graphs) and/or '+compile' (torch.compile); empty = all for the device.
     precisions: 'fp32', 'fp16', 'bf16' (cases a backend cannot run are reported as skipped).
     frames:     timed frames per case, after `warmup` untimed ones.

@@ -1,14 +1,18 @@
 """Where exported graphs and built engines live, and when a cached engine is stale (no TensorRT needed).
 
-    <cache>/onnx/<weights fingerprint>-<precision>/                    an export (see export/)
-    <cache>/tensorrt/<export folder name>/<graph>-<precision>.engine   a serialized TensorRT engine
-    <cache>/tensorrt/<export folder name>/<graph>-<precision>.json     the EngineKey it was built for
-    <cache>/tensorrt/timing-<GPU and TensorRT digest>.cache            kernel timings, shared by builds
-    <cache>/onnxruntime-tensorrt/<export folder name>/                 ONNX Runtime's TensorRT provider
+    <cache>/onnx/<weights fingerprint>-<precision>/                        an export (see export/)
+    <cache>/<library>/<export folder name>/<graph>-<precision>.engine      a serialized engine
+    <cache>/<library>/<export folder name>/<graph>-<precision>.json        the EngineKey it was built for
+    <cache>/tensorrt/timing-<GPU and TensorRT digest>.cache                kernel timings, shared by builds
+    <cache>/tensorrt-rtx/<export>/<graph>-<precision>.runtime-<digest>.cache  kernels compiled just in
+                                                                           time on one GPU (TensorRT for RTX)
+    <cache>/onnxruntime-tensorrt/<export folder name>/                     ONNX Runtime's TensorRT provider
 
-A TensorRT engine only runs on the GPU model and TensorRT version it was built with, so its key
-holds those next to the ONNX file's hash, the precision and the build options; any difference
-means rebuild, and `EngineKey.differences` says why in words for the log.
+<library> is 'tensorrt' or 'tensorrt-rtx'. A TensorRT engine only runs on the GPU model and
+TensorRT version it was built with, so its key holds those next to the ONNX file's hash, the
+precision and the build options; a TensorRT for RTX engine runs on every GPU of the compute
+capabilities it was built for, so its key names those and no GPU. Any difference means rebuild,
+and `EngineKey.differences` says why in words for the log.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 ONNX_DIR = "onnx"
-TENSORRT_DIR = "tensorrt"
 ORT_TENSORRT_DIR = "onnxruntime-tensorrt"
 
 
@@ -48,9 +51,11 @@ class EngineKey:
     """Everything a serialized TensorRT engine depends on.
 
     onnx_sha256:        hash of the ONNX graph and its weights (from the export's manifest).
-    gpu_name:           e.g. 'NVIDIA H100 80GB HBM3'.
-    compute_capability: e.g. '9.0'.
-    trt_version:        TensorRT's version string.
+    gpu_name:           e.g. 'NVIDIA H100 80GB HBM3'; '' for engines that run on any GPU of their
+                        compute capabilities (TensorRT for RTX).
+    compute_capability: e.g. '9.0', or several, '8.6,8.9,12.0': an engine serves every compute
+                        capability it was built for.
+    trt_version:        the library's version string (TensorRT or TensorRT for RTX).
     precision:          'fp32' or 'fp16'.
     options:            build options that change the engine (batch profile, typing mode).
     """
@@ -76,7 +81,14 @@ class EngineKey:
     def differences(self, built: "EngineKey") -> list[str]:
         """Why an engine built for `built` cannot serve this key, one phrase per field."""
         return [f"{f.name.replace('_', ' ')} {getattr(built, f.name)!r} -> {getattr(self, f.name)!r}"
-                for f in fields(self) if getattr(self, f.name) != getattr(built, f.name)]
+                for f in fields(self) if not _serves(f.name, getattr(built, f.name), getattr(self, f.name))]
+
+
+def _serves(field: str, built: str, wanted: str) -> bool:
+    """Fields must match, except that an engine built for several compute capabilities serves each."""
+    if field == "compute_capability":
+        return set(wanted.split(",")) <= set(built.split(","))
+    return built == wanted
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,10 @@ class EngineFiles:
     @classmethod
     def of(cls, folder: Path, graph: str) -> "EngineFiles":
         return cls(folder / f"{graph}.engine", folder / f"{graph}.json")
+
+    def runtime_cache(self, key: "EngineKey") -> Path:
+        """Kernels compiled just in time for this engine on the GPU, library and export of `key`."""
+        return self.engine.with_name(f"{self.engine.stem}.runtime-{key.digest()}.cache")
 
 
 def stale_reason(files: EngineFiles, key: EngineKey) -> str | None:
@@ -105,6 +121,7 @@ def stale_reason(files: EngineFiles, key: EngineKey) -> str | None:
     return "built for another setup: " + "; ".join(changed) if changed else None
 
 
-def tensorrt_dir(cache_root: Path, export_folder: Path) -> Path:
-    """TensorRT engines of one export: a new export (other weights, precision) gets a new folder."""
-    return cache_root / TENSORRT_DIR / export_folder.name
+def engine_dir(cache_root: Path, library: str, export_folder: Path) -> Path:
+    """The engines one library built from one export: a new export (other weights, precision)
+    gets a new folder. library: 'tensorrt' or 'tensorrt-rtx'."""
+    return cache_root / library / export_folder.name

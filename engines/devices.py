@@ -1,12 +1,50 @@
-"""Device and precision choice, shared by every backend."""
+"""Device and precision choice, shared by every backend, and what a missing GPU means here."""
 
 from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from liveanim.errors import BackendUnavailable, Fix
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """An NVIDIA GPU as engines name it in their cache keys.
+
+    name:               e.g. 'NVIDIA GeForce RTX 4090'.
+    compute_capability: e.g. '8.9'.
+    """
+
+    name: str
+    compute_capability: str
+
+
+def cuda_gpu(device: torch.device) -> Gpu:
+    major, minor = torch.cuda.get_device_capability(device)
+    return Gpu(torch.cuda.get_device_name(device), f"{major}.{minor}")
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver, i.e. whether installing GPU packages can help."""
+    return NVIDIA_DRIVER_FILE.is_file() or shutil.which("nvidia-smi") is not None
+
+
+def no_cuda_reason() -> str:
+    """Why PyTorch sees no NVIDIA GPU, with the one step that helps (none where no GPU exists)."""
+    if not nvidia_driver_present():
+        return "this machine has no NVIDIA GPU (no NVIDIA driver found)"
+    if torch.version.cuda is None:
+        return (f"this PyTorch ({torch.__version__}) is a CPU build: install a CUDA build that matches your "
+                "driver (https://pytorch.org/get-started/locally/)")
+    return (f"PyTorch (CUDA {torch.version.cuda}) sees no GPU although an NVIDIA driver is installed: "
+            "`nvidia-smi` shows whether the driver works and which CUDA version it supports")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,11 +57,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(
-            "CUDA was requested but PyTorch sees no NVIDIA GPU (torch "
-            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Install a CUDA build of "
-            "PyTorch that matches your driver (https://pytorch.org/get-started/locally/).", fix=Fix.CPU_DEVICE
-        )
+        raise BackendUnavailable(f"CUDA was requested but {no_cuda_reason()}.", fix=Fix.CPU_DEVICE)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise BackendUnavailable("MPS (Apple GPU) was requested but is not available.", fix=Fix.CPU_DEVICE)
     return device

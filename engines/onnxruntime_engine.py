@@ -48,14 +48,20 @@ def import_onnxruntime(device: torch.device) -> ModuleType:
     return onnxruntime
 
 
-def check_provider(ort: ModuleType, provider: str, device: torch.device) -> None:
-    """BackendUnavailable unless `provider` ('cpu', 'cuda', 'tensorrt') can serve `device`."""
+def check_provider_device(provider: str, device: torch.device) -> None:
+    """BackendUnavailable unless `provider` ('cpu', 'cuda', 'tensorrt') is one for `device` (checked
+    before onnxruntime is imported, so that no install is suggested where it cannot help)."""
     if provider not in PROVIDER_NAMES:
         raise BackendUnavailable(f"unknown ONNX Runtime provider {provider!r}; "
                                  f"choose one of {', '.join(PROVIDER_NAMES)}")
     if (provider == "cpu") != (device.type == "cpu"):
         needs = "the CPU" if provider == "cpu" else "an NVIDIA GPU"
         raise BackendUnavailable(f"ONNX Runtime's {provider} provider needs {needs}, not {device}")
+
+
+def check_provider(ort: ModuleType, provider: str, device: torch.device) -> None:
+    """BackendUnavailable unless `provider` ('cpu', 'cuda', 'tensorrt') can serve `device`."""
+    check_provider_device(provider, device)
     if PROVIDER_NAMES[provider] not in ort.get_available_providers():
         raise BackendUnavailable(
             f"this onnxruntime ({ort.__version__}) has no {PROVIDER_NAMES[provider]}: "

@@ -9,7 +9,9 @@ precision constraints, matched by the module path that every exported node name 
   source encoder runs once per avatar, so its precision costs nothing per frame.
 - inside the renderer, the flow heads (`ToFlow`: flow, mask, grid sampling of the fp32 source
   features, and the flow accumulated across scales) stay fp32, as peers do; they are a 1x1 conv
-  to 3 channels per scale, so this costs little.
+  to 3 channels per scale, so this costs little. Their styles stay fp32 too: the decoder computes
+  every layer's style from the fp16 latent before the stages run (`Decoder.styles`), outside the
+  flow heads' own forward, so the style layer casts the latent itself.
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ def _flow_outputs_to_half(module: nn.Module, args: tuple, outputs: tuple) -> tup
 
 
 def half_model(model: LIAX) -> LIAX:
-    """A copy of `model` in fp16 whose flow heads compute in fp32 (the original is not touched)."""
+    """A copy of `model` in fp16 whose flow heads compute in fp32 (the original is not touched).
+
+    `model` must not be folded for inference: folded styles are computed together, in one dtype.
+    """
+    assert model.dec.bank is None, "half_model takes an unfolded model (export it before an engine folds it)"
     model = copy.deepcopy(model).half()
     for path, module in model.named_modules():
         if isinstance(module, ToFlow):
             assert keeps_fp32(path), f"{path} is a flow head outside {FP32_MODULE_PREFIXES}"
             module.float()
             module.register_forward_pre_hook(_inputs_to_fp32)
+            module.conv.modulation.register_forward_pre_hook(_inputs_to_fp32)
             module.register_forward_hook(_flow_outputs_to_half)
     return model

@@ -65,8 +65,9 @@ def check_onnx(path: Path) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as error:
-        raise EngineError(f"the exported graph {path} is not valid ONNX: {error}") from error
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise EngineError(f"the exported graph {path} is not valid ONNX: {error}. The export is broken; "
+                          "please report this.") from error
 
 
 def run_onnx_cpu(path: Path, spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

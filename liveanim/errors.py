@@ -24,6 +24,9 @@ class Fix(Enum):
     FP16 = "Or use --precision fp16 (half the memory)."
     TORCH_ENGINE = "Use --engine torch."
     OTHER_ENGINE = "Or use --engine onnxruntime or --engine torch."
+    BUILD_FOR_OTHER_GPUS = "build-engines --engine tensorrt-rtx --gpu-target CC builds engines for other machines."
+    TENSORRT_OR_TORCH = ("Use --engine tensorrt or torch on this GPU; build-engines --gpu-target CC still builds "
+                         "engines for others here.")
 
 
 class LiveAnimError(Exception):

@@ -71,3 +71,15 @@ def assert_image_close(actual: torch.Tensor, expected: np.ndarray) -> None:
     mean = diff.mean().item()
     p999 = torch.quantile(diff[:: max(1, diff.numel() // 10_000_000)], 0.999).item()
     assert mean <= 1e-3 and p999 <= 5e-2, f"mean abs {mean:.2e}, p99.9 {p999:.2e}"
+
+
+@pytest.fixture(scope="session")
+def seeded_fp16_export(tmp_path_factory) -> Path:
+    """README's `main.py export --out DIR --precision fp16` at width 0.125 with seeded weights (the
+    export checks itself: onnx.checker, then ONNX Runtime against PyTorch fp32). Shared by the
+    export and engine tests: exporting takes a minute on the CPU."""
+    from liveanim.cli import main
+
+    folder = tmp_path_factory.mktemp("seeded-fp16")
+    assert main(["export", "--seeded", "0.125", "--out", str(folder), "--precision", "fp16"]) == 0
+    return folder

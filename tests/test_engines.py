@@ -1,6 +1,9 @@
-"""Engines: ONNX Runtime against the golden file, selection and fallback, cache keys, the benchmark.
+"""Engines: ONNX Runtime against the golden file, selection and fallback, cache keys, the benchmark,
+TensorRT for RTX's builds.
 
-TensorRT and GPU tests run only where tensorrt / CUDA are present (skipped here with the reason).
+TensorRT for RTX builds engines without a GPU: its builds run here for real. Running any TensorRT
+engine, and the GPU tests, need CUDA (skipped here with the reason); where a test needs a GPU only
+to be named (selection, messages), PyTorch's answers about the GPU are faked (`fake_gpu`).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import pytest
 import torch
 
 import export
-from engines import EngineConfig, create_engine, export_folder
+from engines import BACKENDS, EngineConfig, auto_order, build_for_targets, create_engine, export_folder
 from engines.base import FEATURE_NAMES, Engine, Tensors
 from engines.bench import BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table, run_bench
 from engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
                            seeded_fingerprint, stale_reason)
+from engines.devices import Gpu, cuda_gpu
 from engines.onnxruntime_engine import PROVIDER_NAMES
+from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache
 from engines.torch_engine import TorchEngine
 from export.verify import TOLERANCES, Tolerance, errors, within
-from liveanim.errors import BackendUnavailable, UsageError
+from liveanim.errors import BackendUnavailable, EngineError, UsageError
 from liveanim.pipeline.animator import Animator
 from tests.conftest import assert_image_close
 
@@ -99,22 +104,100 @@ def test_onnxruntime_outputs_by_name_float32(golden_engine, golden_model):
 
 # -- selection and fallback ---------------------------------------------------------------------
 
-def test_auto_on_a_cpu_machine_falls_back_to_torch_and_says_why(caplog, tiny_model):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: auto would pick a GPU backend")
+@pytest.fixture
+def no_nvidia_driver(monkeypatch):
+    """This machine as it is: no NVIDIA driver (also on a developer's GPU machine)."""
+    monkeypatch.setattr("engines.devices.nvidia_driver_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """PyTorch reports a GPU of this name and compute capability: for selection and its messages
+    only, nothing runs on it."""
+    def install(name: str, capability: tuple[int, int]) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    return install
+
+
+def test_auto_on_a_cpu_machine_says_in_one_line_why_torch(caplog, tiny_model, no_nvidia_driver):
+    """No per-backend chatter and no install that cannot help on a machine without a GPU."""
     with caplog.at_level(logging.INFO, logger="engines"):
         engine = create_engine(EngineConfig(device="auto", seeded=True, width=0.125), model=tiny_model)
     assert isinstance(engine, TorchEngine) and engine.device.type == "cpu"
     log = caplog.text
-    assert "skipping tensorrt" in log and ("pip install tensorrt" in log or "NVIDIA GPU" in log)
-    assert "skipping onnxruntime:tensorrt" in log
+    assert "engine auto: torch on cpu, since the exported engines (tensorrt, tensorrt-rtx, onnxruntime:tensorrt) " \
+           "need an NVIDIA GPU and this machine has no NVIDIA GPU" in log
+    assert "pip install" not in log and "skipping" not in log
     assert "engine: torch on cpu (fp32)" in log
 
 
-def test_explicit_tensorrt_without_tensorrt_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
-    with pytest.raises(BackendUnavailable, match=r"pip install tensorrt-cu\d+"):
-        create_engine(EngineConfig(backend="tensorrt", seeded=True, width=0.125))
+@pytest.mark.parametrize("backend", ["tensorrt", "tensorrt-rtx", "onnxruntime:tensorrt"])
+def test_gpu_engines_on_a_machine_without_a_gpu_suggest_no_install(backend, no_nvidia_driver):
+    with pytest.raises(BackendUnavailable) as raised:
+        create_engine(EngineConfig(backend=backend, seeded=True, width=0.125))
+    message = str(raised.value)
+    assert "pip install" not in message and ("no NVIDIA GPU" in message or "needs an NVIDIA GPU" in message), message
+
+
+def test_device_cuda_advice_follows_what_the_machine_has(monkeypatch, no_nvidia_driver):
+    """Without an NVIDIA driver no install helps; with one, a CPU build of PyTorch is the fix."""
+    with pytest.raises(BackendUnavailable) as raised:
+        create_engine(EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125))
+    assert "no NVIDIA GPU" in str(raised.value) and "install" not in str(raised.value).lower()
+    monkeypatch.setattr("engines.devices.nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(BackendUnavailable, match=r"CPU build: install a CUDA build .*pytorch.org"):
+        create_engine(EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125))
+
+
+@pytest.mark.parametrize("backend, module, command", [("tensorrt", "tensorrt", r"pip install tensorrt-cu\d+"),
+                                                      ("tensorrt-rtx", "tensorrt_rtx", "pip install tensorrt-rtx")])
+def test_explicit_tensorrt_without_the_library_says_how_to_install(backend, module, command, monkeypatch, fake_gpu):
+    fake_gpu("NVIDIA GeForce RTX 4090", (8, 9))
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(BackendUnavailable, match=command):
+        create_engine(EngineConfig(backend=backend, seeded=True, width=0.125))
+
+
+def test_tensorrt_rtx_on_a_gpu_it_does_not_run_on_says_what_to_use(fake_gpu):
+    """The H200 (compute capability 9.0): TensorRT for RTX builds there but refuses to run."""
+    fake_gpu("NVIDIA H200", (9, 0))
+    with pytest.raises(BackendUnavailable) as raised:
+        create_engine(EngineConfig(backend="tensorrt-rtx", seeded=True, width=0.125))
+    message = str(raised.value)
+    assert "does not run on NVIDIA H200 (compute capability 9.0)" in message and "8.9" in message
+    assert "--engine tensorrt or torch" in message and "pip install" not in message
+
+
+@pytest.mark.parametrize("name, capability, first", [
+    ("NVIDIA GeForce RTX 4090", "8.9", "tensorrt-rtx"), ("NVIDIA GeForce RTX 5080", "12.0", "tensorrt-rtx"),
+    ("NVIDIA RTX A6000", "8.6", "tensorrt-rtx"), ("NVIDIA GeForce RTX 2080 Ti", "7.5", "tensorrt-rtx"),
+    ("NVIDIA H200", "9.0", "tensorrt"), ("NVIDIA A100-SXM4-80GB", "8.0", "tensorrt"), ("NVIDIA L4", "8.9", "tensorrt"),
+    ("NVIDIA GeForce GTX 1080", "6.1", "tensorrt")])
+def test_auto_order_follows_the_gpu_family(name, capability, first):
+    order = auto_order(Gpu(name, capability))
+    assert order[0] == first and set(order[:2]) == {"tensorrt", "tensorrt-rtx"}
+    assert order[2:] == ("onnxruntime:tensorrt", "torch")
+
+
+def test_auto_on_a_datacenter_gpu_logs_each_skip_once_and_falls_back(caplog, monkeypatch, fake_gpu, tiny_model):
+    """An H200 without TensorRT and with the CPU build of onnxruntime: each faster engine is skipped
+    once, at INFO, saying why; TensorRT for RTX's message is the fallback, not an install."""
+    fake_gpu("NVIDIA H200", (9, 0))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr("engines.torch_engine.TorchEngine", lambda config, device, model: _ConstantEngine())
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = create_engine(EngineConfig(seeded=True, width=0.125), model=tiny_model)
+    assert engine.name == "constant"
+    skips = [r for r in caplog.records if "engine auto: skipping" in r.getMessage()]
+    assert [r.getMessage().split()[3].rstrip(":") for r in skips] == ["tensorrt", "tensorrt-rtx",
+                                                                      "onnxruntime:tensorrt"]
+    assert all(r.levelno == logging.INFO for r in skips)
+    rtx = skips[1].getMessage()
+    assert "does not run on NVIDIA H200 (compute capability 9.0)" in rtx and "pip install" not in rtx
 
 
 def test_explicit_onnxruntime_without_onnxruntime_says_how_to_install(monkeypatch):
@@ -132,6 +215,20 @@ def test_onnxruntime_gpu_provider_on_the_cpu_is_unavailable():
 def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precision, message):
     with pytest.raises(BackendUnavailable, match=message):
         create_engine(dataclasses.replace(CPU_ORT, precision=precision, seeded=True, width=0.125))
+
+
+def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
+    from liveanim.cli import build_parser
+    from ui.engine_selector import EngineSelector
+
+    parser = build_parser()
+    for backend in BACKENDS:
+        assert parser.parse_args(["live", "--engine", backend]).engine == backend
+        assert parser.parse_args(["build-engines", "--engine", backend]).engine == backend
+    selector = EngineSelector("tensorrt-rtx", "fp16")
+    qtbot.addWidget(selector)
+    assert [selector.backend.itemText(i) for i in range(selector.backend.count())] == ["auto", *BACKENDS]
+    assert selector.choice() == ("tensorrt-rtx", "fp16")
 
 
 def test_unknown_backend_is_a_usage_error():
@@ -180,6 +277,143 @@ def test_stale_engine_detection(tmp_path):
     other_gpu = dataclasses.replace(KEY, gpu_name="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
     reason = stale_reason(files, other_gpu)
     assert "another setup" in reason and "A100" in reason and "compute capability '9.0' -> '8.0'" in reason
+
+
+def test_tensorrt_rtx_engines_serve_every_compute_capability_they_were_built_for():
+    portable = dataclasses.replace(KEY, gpu_name="", compute_capability="8.6,8.9,12.0")
+    for wanted in ("8.9", "12.0", "8.6,12.0"):
+        assert dataclasses.replace(portable, compute_capability=wanted).differences(portable) == []
+    assert dataclasses.replace(portable, compute_capability="7.5").differences(portable) == [
+        "compute capability '8.6,8.9,12.0' -> '7.5'"]
+
+
+def test_runtime_caches_are_kept_per_gpu_library_and_export(tmp_path):
+    files = EngineFiles.of(tmp_path, "renderer-fp16")
+    names = {files.runtime_cache(dataclasses.replace(KEY, **change)).name for change in (
+        {}, {"gpu_name": "NVIDIA GeForce RTX 4080"}, {"compute_capability": "8.6"}, {"trt_version": "1.8.0"},
+        {"onnx_sha256": "c" * 64})}
+    assert len(names) == 5 and all(n.startswith("renderer-fp16.runtime-") and n.endswith(".cache") for n in names)
+
+
+class _FakeRuntimeCache:
+    """The three calls our runtime cache makes of TensorRT for RTX's (which needs a GPU)."""
+
+    def __init__(self, compatible: bool):
+        self.compatible, self.loaded = compatible, b""
+
+    def deserialize(self, data: bytes) -> bool:
+        self.loaded = bytes(data)
+        return self.compatible
+
+    def serialize(self) -> bytes:
+        return b"kernels for " + (self.loaded or b"nothing yet")
+
+
+class _FakeEngine:
+    def __init__(self, compatible: bool):
+        self.cache = _FakeRuntimeCache(compatible)
+        self.config = None
+
+    def create_runtime_config(self):
+        engine = self
+
+        class Config:
+            def create_runtime_cache(self):
+                return engine.cache
+
+            def set_runtime_cache(self, cache):
+                engine.config = cache
+                return True
+        return Config()
+
+    def create_execution_context(self, config):
+        return ("context", config)
+
+
+def test_runtime_cache_is_loaded_at_start_and_written_at_close(tmp_path, caplog):
+    path = tmp_path / "renderer-fp16.runtime-0123.cache"
+    first, engine = _RuntimeCache(path), _FakeEngine(compatible=True)
+    first.context(engine)
+    assert engine.config is engine.cache and not path.exists()
+    first.save()
+    assert path.read_bytes() == b"kernels for nothing yet"
+    again, engine = _RuntimeCache(path), _FakeEngine(compatible=True)
+    again.context(engine)
+    assert engine.cache.loaded == b"kernels for nothing yet"
+    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+        _RuntimeCache(path).context(_FakeEngine(compatible=False))
+    assert "does not fit this GPU, driver or library; compiling anew" in caplog.text
+
+
+# -- TensorRT for RTX builds (no GPU needed) -----------------------------------------------------
+
+@pytest.fixture
+def rtx_cache(seeded_fp16_export, tmp_path) -> Path:
+    """An engine cache holding the seeded width-0.125 fp16 export where the engines look for it."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
+    folder = export_dir(tmp_path, seeded_fingerprint(0.125, 0), "fp16")
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(seeded_fp16_export, target_is_directory=True)
+    return tmp_path
+
+
+def test_tensorrt_rtx_builds_engines_for_named_gpus_without_a_gpu(rtx_cache, caplog):
+    """README's `build-engines --engine tensorrt-rtx --gpu-target 8.6`: real engines on a machine
+    without a GPU, keyed by export, compute capability and library version; a second build finds
+    them; an engine of another library version is rebuilt, with a message."""
+    import tensorrt_rtx
+
+    from engines import tensorrt_engine
+    from liveanim.cli import main
+
+    with caplog.at_level(logging.INFO):
+        assert main(["build-engines", "--engine", "tensorrt-rtx", "--gpu-target", "8.6", "--precision", "fp16",
+                     "--seeded", "0.125", "--cache-dir", str(rtx_cache)]) == 0
+    assert "ready for compute capability 8.6: source_encoder-fp32.engine" in caplog.text
+    folder = rtx_cache / "tensorrt-rtx" / "seeded-w0.125-s0-fp16"
+    assert sorted(p.name for p in folder.glob("*.engine")) == [
+        "motion_encoder-fp32.engine", "renderer-fp16.engine", "source_encoder-fp32.engine"]
+    assert (folder / "renderer-fp16.engine").stat().st_size > 1_000_000
+    key_file = folder / "renderer-fp16.json"
+    key = EngineKey.from_json(key_file.read_text())
+    assert (key.gpu_name, key.compute_capability, key.trt_version, key.precision) == (
+        "", "8.6", tensorrt_rtx.__version__, "fp16")
+    exported = export_dir(rtx_cache, seeded_fingerprint(0.125, 0), "fp16")
+    assert key.onnx_sha256 == export.read_manifest(exported).graphs["renderer"].sha256
+    config = EngineConfig(backend="tensorrt-rtx", precision="fp16", seeded=True, width=0.125, cache_dir=rtx_cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tensorrt_engine._Builder, "_serialized", _fail_if_called)
+        build_for_targets(config, ("8.6",))
+    key_file.write_text(dataclasses.replace(key, trt_version="1.0.0").to_json())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+        build_for_targets(config, ("8.6",))
+    assert f"built for another setup: trt version '1.0.0' -> '{tensorrt_rtx.__version__}'" in caplog.text
+    assert caplog.text.count("building the TensorRT for RTX") == 1, "only the stale engine is rebuilt"
+    with pytest.raises(UsageError, match="not 9.0"):
+        build_for_targets(config, ("9.0",))
+    with pytest.raises(UsageError, match="--gpu-target is for tensorrt-rtx"):
+        build_for_targets(dataclasses.replace(config, backend="tensorrt"), ("8.6",))
+
+
+def test_tensorrt_rtx_names_what_it_could_not_parse(tmp_path):
+    """A graph with an operator it does not know: the error names the file and the operator."""
+    import onnx
+    from onnx import helper
+
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
+    from engines.tensorrt_engine import TensorRTOptions, _Builder
+    from export.contract import GraphSpec, TensorSpec
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"])], "odd", [x], [y])
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    builder = _Builder(TENSORRT_RTX, trt, tmp_path / "engines", TensorRTOptions(targets=("8.9",)), gpu=None)
+    spec = GraphSpec("odd", (TensorSpec("x", (1, 4)),), (TensorSpec("y", (1, 4)),))
+    with pytest.raises(EngineError, match=r"TensorRT for RTX could not parse .*odd.onnx.*Frobnicate"):
+        builder.built(path, spec, "0" * 64, "fp32")
 
 
 def test_fingerprints():
@@ -474,28 +708,34 @@ def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_refere
     _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES["fp32"])
 
 
+@pytest.mark.parametrize("backend", ["tensorrt", "tensorrt-rtx"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(precision, tiny_model, tiny_inputs, tmp_path, caplog,
-                                                               request):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(backend, precision, tiny_model, tiny_inputs, tmp_path,
+                                                               caplog, request):
+    library = LIBRARIES[backend]
+    pytest.importorskip(library.module, reason=f"{library.title} is not installed")
     if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs an NVIDIA GPU")
+        pytest.skip(f"{library.title} runs on an NVIDIA GPU")
+    if not library.runs(cuda_gpu(torch.device("cuda"))):
+        pytest.skip(f"{library.title} does not run on {torch.cuda.get_device_name()}")
     from engines import tensorrt_engine
 
     cpu_reference = request.getfixturevalue("cpu_reference")
-    config = EngineConfig(backend="tensorrt", device="cuda", precision=precision, seeded=True, width=0.125,
+    config = EngineConfig(backend=backend, device="cuda", precision=precision, seeded=True, width=0.125,
                           cache_dir=tmp_path)
     engine = create_engine(config, model=tiny_model)
     _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES[precision])
     engine.close()
+    if library.jit:
+        assert list((tmp_path / backend).rglob("renderer-*.runtime-*.cache")), "the kernels compiled are kept"
     with pytest.MonkeyPatch.context() as patch:  # cached: no build
-        patch.setattr(tensorrt_engine._Builder, "_build", _fail_if_called)
+        patch.setattr(tensorrt_engine._Builder, "_serialized", _fail_if_called)
         create_engine(config, model=tiny_model).close()
-    key_file = next((tmp_path / "tensorrt").rglob("renderer-*.json"))
-    key_file.write_text(key_file.read_text().replace('"gpu_name": "', '"gpu_name": "another '))
+    key_file = next((tmp_path / backend).rglob("renderer-*.json"))
+    key_file.write_text(key_file.read_text().replace('"trt_version": "', '"trt_version": "0.'))
     with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
         engine = create_engine(config, model=tiny_model)
-    assert "built for another setup" in caplog.text and "gpu name" in caplog.text
+    assert "built for another setup" in caplog.text and "trt version" in caplog.text
     batch = engine.encode_motion({"image": torch.zeros(6, 3, 512, 512, device="cuda")})["alpha"]
     assert batch.shape == (6, 40), "batches beyond the profile are split"
 
@@ -530,11 +770,11 @@ def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     assert seen == [4, 1, 4]
 
 
-def test_build_engines_prepares_the_torch_engine(caplog):
-    """`build-engines --engine torch` runs a first frame (on CUDA: compiles into Inductor's cache)."""
+def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_driver):
+    """`build-engines` on a machine without a GPU: the torch engine auto picks, in fp32, with no
+    install suggested (it used to fail asking for TensorRT)."""
     from liveanim.cli import main
 
-    with caplog.at_level(logging.INFO, logger="liveanim.cli.build_engines"):
-        assert main(["build-engines", "--engine", "torch", "--device", "cpu", "--seeded", "0.125",
-                     "--precision", "fp32"]) == 0
-    assert "ready: torch on cpu (fp32)" in caplog.text
+    with caplog.at_level(logging.INFO):
+        assert main(["build-engines", "--seeded", "0.125"]) == 0
+    assert "ready: torch on cpu (fp32)" in caplog.text and "pip install" not in caplog.text

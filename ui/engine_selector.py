@@ -5,9 +5,10 @@ from __future__ import annotations
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
+from engines import BACKENDS as ENGINE_BACKENDS
 from engines.base import PRECISIONS
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", *ENGINE_BACKENDS)
 
 
 class EngineSelector(QWidget):

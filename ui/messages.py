@@ -21,6 +21,8 @@ WINDOW_FIXES: dict[Fix, str] = {
     Fix.FP16: "Or choose fp16 in the toolbar's Precision list (half the memory).",
     Fix.TORCH_ENGINE: "Choose torch in the toolbar's Engine list.",
     Fix.OTHER_ENGINE: "Or choose onnxruntime or torch in the toolbar's Engine list.",
+    Fix.BUILD_FOR_OTHER_GPUS: "",
+    Fix.TENSORRT_OR_TORCH: "Choose tensorrt or torch in the toolbar's Engine list.",
 }
 
 

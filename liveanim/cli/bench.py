@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_weights_options(parser)
     parser.add_argument("--engines", default="", metavar="LIST",
                         help="comma-separated: torch, torch+graphs, torch+compile, torch+compile+graphs, onnxruntime, "
-                             "onnxruntime:cpu|cuda|tensorrt, tensorrt (default: all for the device)")
+                             "onnxruntime:cpu|cuda|tensorrt, tensorrt, tensorrt-rtx (default: all for the device)")
     parser.add_argument("--precisions", default=",".join(BenchConfig.precisions), metavar="LIST",
                         help=f"comma-separated (default {','.join(BenchConfig.precisions)})")
     parser.add_argument("--frames", type=int, default=BenchConfig.frames, help="timed frames per case")

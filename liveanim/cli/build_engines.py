@@ -1,9 +1,11 @@
 """`python main.py build-engines`: export and build the fast engines now, not on the first run.
 
-TensorRT engines take minutes to build and only run on the GPU and TensorRT version they were
-built with; this command builds them (or finds them up to date) and reports what it did. For the
-torch engine it compiles the per-frame graphs into Inductor's cache (minutes on a new GPU or
-PyTorch), so that the first live start afterwards takes seconds.
+By default it prepares the engine `auto` picks on this machine. TensorRT engines take minutes to
+build and only run on the GPU and TensorRT version they were built with; TensorRT for RTX engines
+run on every GPU of the compute capabilities they were built for, and `--gpu-target` builds them
+for GPUs this machine does not have (no GPU is needed for that). For the torch engine it compiles
+the per-frame graphs into Inductor's cache (minutes on a new GPU or PyTorch), so that the first
+live start afterwards takes seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 
 import torch
 
-from engines import FEATURE_NAMES, Engine, create_engine
+from engines import BACKENDS, FEATURE_NAMES, Engine, build_for_targets, create_engine
+from engines.onnxruntime_engine import GPU_PROVIDERS
 from export.graphs import smooth_images
 from liveanim.cli.export import add_weights_options, weights_config
 
@@ -26,19 +29,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build-engines", help="export the model and build the TensorRT / ONNX Runtime engines, or compile torch's",
         description="Export the model (if needed) and build the engine for this GPU, so that the app starts fast.")
     add_weights_options(parser)
-    parser.add_argument("--engine", default="tensorrt",
-                        choices=["auto", "tensorrt", "onnxruntime", "onnxruntime:tensorrt", "onnxruntime:cuda", "torch"],
-                        help="which engine to build (default tensorrt; torch: compile its graphs for this GPU)")
+    parser.add_argument("--engine", default="auto",
+                        choices=["auto", *BACKENDS, *(f"onnxruntime:{provider}" for provider in GPU_PROVIDERS)],
+                        help="which engine to build (default: the one auto picks here; torch: compile its graphs "
+                             "for this GPU)")
     parser.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=None,
-                        help="repeatable (default: fp16 and fp32)")
+                        help="repeatable (default: fp16 and fp32 on an NVIDIA GPU, fp32 elsewhere)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: the GPU")
+    parser.add_argument("--gpu-target", action="append", default=[], metavar="CC",
+                        help="tensorrt-rtx: build, without running them, engines for GPUs of this compute capability "
+                             "(repeatable: 7.5, 8.0, 8.6, 8.9, 12.0, 12.1; one engine serves all those given); "
+                             "no GPU is needed")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    for precision in args.precision or ["fp16", "fp32"]:
+    default = ["fp16", "fp32"] if torch.cuda.is_available() and args.device != "cpu" else ["fp32"]
+    for precision in args.precision or default:
         config = weights_config(args, backend=args.engine, device=args.device, precision=precision)
         started = time.perf_counter()
+        if args.gpu_target:
+            files = build_for_targets(config, tuple(args.gpu_target))
+            log.info("ready for compute capability %s: %s (%.0f s)", ", ".join(args.gpu_target),
+                     ", ".join(f"{path.name} {path.stat().st_size / 1e6:.1f} MB" for path in files.values()),
+                     time.perf_counter() - started)
+            continue
         engine = create_engine(config)
         try:
             _first_frame(engine)  # ONNX Runtime's TensorRT provider builds on the first run

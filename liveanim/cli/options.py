@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engines import EngineConfig, create_engine
+from engines import BACKENDS, EngineConfig, create_engine
 from liveanim.errors import UsageError
 from liveanim.motion.dials import DIALS, direction_index, edit_vector, parse_assignments
 from liveanim.motion.limits import LIMITS
@@ -23,7 +23,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and engine")
     group.add_argument("--weights", type=Path, default=None,
                        help="local lia-x.pt or .safetensors (default: download once into the cache)")
-    group.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+    group.add_argument("--engine", default="auto", choices=["auto", *BACKENDS],
                        help="inference backend (default: the fastest this machine has)")
     group.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
                        help="compute device (default: CUDA, then MPS, then CPU)")
