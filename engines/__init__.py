@@ -23,7 +23,7 @@ import torch
 
 from engines.base import FEATURE_NAMES, Engine, EngineConfig, Tensors
 from engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
-from liveanim.errors import BackendUnavailable, EngineError, UsageError
+from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weig
                                             check_provider_device, import_onnxruntime)
 
     if device.type not in ("cpu", "cuda"):
-        raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}; "
-                                 "use --engine torch.")
+        raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}.",
+                                 fix=Fix.TORCH_ENGINE)
     if provider:
         check_provider_device(provider, device)
     ort = import_onnxruntime(device)
@@ -186,9 +186,8 @@ def _tensorrt(backend: str, config: EngineConfig, weights: _Weights) -> Engine:
     library = LIBRARIES[backend]
     device = resolve_device(config.device)
     if device.type != "cuda":
-        build = " (build-engines --engine tensorrt-rtx --gpu-target CC builds engines for other machines)"
-        raise BackendUnavailable(f"{library.title} needs an NVIDIA GPU to run and {no_cuda_reason()}"
-                                 f"{build if library.jit else ''}.")
+        raise BackendUnavailable(f"{library.title} needs an NVIDIA GPU to run and {no_cuda_reason()}.",
+                                 fix=Fix.BUILD_FOR_OTHER_GPUS if library.jit else None)
     library.check_gpu(cuda_gpu(device))
     trt = import_library(library)
     _check_exported_precision(config.precision, device)
@@ -221,8 +220,8 @@ def _check_exported_precision(precision: str, device: torch.device) -> None:
 
     resolve_dtype(precision, device)
     if precision not in EXPORT_PRECISIONS:
-        raise BackendUnavailable(f"{precision} runs with --engine torch only; exported engines are "
-                                 f"{' or '.join(EXPORT_PRECISIONS)}.")
+        raise BackendUnavailable(f"{precision} runs on the torch engine only; exported engines are "
+                                 f"{' or '.join(EXPORT_PRECISIONS)}.", fix=Fix.TORCH_ENGINE)
 
 
 def _cache_root(config: EngineConfig) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from liveanim.errors import BackendUnavailable
+from liveanim.errors import BackendUnavailable, Fix
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
@@ -57,9 +57,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"CUDA was requested but {no_cuda_reason()}. --device cpu runs without a GPU.")
+        raise BackendUnavailable(f"CUDA was requested but {no_cuda_reason()}.", fix=Fix.CPU_DEVICE)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise BackendUnavailable("MPS (Apple GPU) was requested but is not available; use --device cpu.")
+        raise BackendUnavailable("MPS (Apple GPU) was requested but is not available.", fix=Fix.CPU_DEVICE)
     return device
 
 
@@ -68,5 +68,5 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPES)}")
     if precision != "fp32" and device.type == "cpu":
-        raise BackendUnavailable(f"{precision} needs a GPU; on the CPU use --precision fp32.")
+        raise BackendUnavailable(f"{precision} needs a GPU.", fix=Fix.FP32)
     return DTYPES[precision]

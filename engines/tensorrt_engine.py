@@ -45,7 +45,7 @@ from export.contract import (
 )
 from export.manifest import read_manifest
 from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
-from liveanim.errors import BackendUnavailable, EngineError, UsageError
+from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class TensorRTLibrary:
         if not self.runs(gpu):
             raise BackendUnavailable(
                 f"{self.title} does not run on {gpu.name} (compute capability {gpu.compute_capability}); it runs on "
-                f"{', '.join(self.runs_on)} ({self.gpus}). Use --engine "
-                "tensorrt or torch on this GPU; build-engines --gpu-target CC still builds engines for others here.")
+                f"{', '.join(self.runs_on)} ({self.gpus}).", fix=Fix.TENSORRT_OR_TORCH)
 
 
 TENSORRT = TensorRTLibrary("tensorrt", "tensorrt", "TensorRT", jit=False)
@@ -123,8 +122,8 @@ def import_library(library: TensorRTLibrary) -> ModuleType:
     try:
         return importlib.import_module(library.module)
     except ImportError:
-        raise BackendUnavailable(f"{library.title} is not installed: {library.install_command()} "
-                                 "(or use --engine onnxruntime / torch)") from None
+        raise BackendUnavailable(f"{library.title} is not installed: {library.install_command()}.",
+                                 fix=Fix.OTHER_ENGINE) from None
 
 
 def import_tensorrt() -> ModuleType:

@@ -34,7 +34,7 @@ from engines.base import FEATURE_NAMES, Engine, EngineConfig, Tensors
 from engines.devices import resolve_dtype
 from engines.loading import load_model
 from export.contract import shared_source
-from liveanim.errors import BackendUnavailable, EngineError
+from liveanim.errors import BackendUnavailable, EngineError, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
@@ -55,7 +55,7 @@ GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3,
 COMPILED_BATCH = 8
 
 
-MEMORY_ADVICE = "Close other programs that use the GPU, or use --precision fp16 (half the memory)."
+MEMORY_ADVICE = "Close other programs that use the GPU."  # followed by Fix.FP16: half precision, half the memory
 
 
 def gpu_memory_status(device: torch.device) -> str:
@@ -66,7 +66,8 @@ def gpu_memory_status(device: torch.device) -> str:
 
 def out_of_memory(device: torch.device, doing: str) -> EngineError:
     """The error for a GPU that ran out of memory, with how much it has and what helps."""
-    return EngineError(f"the GPU ran out of memory {doing} ({gpu_memory_status(device)}). {MEMORY_ADVICE}")
+    return EngineError(f"the GPU ran out of memory {doing} ({gpu_memory_status(device)}). {MEMORY_ADVICE}",
+                       fix=Fix.FP16)
 
 
 class TorchEngine(Engine):

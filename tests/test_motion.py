@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from liveanim.motion.controller import MotionConfig, MotionController
-from liveanim.motion.dials import DIALS_BY_NAME
+from liveanim.motion.dials import DIALS_BY_NAME, check_intensity, direction_index, edit_vector
 from liveanim.motion.filters import OneEuroConfig, OneEuroFilter, SmoothingRange
 from liveanim.motion.neutral import NeutralConfig, NeutralReference
 
@@ -143,3 +143,48 @@ def test_edit_travels_beside_the_motion():
     np.testing.assert_array_equal(ctrl.edit, edit)
     with pytest.raises(ValueError, match="40 numbers"):
         ctrl.set_edit(np.zeros(3))
+
+
+# --- the one rule for values that move the avatar (liveanim.motion.limits) ---------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 0.6, -0.51, "0.2", True, None])
+def test_a_dial_offset_outside_its_range_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=r"dial 'yaw1' must be a number from -0.5 to 0.5"):
+        edit_vector({"yaw1": value})
+
+
+def test_raw_directions_keep_to_the_same_range_also_when_added_to_a_dial():
+    with pytest.raises(ValueError, match=r"direction 5 must be a number from -0.5 to 0.5, got nan"):
+        edit_vector(directions={5: float("nan")})
+    yaw2 = DIALS_BY_NAME["yaw2"].index
+    with pytest.raises(ValueError, match=rf"dial 'yaw2' \(direction {yaw2}\) .* got 0.8"):
+        edit_vector({"yaw2": 0.4}, {yaw2: 0.4})
+    edit = edit_vector({"yaw2": 0.5}, {3: -0.5})
+    assert edit.dtype == np.float32 and edit[yaw2] == 0.5 and edit[3] == -0.5
+
+
+@pytest.mark.parametrize("text", ["-1", "40", "5.0", " 5", "x", "", "1e1", "٣"])
+def test_a_direction_is_a_plain_index_of_the_dictionary(text):
+    with pytest.raises(ValueError, match="directions are the numbers 0..39"):
+        direction_index(text)
+    assert direction_index("39") == 39 and direction_index("0") == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 2.5])
+def test_an_intensity_outside_0_to_2_is_refused_and_never_reaches_the_motion(value):
+    with pytest.raises(ValueError, match="the head intensity must be a number from 0 to 2"):
+        check_intensity({"head": value})
+    ctrl = controller()
+    with pytest.raises(ValueError, match="head intensity"):
+        ctrl.set_intensity("head", value)
+    assert ctrl.intensity["head"] == 1.0
+    np.testing.assert_array_equal(ctrl.update(np.ones(DIM, np.float32), 0.0), np.zeros(DIM))
+
+
+@pytest.mark.parametrize("value", [float("nan"), -0.01, 1.5])
+def test_smoothing_outside_0_to_1_is_refused(value):
+    with pytest.raises(ValueError, match="smoothing .*must be a number from 0 to 1"):
+        controller().set_smoothing(value)
+    with pytest.raises(ValueError, match="smoothing"):
+        MotionConfig(smoothing=value)

@@ -9,8 +9,14 @@ driving frame, the sweep's edits) is checked on what the modes ask of the Animat
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -27,6 +33,13 @@ from tests.test_video import FPS, driving_frames, make_clip, probe
 
 TINY = ["--seeded", "0.125", "--device", "cpu"]
 FRAMES = 6
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` as a person runs it: its exit code and what it printed."""
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +200,150 @@ def test_manipulation_sweeps_out_and_back(media, tmp_path):
     factors = [float(e @ edit / (edit @ edit)) for e in animator.edits]
     assert factors == pytest.approx([0.5, 1, 0.5, 0, -0.5, -1, -0.5, 0])
     assert all(motion.abs().max() == 0 for motion in animator.motions)  # no driving video
+
+
+# --- values refused where they enter ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit, message", [
+    (["--dial", "yaw1=nan"], "dial 'yaw1' must be a number from -0.5 to 0.5, got nan"),
+    (["--direction", "5=inf"], "direction 5 must be a number from -0.5 to 0.5, got inf"),
+    (["--direction=-1=0.2"], "'-1' is no direction: directions are the numbers 0..39"),
+])
+def test_a_bad_dial_exits_2_with_a_message_and_writes_nothing(media, tmp_path, edit, message):
+    out = tmp_path / "o.png"
+    result = run_main("edit-image", "--source", str(media["source"]), "--out", str(out), *edit, *TINY)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--intensity", "head=nan"], "--intensity: the head intensity must be a number from 0 to 2, got nan"),
+    (["--intensity", "hair=1"], "--intensity: unknown group 'hair'"),
+    (["--smoothing", "nan"], "--smoothing must be a number from 0 to 1, got nan"),
+])
+def test_live_refuses_a_bad_intensity_or_smoothing_before_the_model_loads(tmp_path, caplog, option, message):
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not weights: loading them would fail")
+    assert main(["live", "--video", str(broken), "--weights", str(broken), *option]) == 2
+    assert message in caplog.text and "not a PyTorch checkpoint" not in caplog.text
+
+
+# --- outputs checked before any model work ---------------------------------------------------
+
+
+def broken_weights(folder: Path) -> Path:
+    """A weights file that fails the moment anything tries to load it."""
+    path = folder / "not-weights.pt"
+    path.write_text("loading these weights would fail")
+    return path
+
+
+def command(name: str, media: dict[str, Path], out: Path) -> list[str]:
+    inputs = {"animate": ["--source", str(media["source"]), "--driving", str(media["driving"])],
+              "edit-video": ["--video", str(media["driving"])],
+              "manipulate": ["--source", str(media["source"]), "--dial", "yaw1=0.2"],
+              "edit-image": ["--source", str(media["source"])]}
+    return [name, *inputs[name], "--out", str(out)]
+
+
+def blocked_folder(tmp_path: Path) -> Path:
+    """A folder that cannot exist: a file has its parent's name (refused also to root)."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    return tmp_path / "taken" / "outputs"
+
+
+@pytest.mark.parametrize("name, suffix", [("animate", ".mp4"), ("edit-video", ".mp4"), ("manipulate", ".mp4"),
+                                          ("edit-image", ".png")])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_model_loads(media, tmp_path, caplog,
+                                                                                name, suffix):
+    out = blocked_folder(tmp_path) / f"result{suffix}"
+    assert main([*command(name, media, out), "--weights", str(broken_weights(tmp_path)), "--device", "cpu"]) == 2
+    assert f"Cannot write into the folder {out.parent}" in caplog.text
+    assert "not a PyTorch checkpoint" not in caplog.text, "the weights were never loaded"
+
+
+@pytest.mark.parametrize("make_out, message", [
+    (lambda tmp: tmp, "is a folder: give the output a file name, e.g."),
+    (lambda tmp: tmp / "edited.txt", "name it .png, .jpg or .webp"),
+    (lambda tmp: tmp / "source.png", "is also an input"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(media, tmp_path, caplog,
+                                                                            make_out, message):
+    source = tmp_path / "source.png"
+    source.write_bytes(media["source"].read_bytes())
+    before = source.read_bytes()
+    out = make_out(tmp_path)
+    assert main(["edit-image", "--source", str(source), "--out", str(out),
+                 "--weights", str(broken_weights(tmp_path)), "--device", "cpu"]) == 2
+    assert message in caplog.text and "not a PyTorch checkpoint" not in caplog.text
+    assert source.read_bytes() == before
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_the_model_loads(media, tmp_path, caplog):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main([*command("animate", media, folder / "anim.mp4"), "--weights", str(broken_weights(tmp_path))]) == 2
+    finally:
+        folder.chmod(0o755)
+    assert f"Cannot write into the folder {folder}" in caplog.text
+
+
+def test_a_missing_output_folder_is_created(media, tmp_path):
+    out = tmp_path / "new" / "deeper" / "sweep.mp4"
+    assert main([*command("manipulate", media, out), "--steps", "1", "--size", "64", *TINY]) == 0
+    assert len(probe(out).frames) == 4
+
+
+def cut_short(path: Path, frames: np.ndarray, kept: float) -> Path:
+    """An mp4 whose index comes first (as web videos have it), cut after `kept` of its bytes:
+    players and decoders read the frames that are left and stop."""
+    whole = path.with_name(f"whole-{path.name}")
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.height, video.width = frames.shape[1:3]
+        video.pix_fmt = "yuv420p"
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    data = whole.read_bytes()
+    path.write_bytes(data[: int(len(data) * kept)])
+    return path
+
+
+def test_a_driving_video_cut_short_is_reported_with_how_much_was_read(media, tmp_path, caplog):
+    driving = cut_short(tmp_path / "cut.mp4", driving_frames(30), kept=0.5)
+    animator = RecordingAnimator()
+    with caplog.at_level(logging.WARNING):
+        written = offline.animate(animator, media["source"], driving, tmp_path / "o.mp4", config=OfflineConfig(crop=False))
+    assert 0 < written.frames < 28 and len(animator.motions) == written.frames
+    assert f"only {written.frames} of the 30 frames of {driving} could be read" in written.note
+    assert written.note in caplog.text
+
+
+def test_a_complete_video_has_nothing_to_report(media, tmp_path):
+    written = offline.edit_video(RecordingAnimator(), media["driving"], tmp_path / "o.mp4")
+    assert written.frames == FRAMES and written.note == ""
+
+
+def test_the_command_line_still_names_its_options(media, tmp_path, caplog):
+    out = tmp_path / "o.png"
+    assert main(["edit-image", "--source", str(media["source"]), "--out", str(out), "--precision", "fp16", *TINY]) == 2
+    assert "fp16 needs a GPU. On the CPU use --precision fp32." in caplog.text
+
+
+def test_weights_before_the_command_are_the_commands_weights(media, tmp_path, caplog, capsys):
+    weights = broken_weights(tmp_path)
+    out = tmp_path / "o.png"
+    assert main(["--weights", str(weights), "edit-image", "--source", str(media["source"]), "--out", str(out),
+                 "--device", "cpu"]) == 2
+    assert f"{weights} is not a PyTorch checkpoint" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--weights", str(weights), "devices"])
+    assert exit_info.value.code == 2 and "devices takes no --weights" in capsys.readouterr().err

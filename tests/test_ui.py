@@ -338,7 +338,9 @@ def test_picking_a_weights_file_builds_the_engine_from_it(qtbot, tmp_path, monke
     weights.write_text("hello")
     with qtbot.waitSignal(window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
         window.weights_dialog.choose_file(weights)
-    assert "not a PyTorch checkpoint" in error.args[0]
+    assert f"{weights} is not a PyTorch checkpoint" in error.args[0]
+    assert "choose it with File > Get the LIA-X weights... > Choose file..." in error.args[0]
+    assert "--" not in error.args[0], "the window's words, not the command line's"
     assert window.settings.weights == weights
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,7 @@ from liveanim.model import LIAX
 from liveanim.weights import (
     cached_safetensors,
     check_layout,
+    check_state,
     default_cache_dir,
     download_weights,
     infer_dims,
@@ -39,9 +41,12 @@ from liveanim.weights import (
     read_state_dict,
     resolve_weights,
 )
-from liveanim.weights import checkpoint as checkpoint_module
+from liveanim.model.seeded import seed_parameters_
+from liveanim.weights import cache as cache_module
 
 HUB_URL = "https://huggingface.co/YaohuiW/LIA-X"
+REPO = Path(__file__).resolve().parents[1]
+MARKED = "dec.direction.weight"  # a tensor the tests below change to tell files apart
 
 
 class NotAllowedInCheckpoints:
@@ -63,6 +68,23 @@ def small_pt(tmp_path_factory: pytest.TempPathFactory, golden_state: dict[str, t
     """The golden width-0.5 state dict (conftest), saved as a real .pt."""
     path = tmp_path_factory.mktemp("weights") / "lia-x.pt"
     torch.save(golden_state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_state() -> dict[str, torch.Tensor]:
+    """A complete width-0.125 LIA-X state dict (14 MB), seeded."""
+    model = seed_parameters_(LIAX(0.125), 0)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def save_tiny(path: Path, tiny_state: dict[str, torch.Tensor], fill: float | None = None) -> Path:
+    """The tiny state dict saved as a .pt; `fill` sets every value of MARKED (same file size)."""
+    state = dict(tiny_state)
+    if fill is not None:
+        state[MARKED] = torch.full_like(state[MARKED], fill)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     return path
 
 
@@ -344,6 +366,72 @@ def test_lia_x_of_another_size(golden_state, release_layout):
     assert "expected (128, 3, 1, 1)" in message and "Missing" not in message
 
 
+# --- the right names and shapes, with values the model cannot use -------------------------
+
+
+def broken_copy(tiny_state: dict[str, torch.Tensor], name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {**tiny_state, name: tensor}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_infinite_weights_are_refused_naming_the_file(tmp_path, tiny_state, value):
+    weights = tiny_state[MARKED].clone()
+    weights[3, 5] = value
+    path = tmp_path / "diverged.pt"
+    torch.save(broken_copy(tiny_state, MARKED, weights), path)
+    with pytest.raises(CheckpointError) as err:
+        LIAX.from_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "NaN or infinite" in message
+    assert f"1 of the {weights.numel():,} values of {MARKED}" in message and "black" in message
+
+
+def test_integer_weights_are_refused_naming_the_file(tmp_path, tiny_state):
+    path = tmp_path / "ints.pt"
+    torch.save(broken_copy(tiny_state, MARKED, tiny_state[MARKED].to(torch.int32)), path)
+    with pytest.raises(CheckpointError) as err:
+        LIAX.from_checkpoint(path)
+    assert str(path) in str(err.value) and f"{MARKED} of type torch.int32" in str(err.value)
+
+
+def test_a_wrong_width_of_the_first_conv_is_named_with_the_file(tmp_path, tiny_state):
+    first_conv = "enc.enc_2r.block1.0.weight"
+    path = tmp_path / "wider.pt"
+    torch.save(broken_copy(tiny_state, first_conv, torch.zeros(9, 3, 1, 1)), path)
+    with pytest.raises(CheckpointError) as err:
+        LIAX.from_checkpoint(path)
+    assert str(path) in str(err.value)
+    assert f"Wrong shapes, e.g.: {first_conv} is (9, 3, 1, 1), expected (8, 3, 1, 1)" in str(err.value)
+
+
+@pytest.mark.parametrize("latent", [72, 520, 40])
+def test_a_motion_head_of_no_model_size_is_named_with_the_file(tmp_path, tiny_state, latent):
+    path = tmp_path / "odd.pt"
+    torch.save(broken_copy(tiny_state, "enc.enc_r2t.0.weight", torch.zeros(40, latent)), path)
+    with pytest.raises(CheckpointError, match=rf"{path}.*shape \(40, {latent}\).*no LIA-X model has that size"):
+        LIAX.from_checkpoint(path)
+
+
+def test_a_state_dict_of_nans_in_memory_is_refused_too(tiny_state):
+    with pytest.raises(CheckpointError, match="The checkpoint holds NaN or infinite weights"):
+        check_state(broken_copy(tiny_state, MARKED, torch.full_like(tiny_state[MARKED], float("nan"))))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_nan_or_infinite_checkpoint_exits_2_with_a_message(tmp_path, tiny_state, value):
+    path = tmp_path / "diverged.pt"
+    torch.save(broken_copy(tiny_state, MARKED, torch.full_like(tiny_state[MARKED], float(value))), path)
+    portrait, out = tmp_path / "portrait.png", tmp_path / "edited.png"
+    torch.save({}, portrait)  # any file: the weights are refused before it is read
+    result = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "edit-image", "--source", str(portrait), "--out", str(out),
+         "--weights", str(path), "--device", "cpu", "--no-crop"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "LIVEANIM_CACHE": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert f"{path} holds NaN or infinite weights" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 # --- a good file ----------------------------------------------------------------------------
 
 
@@ -375,21 +463,14 @@ def test_safetensors_cache_round_trip(small_pt, golden_state, tmp_path, monkeypa
     assert all(torch.equal(second[k], golden_state[k]) and torch.equal(first[k], second[k]) for k in second)
 
 
-def lia_like(fill: float) -> dict[str, torch.Tensor]:
-    """The two tensors that identify an LIA-X state dict (width 0.125), filled with `fill`."""
-    return {"enc.enc_2r.block1.0.weight": torch.full((8, 3, 1, 1), fill),
-            "enc.enc_r2t.0.weight": torch.full((40, 64), fill)}
-
-
-def test_changed_pt_replaces_its_old_copy(tmp_path):
-    pt = tmp_path / "lia-x.pt"
-    torch.save(lia_like(0.0), pt)
+def test_changed_pt_replaces_its_old_copy(tmp_path, tiny_state):
+    pt = save_tiny(tmp_path / "lia-x.pt", tiny_state, fill=0.0)
     old = cached_safetensors(pt, tmp_path / "cache")
-    torch.save(lia_like(1.0), pt)
+    save_tiny(pt, tiny_state, fill=1.0)
     os.utime(pt, ns=(pt.stat().st_atime_ns, pt.stat().st_mtime_ns + 10**9))
     new = cached_safetensors(pt, tmp_path / "cache")
     assert new != old and not old.exists()
-    assert torch.equal(read_state_dict(new)["enc.enc_r2t.0.weight"], torch.ones(40, 64))
+    assert torch.equal(read_state_dict(new)[MARKED], torch.ones_like(tiny_state[MARKED]))
 
 
 def test_other_models_are_never_cached(tmp_path):
@@ -400,16 +481,68 @@ def test_other_models_are_never_cached(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def same_size_and_time(path: Path, like: Path) -> None:
+    """Give `path` the modification time of `like` (files copied with their times kept)."""
+    assert path.stat().st_size == like.stat().st_size
+    os.utime(path, ns=(like.stat().st_atime_ns, like.stat().st_mtime_ns))
+
+
+def forbid_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def pickle_forbidden(*_: object, **__: object) -> None:
+        raise AssertionError("a load that has its cached copy must not unpickle the .pt")
+
+    monkeypatch.setattr(torch, "load", pickle_forbidden)
+
+
+def test_two_same_named_checkpoints_keep_separate_caches(tmp_path, tiny_state, monkeypatch):
+    first = save_tiny(tmp_path / "a" / "tiny.pt", tiny_state, fill=0.25)
+    second = save_tiny(tmp_path / "b" / "tiny.pt", tiny_state, fill=-0.25)
+    same_size_and_time(second, first)  # even the size and the time agree: only the content differs
+    cache = tmp_path / "cache"
+    loaded = [load_weights(path, cache_dir=cache)[MARKED] for path in (first, second)]
+    assert len(list((cache / "safetensors").glob("tiny-*.safetensors"))) == 2
+    forbid_unpickling(monkeypatch)
+    again = [load_weights(path, cache_dir=cache)[MARKED] for path in (first, second, first)]
+    for state, fill in zip([*loaded, *again], [0.25, -0.25, 0.25, -0.25, 0.25]):
+        assert torch.equal(state, torch.full_like(state, fill))
+
+
+def test_a_file_changed_in_place_is_converted_again_even_with_its_size_and_time_kept(tmp_path, tiny_state):
+    pt = save_tiny(tmp_path / "lia-x.pt", tiny_state, fill=0.5)
+    before = pt.stat()
+    first = load_weights(pt, cache_dir=tmp_path / "cache")[MARKED]
+    save_tiny(pt, tiny_state, fill=-0.5)
+    os.utime(pt, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert pt.stat().st_size == before.st_size
+    second = load_weights(pt, cache_dir=tmp_path / "cache")[MARKED]
+    assert torch.equal(first, torch.full_like(first, 0.5)) and torch.equal(second, torch.full_like(first, -0.5))
+    assert len(list((tmp_path / "cache" / "safetensors").glob("*.safetensors"))) == 1, "the old copy is gone"
+
+
+def test_a_copy_is_kept_while_another_path_still_needs_it(tmp_path, tiny_state):
+    first = save_tiny(tmp_path / "a" / "lia-x.pt", tiny_state, fill=0.5)
+    second = tmp_path / "b" / "lia-x.pt"
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    same_size_and_time(second, first)
+    cache = tmp_path / "cache"
+    shared = cached_safetensors(first, cache)
+    assert cached_safetensors(second, cache) == shared, "one copy for the same content"
+    save_tiny(first, tiny_state, fill=0.75)
+    assert cached_safetensors(first, cache) != shared and shared.exists(), "b/lia-x.pt still uses it"
+    assert cached_safetensors(second, cache) == shared
+
+
 def fill_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     def half_written(tensors: dict, path: Path) -> None:
         Path(path).write_bytes(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module, "save_file", half_written)
+    monkeypatch.setattr(cache_module, "save_file", half_written)
 
 
 def report_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
 
 
 def block_cache_dir(cache: Path) -> None:
@@ -419,9 +552,8 @@ def block_cache_dir(cache: Path) -> None:
 
 
 @pytest.mark.parametrize("breakage", ["disk-full-while-writing", "no-room", "unwritable"])
-def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage):
-    pt = tmp_path / "lia-x.pt"
-    torch.save(lia_like(2.0), pt)
+def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage, tiny_state):
+    pt = save_tiny(tmp_path / "lia-x.pt", tiny_state, fill=2.0)
     cache = tmp_path / "cache" / "safetensors"
     if breakage == "disk-full-while-writing":
         fill_disk(monkeypatch)
@@ -431,7 +563,7 @@ def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage):
         block_cache_dir(cache)
     with caplog.at_level(logging.WARNING, logger="liveanim.weights"):
         state = load_weights(pt, cache_dir=tmp_path / "cache")
-    assert torch.equal(state["enc.enc_r2t.0.weight"], torch.full((40, 64), 2.0))
+    assert torch.equal(state[MARKED], torch.full_like(state[MARKED], 2.0))
     assert "Could not write the safetensors cache" in caplog.text and "LIVEANIM_CACHE" in caplog.text
     if cache.is_dir():
         assert list(cache.iterdir()) == []  # no partial file left behind

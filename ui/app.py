@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
 from liveanim.errors import LiveAnimError
+from liveanim.weights import resolve_weights
 from ui.main_window import MainWindow, WindowDeps
 from ui.model_source import ModelSource
 from ui.presets import PresetStore, default_presets_dir
@@ -35,16 +37,23 @@ def default_deps() -> WindowDeps:
                       presets=PresetStore(default_presets_dir()), list_cameras=list_cameras)
 
 
-def run_app() -> int:
-    """Show the window and run until it is closed; the process exit code."""
-    app = QApplication.instance() or QApplication(sys.argv)
-    app.setOrganizationName(ORGANIZATION)
-    app.setApplicationName(APPLICATION)
+def run_app(weights: Path | None = None) -> int:
+    """Show the window and run until it is closed; the process exit code.
+
+    weights: a weights file to use (`main.py --weights PATH`), remembered as when it is chosen
+             with File > Get the LIA-X weights...
+    """
     try:
+        chosen = None if weights is None else resolve_weights(weights, download=False).absolute()
+        app = QApplication.instance() or QApplication(sys.argv)
+        app.setOrganizationName(ORGANIZATION)  # before default_deps: they name the presets folder
+        app.setApplicationName(APPLICATION)
         deps = default_deps()
     except LiveAnimError as error:
         log.error("%s", error)
         return 2
+    if chosen is not None:
+        deps.settings.weights = chosen
     window = MainWindow(deps)
     window.show()
     window.start_up()

@@ -12,12 +12,11 @@ from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from liveanim.motion.dials import DIALS, GROUPS, MOTION_DIM
+from liveanim.motion.limits import LIMITS
 from ui.controls import CollapsibleSection, SliderRow, slider_grid
 from ui.preset_bar import PresetBar
 from ui.presets import Preset, PresetStore
 
-DIAL_RANGE = 0.5
-INTENSITY_RANGE = (0.0, 2.0)
 LABELS = {d.index: d.label for d in DIALS}
 
 
@@ -38,7 +37,8 @@ class DialsPanel(QWidget):
         self.dial_rows: dict[int, SliderRow] = {}
         self.raw_rows: dict[int, SliderRow] = {}
         self.intensity_rows: dict[str, SliderRow] = {}
-        self.smoothing_row = SliderRow("Motion smoothing", 0.0, 1.0, smoothing, decimals=2, parent=self)
+        self.smoothing_row = SliderRow("Motion smoothing", LIMITS.smoothing.low, LIMITS.smoothing.high, smoothing,
+                                       decimals=2, parent=self)
         self.smoothing_row.set_tooltip("Steadies the avatar's motion; more smoothing adds a little lag")
         self.smoothing_row.value_changed.connect(self.smoothing_changed)
         self.presets = PresetBar(store, self.current_preset)
@@ -58,7 +58,8 @@ class DialsPanel(QWidget):
 
     def _group_box(self, group: str) -> QGroupBox:
         box = QGroupBox(group.capitalize())
-        intensity = SliderRow("Intensity", *INTENSITY_RANGE, default=1.0, decimals=2, parent=self)
+        intensity = SliderRow("Intensity", LIMITS.intensity.low, LIMITS.intensity.high, default=1.0, decimals=2,
+                              parent=self)
         intensity.label.setStyleSheet("font-style: italic;")
         intensity.set_tooltip(f"How much of the performer's {group} motion the avatar follows (0 freezes it)")
         intensity.value_changed.connect(lambda value, g=group: self.intensity_changed.emit(g, value))
@@ -83,7 +84,7 @@ class DialsPanel(QWidget):
         return content
 
     def _offset_row(self, index: int, label: str) -> SliderRow:
-        row = SliderRow(label, -DIAL_RANGE, DIAL_RANGE, parent=self)
+        row = SliderRow(label, LIMITS.offset.low, LIMITS.offset.high, parent=self)
         row.value_changed.connect(lambda value, i=index: self._set_offset(i, value))
         return row
 
@@ -109,8 +110,9 @@ class DialsPanel(QWidget):
         return Preset(offsets=self.offsets(), intensity=self.intensity())
 
     def set_offsets(self, offsets: np.ndarray) -> None:
-        """Show these offsets (clipped to the dial range) and emit the new edit vector."""
-        self._offsets = np.clip(np.asarray(offsets, dtype=np.float32), -DIAL_RANGE, DIAL_RANGE)
+        """Show these offsets and emit the new edit vector; they were checked where they entered
+        (a preset, the settings), so the sliders show exactly the values in use."""
+        self._offsets = np.asarray(offsets, dtype=np.float32).copy()
         for index, value in enumerate(self._offsets):
             self._show(index, float(value))
         self.edit_changed.emit(self.offsets())

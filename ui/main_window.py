@@ -33,7 +33,7 @@ from ui.calibration import CalibrationCountdown
 from ui.dials_panel import DialsPanel
 from ui.engine_selector import EngineSelector
 from ui.frame_view import InputView, OutputView
-from ui.messages import show_warning
+from ui.messages import show_warning, window_text
 from ui.model_source import ModelSource
 from ui.offline_dialogs import AnimateDialog, StillEditDialog
 from ui.presets import PresetStore
@@ -332,7 +332,7 @@ class MainWindow(QMainWindow):
             self.status.show_vcam(False, False)
             show_warning(self, "Virtual camera unavailable", event.message)
         elif isinstance(event, SessionFailed):
-            show_warning(self, "LiveAnim", event.message)
+            show_warning(self, "LiveAnim", window_text(event.error))
         else:
             self.status.show_message(event.message)
 

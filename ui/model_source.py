@@ -7,6 +7,7 @@ chosen in one place, `ModelSource.from_environment` (LIVEANIM_SEEDED_WIDTH=0.125
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,10 @@ class ModelSource:
             return cls()
         try:
             width = float(value)
+            if not (math.isfinite(width) and width > 0):
+                raise ValueError
         except ValueError:
-            raise UsageError(f"{SEEDED_ENV}={value!r} is not a number; use e.g. {SEEDED_ENV}=0.125 "
+            raise UsageError(f"{SEEDED_ENV}={value!r} is not a width; use e.g. {SEEDED_ENV}=0.125 "
                              "or leave it unset for the real model") from None
         log.warning("%s=%s: animating with seeded random weights, not the LIA-X model", SEEDED_ENV, width)
         return cls(seeded_width=width)

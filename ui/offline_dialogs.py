@@ -26,6 +26,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.pipeline.offline import Written
 from liveanim.pipeline.sources import IMAGE_SUFFIXES
 from ui.frame_view import FrameView
 from ui.offline_tasks import AnimateJob
@@ -164,6 +165,7 @@ class AnimateDialog(QDialog):
         self.source = PathField("Open a portrait", IMAGE_FILTER)
         self.driving = PathField("Open a driving video", VIDEO_FILTER)
         self.out = PathField("Save the animation", "MP4 video (*.mp4)", save=True)
+        self._suggested: Path | None = None  # the output last suggested, while the person keeps it
         self.driving.edit.textChanged.connect(self._suggest_output)
         self.use_dials = QCheckBox("Apply the current dials")
         self.progress = QProgressBar()
@@ -214,11 +216,11 @@ class AnimateDialog(QDialog):
         self.progress.setValue(round(max(fraction, 0) * 1000))
         self.message.setText(text)
 
-    def _finished(self, out: Path) -> None:
+    def _finished(self, written: Written) -> None:
         self._set_running(False)
         self.progress.setRange(0, 1000)
         self.progress.setValue(1000)
-        self.message.setText(f"Saved {out}")
+        self.message.setText(f"Saved {written.out}" + (f", but {written.note}." if written.note else ""))
 
     def _failed(self, message: str) -> None:
         self._set_running(False)
@@ -237,6 +239,13 @@ class AnimateDialog(QDialog):
         self.cancel_button.setEnabled(running)
 
     def _suggest_output(self, text: str) -> None:
-        if text.strip() and not self.out.edit.text():
-            driving = Path(text.strip())
-            self.out.set_path(driving.with_name(f"{driving.stem}_animated.mp4"))
+        """Suggest '<video>_animated.mp4' beside the driving video, and follow the video while the
+        person has not chosen an output of their own. Only a path to an existing file counts:
+        half-typed paths ('/', '/ho') suggest nothing."""
+        driving = Path(text.strip()).expanduser()
+        if not text.strip() or not driving.is_file():
+            return
+        if self.out.path() not in (None, self._suggested):
+            return  # typed or browsed by the person: theirs to keep
+        self._suggested = driving.with_name(f"{driving.stem}_animated.mp4")
+        self.out.set_path(self._suggested)

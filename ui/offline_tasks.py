@@ -51,8 +51,9 @@ class AnimateJob:
     edit: np.ndarray | None = None
 
 
-def run_animate(animator: Animator, job: AnimateJob, context: TaskContext) -> Path:
-    """The offline `animate`, with progress per frame; a cancel removes the partial file."""
+def run_animate(animator: Animator, job: AnimateJob, context: TaskContext) -> offline.Written:
+    """The offline `animate`, with progress per frame; a cancel or failure removes the partial file."""
+    offline.prepare_output(job.out, video=True, inputs=(job.source, job.driving))
     with VideoReader(job.driving) as reader:
         total = reader.frame_count
     done = 0
@@ -64,11 +65,11 @@ def run_animate(animator: Animator, job: AnimateJob, context: TaskContext) -> Pa
 
     context.report(-1.0, "Finding the faces...")
     try:
-        offline.animate(ObservedAnimator(animator, context, rendered), job.source, job.driving, job.out, job.edit)
+        return offline.animate(ObservedAnimator(animator, context, rendered), job.source, job.driving, job.out,
+                               job.edit)
     except BaseException:
         job.out.unlink(missing_ok=True)
         raise
-    return job.out
 
 
 def run_edit_image(animator: Animator, source: Path, edit: np.ndarray, out: Path | None = None) -> np.ndarray:

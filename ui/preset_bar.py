@@ -7,7 +7,7 @@ from typing import Callable
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QInputDialog, QMessageBox, QPushButton, QWidget
 
-from ui.messages import show_warning
+from ui.messages import show_warning, window_text
 from ui.presets import Preset, PresetError, PresetStore
 
 
@@ -56,7 +56,7 @@ class PresetBar(QWidget):
         try:
             action()
         except PresetError as error:
-            show_warning(self, "Preset", str(error))
+            show_warning(self, "Preset", window_text(error))
             return False
         self.refresh(select)
         return True

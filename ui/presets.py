@@ -16,11 +16,13 @@ import numpy as np
 from PyQt6.QtCore import QStandardPaths
 
 from liveanim.errors import LiveAnimError
-from liveanim.motion.dials import DIALS, DIALS_BY_NAME, GROUPS, MOTION_DIM
+from liveanim.motion.dials import DIALS, GROUPS, check_intensity, direction_index, edit_vector
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+KEYS = ("dials", "directions", "intensity")
+MAX_BYTES = 64 * 1024  # a preset is a few hundred bytes; refuse to parse anything huge
 NAME_PATTERN = re.compile(r"^[\w][\w \-.()]{0,63}$")
 LABELLED = {d.index: d.name for d in DIALS}
 
@@ -47,15 +49,33 @@ class Preset:
                 "intensity": dict(self.intensity)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Preset:
-        """Inverse of `to_json`; raises KeyError/ValueError/TypeError on a malformed document."""
-        offsets = np.zeros(MOTION_DIM, dtype=np.float32)
-        for name, value in data.get("dials", {}).items():
-            offsets[DIALS_BY_NAME[name].index] = float(value)
-        for index, value in data.get("directions", {}).items():
-            offsets[int(index)] = float(value)
-        intensity = {g: float(data.get("intensity", {}).get(g, 1.0)) for g in GROUPS}
-        return cls(offsets=offsets, intensity=intensity)
+    def from_json(cls, data: object) -> Preset:
+        """Inverse of `to_json`. Anything else is a ValueError saying what is wrong: the
+        document's shape, or a value the motion limits refuse (a NaN, an unknown direction)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds {_kind(data)}, not an object with {', '.join(map(repr, KEYS))}")
+        unknown = sorted(set(data) - {"version", *KEYS})
+        if unknown:
+            raise ValueError(f"it has the unknown key {unknown[0]!r}; a preset has {', '.join(map(repr, KEYS))}")
+        if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"it is of version {data['version']!r}; this LiveAnim reads version {FORMAT_VERSION}")
+        dials, directions, intensity = (_section(data, key) for key in KEYS)
+        offsets = edit_vector(dials, {direction_index(key): value for key, value in directions.items()})
+        return cls(offsets=offsets, intensity=check_intensity({**{g: 1.0 for g in GROUPS}, **intensity}))
+
+
+def _section(data: dict, key: str) -> dict:
+    """One of the preset's objects ({} when absent)."""
+    section = data.get(key, {})
+    if not isinstance(section, dict):
+        raise ValueError(f"{key!r} holds {_kind(section)}, not an object of names and numbers")
+    return section
+
+
+def _kind(value: object) -> str:
+    """'a list', 'a string'...: what a JSON value is, for messages."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def default_presets_dir() -> Path:
@@ -87,14 +107,16 @@ class PresetStore:
         return path
 
     def load(self, name: str) -> Preset:
+        """The preset in `name`'s file; any problem with the file is a PresetError naming it."""
         path = self._path(name)
         try:
-            return Preset.from_json(json.loads(path.read_text(encoding="utf-8")))
+            return Preset.from_json(_parse(_read_small(path)))
         except FileNotFoundError:
             raise PresetError(f"There is no preset {name!r} (looked for {path}).") from None
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-            raise PresetError(f"The preset file {path} is damaged ({error}); delete it or fix it "
-                              "by hand.") from error
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise PresetError(f"The preset file {path} cannot be used: {reason}. Nothing was changed; "
+                              "delete the file or fix it by hand.") from error
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
@@ -106,3 +128,20 @@ class PresetStore:
             raise PresetError(f"{name!r} cannot be a preset name: use up to 64 letters, digits, "
                               "spaces, '-', '_', '.' or brackets, starting with a letter or digit.")
         return self.directory / f"{name}.json"
+
+
+def _parse(text: str) -> object:
+    """The JSON document in `text`; a ValueError also when it is nested too deeply to read."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply") from None
+
+
+def _read_small(path: Path) -> str:
+    """The text of a file that should be small, or a ValueError when it is not."""
+    with path.open("rb") as file:
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"it is larger than {MAX_BYTES // 1024} KiB, too large for a preset")
+    return data.decode("utf-8")

@@ -25,7 +25,9 @@ from liveanim.motion.dials import GROUPS, MOTION_DIM
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
+from liveanim.pipeline.offline import Written
 from ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
+from ui.messages import window_text
 from ui.offline_tasks import AnimateJob, run_animate, run_edit_image
 from ui.source_picker import SourceSpec
 from ui.workers import Task, TaskContext, TaskRunner
@@ -223,7 +225,7 @@ class SessionController(QObject):
         return self._offline.start(lambda context: run_edit_image(self._require_animator(), source, edit, out),
                                    "Editing the portrait", on_done, on_error)
 
-    def animate_video(self, job: AnimateJob, on_done: Callable[[Path], None],
+    def animate_video(self, job: AnimateJob, on_done: Callable[[Written], None],
                       on_error: Callable[[str], None]) -> Task:
         """Animate a portrait from a video file in the background, with progress and cancel."""
         return self._offline.start(lambda context: run_animate(self._require_animator(), job, context),
@@ -297,7 +299,7 @@ class SessionController(QObject):
             try:
                 added.append(self._add(origin))
             except LiveAnimError as error:
-                errors.append(str(error))
+                errors.append(window_text(error))
         return added, errors
 
     def _add(self, origin: str) -> AvatarEntry:

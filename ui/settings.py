@@ -1,17 +1,28 @@
 """What the app remembers between runs, stored with QSettings under typed names.
 
-Only this module knows the keys; the window reads and writes plain Python values.
+Only this module knows the keys; the window reads and writes plain Python values. A saved
+value that cannot be used (hand-edited, from another version, or a NaN) is replaced by its
+default with a warning, by the same motion limits that the command line and presets obey.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PyQt6.QtCore import QByteArray, QSettings
 
+from engines.base import PRECISIONS
 from liveanim.motion.controller import MotionConfig
-from liveanim.motion.dials import GROUPS, MOTION_DIM
+from liveanim.motion.dials import GROUPS, MOTION_DIM, check_offsets
+from liveanim.motion.limits import LIMITS
+from ui.engine_selector import BACKENDS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ORGANIZATION = "LiveAnim"
 APPLICATION = "LiveAnim"
@@ -37,6 +48,17 @@ class AppSettings:
 
     def _get(self, key: str, default: object, kind: type) -> object:
         return self._store.value(key, default, type=kind)
+
+    def _checked(self, key: str, default: T, convert: Callable[[object], T]) -> T:
+        """The saved value through `convert`; the default, with a warning, when it raises."""
+        if not self._store.contains(key):
+            return default
+        value = self._store.value(key)
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as error:
+            log.warning("Ignoring the saved setting %s=%r (%s); using %r instead", key, value, error, default)
+            return default
 
     @property
     def geometry(self) -> QByteArray:
@@ -79,7 +101,7 @@ class AppSettings:
 
     @property
     def current_avatar(self) -> int:
-        return self._get("avatars/current", 0, int)
+        return self._checked("avatars/current", 0, _index)
 
     @current_avatar.setter
     def current_avatar(self, index: int) -> None:
@@ -87,13 +109,9 @@ class AppSettings:
 
     @property
     def offsets(self) -> np.ndarray:
-        """(40,) float32 dial offsets; zeros when none were saved or the saved list is damaged."""
-        values = self._get("dials/offsets", [], list)
-        try:
-            offsets = np.asarray([float(v) for v in values], dtype=np.float32)
-        except (TypeError, ValueError):
-            offsets = np.zeros(0, dtype=np.float32)
-        return offsets if offsets.shape == (MOTION_DIM,) else np.zeros(MOTION_DIM, dtype=np.float32)
+        """(40,) float32 dial offsets; zeros when none were saved or the saved list is unusable."""
+        return self._checked("dials/offsets", np.zeros(MOTION_DIM, dtype=np.float32),
+                             lambda values: check_offsets([_number(v) for v in _listed(values)]))
 
     @offsets.setter
     def offsets(self, values: np.ndarray) -> None:
@@ -101,7 +119,9 @@ class AppSettings:
 
     @property
     def intensity(self) -> dict[str, float]:
-        return {g: self._get(f"dials/intensity_{g}", 1.0, float) for g in GROUPS}
+        return {g: self._checked(f"dials/intensity_{g}", 1.0,
+                                 lambda v, g=g: LIMITS.intensity.check(_number(v), f"the {g} intensity"))
+                for g in GROUPS}
 
     @intensity.setter
     def intensity(self, values: dict[str, float]) -> None:
@@ -110,7 +130,8 @@ class AppSettings:
 
     @property
     def smoothing(self) -> float:
-        return self._get("dials/smoothing", MotionConfig.smoothing, float)
+        return self._checked("dials/smoothing", MotionConfig.smoothing,
+                             lambda v: LIMITS.smoothing.check(_number(v), "the smoothing"))
 
     @smoothing.setter
     def smoothing(self, value: float) -> None:
@@ -118,7 +139,7 @@ class AppSettings:
 
     @property
     def backend(self) -> str:
-        return self._get("engine/backend", "auto", str)
+        return self._checked("engine/backend", "auto", lambda v: _one_of(v, BACKENDS))
 
     @backend.setter
     def backend(self, value: str) -> None:
@@ -126,7 +147,7 @@ class AppSettings:
 
     @property
     def precision(self) -> str:
-        return self._get("engine/precision", "auto", str)
+        return self._checked("engine/precision", "auto", lambda v: _one_of(v, PRECISIONS))
 
     @precision.setter
     def precision(self, value: str) -> None:
@@ -141,3 +162,29 @@ class AppSettings:
     @weights.setter
     def weights(self, path: Path | None) -> None:
         self._store.setValue("engine/weights", "" if path is None else str(path))
+
+
+def _number(value: object) -> float:
+    """A number as QSettings gives it back: a float, or its text from an INI file."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _listed(value: object) -> list:
+    """A saved list; an INI file gives a list of one item back as that item."""
+    return value if isinstance(value, list) else [value]
+
+
+def _index(value: object) -> int:
+    """A non-negative whole number, from an int or its text."""
+    index = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else -1
+    if index < 0:
+        raise ValueError(f"{value!r} is not an index")
+    return index
+
+
+def _one_of(value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"not one of {', '.join(choices)}")
+    return value

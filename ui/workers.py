@@ -18,6 +18,7 @@ from typing import Any, Callable
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from liveanim.errors import LiveAnimError
+from ui.messages import window_text
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Task:
             self._post(self, "cancelled", ())
         except LiveAnimError as error:
             log.warning("%s failed: %s", self.name, error)
-            self._post(self, "failed", (str(error),))
+            self._post(self, "failed", (window_text(error),))
         except Exception as error:  # a bug must reach the user, not end a worker thread silently
             log.exception("%s failed", self.name)
             self._post(self, "failed", (f"{self.name} failed unexpectedly: {error}. See the log for details.",))

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_face_model_option(parser, default=None)
+    parser.add_argument("--weights", dest="app_weights", type=Path, default=None, metavar="PATH",
+                        help="local lia-x.pt or .safetensors for the desktop app (remembered, as when chosen with "
+                             "File > Get the LIA-X weights...), or for the command that follows")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"liveanim.cli.{name}").register(subparsers)
@@ -44,7 +47,9 @@ def add_face_model_option(parser: argparse.ArgumentParser, default: object) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _carry_weights(parser, args)
     if args.face_model is not None:  # read wherever a face detector starts, in any thread
         os.environ[FACE_MODEL_ENV] = str(args.face_model.expanduser().resolve())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         from ui.app import run_app
 
-        return run_app()
+        return run_app(weights=args.app_weights)
     try:
         return args.run(args)
     except LiveAnimError as error:
@@ -61,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130
+
+
+def _carry_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`main.py --weights PATH COMMAND ...` gives the command that --weights, as if after it."""
+    if args.app_weights is None or args.command is None:
+        return
+    if not hasattr(args, "weights"):
+        parser.error(f"{args.command} takes no --weights")
+    if args.weights is not None and args.weights != args.app_weights:
+        parser.error(f"--weights was given twice, as {args.app_weights} and {args.weights}")
+    args.weights = args.app_weights
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     edit = edit_from_args(args)
+    offline.prepare_output(args.out, video=True, inputs=(args.source, args.driving))  # before the model loads
     with open_animator(args) as animator:
         offline.animate(animator, args.source, args.driving, args.out, edit, offline_config(args))
     return 0

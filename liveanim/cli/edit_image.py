@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     edit = edit_from_args(args)
+    offline.prepare_output(args.out, video=False, inputs=(args.source,))  # before the model loads
     with open_animator(args) as animator:
         offline.edit_image(animator, args.source, args.out, edit, offline_config(args))
     return 0

@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     edit = edit_from_args(args)
+    offline.prepare_output(args.out, video=True, inputs=(args.video,))  # before the model loads
     with open_animator(args) as animator:
         offline.edit_video(animator, args.video, args.out, edit, offline_config(args))
     return 0

@@ -33,7 +33,8 @@ from liveanim.cli.options import (
 from liveanim.cli.stop_signals import StopSignals
 from liveanim.errors import LiveAnimError, UsageError
 from liveanim.motion.controller import MotionConfig
-from liveanim.motion.dials import GROUPS, parse_assignments
+from liveanim.motion.dials import GROUPS, check_intensity, parse_assignments
+from liveanim.motion.limits import LIMITS
 from liveanim.pipeline.avatars import AvatarConfig
 from liveanim.pipeline.events import (FrameDelivered, RecordingFailed, SessionEvent, SessionFailed,
                                       VirtualCameraFailed, log_event)
@@ -170,11 +171,13 @@ def _observer(outcome: _Outcome, preview: _Preview | None) -> Callable[[SessionE
 
 def live_config(args: argparse.Namespace) -> LiveConfig:
     """The session configuration the options describe."""
-    if not 0 <= args.smoothing <= 1:
-        raise UsageError(f"--smoothing must lie in 0..1, got {args.smoothing}")
+    try:
+        smoothing = LIMITS.smoothing.check(args.smoothing, "--smoothing")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return LiveConfig(
         track=args.track,
-        motion=MotionConfig(smoothing=args.smoothing),
+        motion=MotionConfig(smoothing=smoothing),
         avatars=AvatarConfig(auto_crop=args.auto_crop, crop_only=args.crop_only, output_size=args.output_size),
         vcam=args.vcam,
         virtual_camera=VirtualCameraConfig(backend=args.vcam_backend, device=args.vcam_device),
@@ -331,13 +334,9 @@ def _positive_float(value: str) -> float:
 
 def _intensity(items: list[str]) -> dict[str, float]:
     try:
-        intensity = parse_assignments(items)
+        return check_intensity(parse_assignments(items))
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    unknown = sorted(set(intensity) - set(GROUPS))
-    if unknown:
-        raise UsageError(f"--intensity: unknown group {unknown[0]!r}; the groups are {', '.join(GROUPS)}")
-    return intensity
+        raise UsageError(f"--intensity: {error}") from None
 
 
 def _size(value: str) -> tuple[int, int]:

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not edit.any():
         raise UsageError("manipulate needs something to sweep: give at least one nonzero --dial or --direction, "
                          "e.g. --dial yaw1=0.3")
+    offline.prepare_output(args.out, video=True, inputs=(args.source,))  # before the model loads
     with open_animator(args) as animator:
         offline.manipulate(animator, args.source, args.out, edit, offline_config(args), Sweep(args.steps, args.fps))
     return 0

@@ -12,7 +12,8 @@ import numpy as np
 
 from engines import BACKENDS, EngineConfig, create_engine
 from liveanim.errors import UsageError
-from liveanim.motion.dials import DIALS, edit_vector, parse_assignments
+from liveanim.motion.dials import DIALS, direction_index, edit_vector, parse_assignments
+from liveanim.motion.limits import LIMITS
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.offline import OfflineConfig
 
@@ -49,15 +50,15 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     """--dial name=value and --direction index=value, repeatable."""
     names = ", ".join(d.name for d in DIALS)
     parser.add_argument("--dial", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"offset a labelled direction; names: {names} (useful range about -0.4..0.4)")
+                        help=f"offset a labelled direction, {LIMITS.offset} (useful about -0.4..0.4); names: {names}")
     parser.add_argument("--direction", action="append", default=[], metavar="INDEX=VALUE",
-                        help="offset a raw dictionary direction 0..39")
+                        help=f"offset a raw dictionary direction 0..39, {LIMITS.offset}")
 
 
 def edit_from_args(args: argparse.Namespace) -> np.ndarray:
     """The (40,) edit vector of --dial and --direction; a bad item is a UsageError naming it."""
     try:
-        return edit_vector(parse_assignments(args.dial), parse_assignments(args.direction, int))
+        return edit_vector(parse_assignments(args.dial), parse_assignments(args.direction, direction_index))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from liveanim.errors import NoFaceError
+from liveanim.errors import Fix, NoFaceError
 from liveanim.face.detector import FaceBox, FaceDetector
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,7 @@ def crop_portrait(
     face = _detect(image, detector)
     if face is None:
         what = source_name or "the image"
-        raise NoFaceError(
-            f"No face found in {what}: use a photo where one face is clearly visible, "
-            "or pass --no-crop if it is already cropped"
-        )
+        raise NoFaceError(f"No face found in {what}: use a photo where one face is clearly visible.", fix=Fix.NO_CROP)
     box = crop_box(face, image.shape, config)
     log.debug("face %s -> crop %s", face, box)
     return crop_image(image, box, config.size), box

@@ -73,12 +73,13 @@ class LIAX(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Mapping[str, torch.Tensor]) -> "LIAX":
         """A model loaded strictly from a checkpoint file or a state dict; width and motion_dim
-        are read from the shapes. Files are checked first and fail with an actionable message."""
-        from liveanim.weights.checkpoint import check_layout, infer_dims, load_weights
+        are read from the shapes. Names, shapes, types and values are checked first, and fail with
+        a message that names the file."""
+        from liveanim.weights import check_state, load_weights
 
-        state = checkpoint if isinstance(checkpoint, Mapping) else load_weights(Path(checkpoint))
-        width, motion_dim = infer_dims(state)
-        check_layout(state, cls.expected_layout(width, motion_dim))
+        path = None if isinstance(checkpoint, Mapping) else Path(checkpoint)
+        state = checkpoint if path is None else load_weights(path)
+        width, motion_dim = check_state(state, source=path)
         with torch.device("meta"):
             model = cls(width, motion_dim)
         model.load_state_dict(state, strict=True, assign=True)

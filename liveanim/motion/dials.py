@@ -7,10 +7,13 @@ LIA-X authors labelled; every other index is a raw, unlabelled direction.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from liveanim.motion.limits import LIMITS
 
 MOTION_DIM = 40
 
@@ -48,6 +51,7 @@ DIALS: tuple[Dial, ...] = (
     Dial("eyeballs2", 26, "eyes", "Eyeballs 2"),
 )
 DIALS_BY_NAME: dict[str, Dial] = {dial.name: dial for dial in DIALS}
+DIALS_BY_INDEX: dict[int, Dial] = {dial.index: dial for dial in DIALS}
 GROUPS: tuple[str, ...] = ("head", "mouth", "eyes")
 
 
@@ -61,15 +65,52 @@ def edit_vector(
     dials:      {dial name: offset}, e.g. {"yaw1": 0.2}.
     directions: {dictionary index: offset}; added on top of the dials.
     motion_dim: length of the motion code (40 for the released model).
+
+    Every offset, and every sum of a dial and a raw direction on the same index, must keep
+    to `LIMITS.offset`; a ValueError names the first that does not.
     """
-    edit = np.zeros(motion_dim, dtype=np.float32)
+    edit = np.zeros(motion_dim, dtype=np.float64)
     for name, value in (dials or {}).items():
-        edit[dial(name).index] += value
+        edit[dial(name).index] += LIMITS.offset.check(value, f"dial {name!r}")
     for index, value in (directions or {}).items():
         if not 0 <= index < motion_dim:
             raise ValueError(f"direction {index} is out of range: the dictionary has indices 0..{motion_dim - 1}")
-        edit[index] += value
-    return edit
+        edit[index] += LIMITS.offset.check(value, f"direction {index}")
+    return check_offsets(edit)
+
+
+def check_offsets(offsets: Sequence[float] | np.ndarray, motion_dim: int = MOTION_DIM) -> np.ndarray:
+    """A float32 copy of an edit vector whose every entry keeps to `LIMITS.offset`, or a
+    ValueError naming the first entry that does not (by its dial name when it has one)."""
+    values = np.asarray(offsets)
+    if values.shape != (motion_dim,):
+        raise ValueError(f"an edit needs {motion_dim} offsets, got an array of shape {values.shape}")
+    for index, value in enumerate(values.tolist()):
+        LIMITS.offset.check(value, _direction_name(index))
+    return values.astype(np.float32)
+
+
+def check_intensity(intensity: Mapping[str, float]) -> dict[str, float]:
+    """Per-group intensities of known groups, each within `LIMITS.intensity`; else a ValueError."""
+    checked = {}
+    for group, value in intensity.items():
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r}; the groups are: {', '.join(GROUPS)}")
+        checked[group] = LIMITS.intensity.check(value, f"the {group} intensity")
+    return checked
+
+
+def direction_index(text: str, motion_dim: int = MOTION_DIM) -> int:
+    """A dictionary index written as digits ('5'), as preset files and `--direction` give it."""
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not int(text) < motion_dim:
+        raise ValueError(f"{text!r} is no direction: directions are the numbers 0..{motion_dim - 1}")
+    return int(text)
+
+
+def _direction_name(index: int) -> str:
+    """'dial 'yaw1' (direction 37)' for a labelled index, 'direction 5' for another."""
+    labelled = DIALS_BY_INDEX.get(index)
+    return f"dial {labelled.name!r} (direction {index})" if labelled else f"direction {index}"
 
 
 def dial(name: str) -> Dial:
@@ -81,17 +122,21 @@ def dial(name: str) -> Dial:
         raise ValueError(f"unknown dial {name!r}; the dials are: {names}") from None
 
 
-def parse_assignments(items: Iterable[str], key_type: type = str) -> dict:
-    """Parse command-line `key=value` items ('yaw1=0.2', '5=-0.1') into a dict."""
+def parse_assignments(items: Iterable[str], key_type: Callable[[str], object] = str) -> dict:
+    """Parse command-line `key=value` items ('yaw1=0.2', '5=-0.1') into a dict.
+
+    key_type: turns the text before '=' into a key (e.g. `direction_index`), or raises ValueError.
+    """
     parsed = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{item!r} should look like name=value, e.g. yaw1=0.2")
         try:
-            parsed[key_type(key.strip())] = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"{item!r}: {value!r} is not a number") from None
+        parsed[key_type(key.strip())] = number
     return parsed
 
 
@@ -101,9 +146,7 @@ def group_scale(intensity: Mapping[str, float], motion_dim: int = MOTION_DIM) ->
     Directions that belong to no labelled group keep a factor of 1.
     """
     scale = np.ones(motion_dim, dtype=np.float32)
-    for group, value in intensity.items():
-        if group not in GROUPS:
-            raise ValueError(f"unknown group {group!r}; the groups are: {', '.join(GROUPS)}")
+    for group, value in check_intensity(intensity).items():
         for d in DIALS:
             if d.group == group:
                 scale[d.index] = value

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from liveanim.motion.limits import LIMITS
+
 
 @dataclass(frozen=True)
 class OneEuroConfig:
@@ -43,9 +45,7 @@ class SmoothingRange:
 
     def at(self, amount: float) -> OneEuroConfig | None:
         """The filter for `amount`, or None for raw (unfiltered) codes."""
-        if not 0.0 <= amount <= 1.0:
-            raise ValueError(f"smoothing must lie in [0, 1] (0 = raw, 1 = heavy), got {amount}")
-        if amount == 0.0:
+        if LIMITS.smoothing.check(amount, "smoothing (0 = raw, 1 = heavy)") == 0.0:
             return None
         cutoff = self.lightest_cutoff * (self.heaviest_cutoff / self.lightest_cutoff) ** amount
         return OneEuroConfig(min_cutoff=cutoff, beta=self.beta, d_cutoff=self.d_cutoff)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liveanim.errors import UsageError
+from liveanim.errors import Fix, UsageError
 from liveanim.face import CropBox, CropConfig, crop_image, crop_portrait, paste_back
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.frames import to_uint8
@@ -160,8 +160,8 @@ class AvatarBank:
             try:
                 return crop_portrait(image, config=self.config.crop, source_name=name)
             except ImportError as error:
-                raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it, or pass "
-                                 "--no-crop if the portrait is already cropped around the face") from error
+                raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it.",
+                                 fix=Fix.NO_CROP) from error
         height, width = image.shape[:2]
         side = min(height, width)
         box = CropBox((width - side) // 2, (height - side) // 2, side)

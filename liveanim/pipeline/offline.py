@@ -6,6 +6,9 @@ or a plain resize for inputs that are already portraits), encodes the source onc
 renders in chunks. Driving motion is relative to the first driving frame:
 
     z_target = z_s + (a_d - a_d[0] + a_s + e) @ Q.T
+
+Outputs are checked before any model work (`prepare_output`; the CLI calls it before it even
+loads the model), and each mode returns what it wrote, saying so when a video ended early.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -52,6 +58,21 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class Written:
+    """What an offline mode wrote.
+
+    out:    the file.
+    frames: frames in it (1 for an image).
+    note:   what a person should know about it ('' when nothing), e.g. that the driving
+            video ended before the frames it announced.
+    """
+
+    out: Path
+    frames: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A linear manipulation clip, as the official code makes it: the edit goes
     0 -> +e -> 0 -> -e -> 0, `steps` frames per leg.
@@ -71,43 +92,72 @@ class Sweep:
 
 
 def animate(animator: Animator, source: Path, driving: Path, out: Path,
-            edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+            edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> Written:
     """Make the portrait in `source` move like the face in `driving`; the mp4 keeps its fps and sound."""
+    prepare_output(out, video=True, inputs=(source, driving))
     with _detector(config) as detector, VideoReader(driving) as reader:
         avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
         frames = _animated(animator, avatar, _video_crops(reader, detector), edit, config.chunk)
-        _write_video(frames, out, reader.fps, driving, config, total=reader.frame_count)
+        return _write_video(frames, out, reader.fps, driving, config, total=reader.frame_count, reading=driving)
 
 
 def edit_video(animator: Animator, video: Path, out: Path,
-               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> Written:
     """Apply the dials to the person in `video`: its first frame, edited, moves as the video does."""
+    prepare_output(out, video=True, inputs=(video,))
     with _detector(config) as detector, VideoReader(video) as reader:
         crops = _video_crops(reader, detector)
         first = next(crops)
         avatar = animator.encode_avatar(first)
         frames = _animated(animator, avatar, itertools.chain([first], crops), edit, config.chunk)
-        _write_video(frames, out, reader.fps, video, config, total=reader.frame_count)
+        return _write_video(frames, out, reader.fps, video, config, total=reader.frame_count, reading=video)
 
 
 def edit_image(animator: Animator, source: Path, out: Path,
-               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> None:
+               edit: np.ndarray | None = None, config: OfflineConfig = OfflineConfig()) -> Written:
     """Apply the dials to the portrait in `source` and save the result as an image."""
+    prepare_output(out, video=False, inputs=(source,))
     with _detector(config) as detector:
         avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
     image = to_uint8(animator.render(avatar, edit=edit))[0]
     write_image(out, resize_square(image, config.size))
     log.info("wrote %s", out)
+    return Written(Path(out), 1)
 
 
 def manipulate(animator: Animator, source: Path, out: Path, edit: np.ndarray,
-               config: OfflineConfig = OfflineConfig(), sweep: Sweep = Sweep()) -> None:
+               config: OfflineConfig = OfflineConfig(), sweep: Sweep = Sweep()) -> Written:
     """A clip of the portrait in `source` moving along the edit's directions and back (silent)."""
+    prepare_output(out, video=True, inputs=(source,))
     with _detector(config) as detector:
         avatar = animator.encode_avatar(_portrait(read_image(source), source, detector))
     factors = sweep.factors()
     frames = _swept(animator, avatar, edit, factors, config.chunk)
-    _write_video(frames, out, Fraction(sweep.fps), None, config, total=len(factors))
+    return _write_video(frames, out, Fraction(sweep.fps), None, config, total=len(factors))
+
+
+def prepare_output(out: Path, video: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Make sure `out` can be written, before anything slow happens: its folder is created if
+    missing and must take files, an image's name must say a format we write, and it must not
+    be one of the `inputs`. Anything else is a MediaError saying what to change."""
+    out = Path(out)
+    if out.is_dir():
+        example = out / ("out.mp4" if video else "out.png")
+        raise MediaError(f"{out} is a folder: give the output a file name, e.g. {example}")
+    if not video and not cv2.haveImageWriter(str(out)):
+        raise MediaError(f"Cannot write {out}: name it .png, .jpg or .webp")
+    for source in inputs:
+        if out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise MediaError(f"{out} is also an input: writing it would destroy it. Choose another output file.")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _probe(folder)
+    except OSError as error:
+        raise MediaError(f"Cannot write into the folder {folder} ({error.strerror or error}): choose another "
+                         f"place for {out.name}, or make the folder writable.") from error
+    if out.exists() and not os.access(out, os.W_OK):
+        raise MediaError(f"{out} exists and cannot be overwritten (it is read-only): choose another file name.")
 
 
 def _detector(config: OfflineConfig) -> contextlib.AbstractContextManager[FaceDetector | None]:
@@ -157,14 +207,36 @@ def _swept(animator: Animator, avatar: Avatar, edit: np.ndarray, factors: np.nda
 
 
 def _write_video(frames: Iterable[np.ndarray], out: Path, fps: Fraction, audio_from: Path | None,
-                 config: OfflineConfig, total: int) -> None:
+                 config: OfflineConfig, total: int, reading: Path | None = None) -> Written:
+    """Encode `frames` into `out`; `total` is how many the input announced (`reading`, if a video)."""
     start = time.perf_counter()
     with VideoWriter(out, fps, (config.size, config.size), audio_from) as writer:
         for frame in tqdm(frames, total=total or None, unit="frame", desc=Path(out).name, disable=not config.progress):
             writer.write(resize_square(frame, config.size))
     seconds = time.perf_counter() - start
+    written = writer.frames_written
     log.info("wrote %s: %d frames at %.3g fps in %.1f s (%.1f ms per frame: reading, model and writing)",
-             out, writer.frames_written, float(fps), seconds, 1000 * seconds / max(1, writer.frames_written))
+             out, written, float(fps), seconds, 1000 * seconds / max(1, written))
+    note = _shortfall(reading, written, total) if reading is not None else ""
+    if note:
+        log.warning("%s: %s", out, note)
+    return Written(Path(out), written, note)
+
+
+def _shortfall(video: Path, read: int, announced: int) -> str:
+    """Why a video gave fewer frames than it announced ('' when it did not): usually a file cut
+    short by an interrupted download or copy. A few frames of slack allow for estimated counts."""
+    if announced <= 0 or read >= announced - max(1, announced // 50):
+        return ""
+    return (f"only {read} of the {announced} frames of {video} could be read; the video may be cut short "
+            f"(an interrupted download or copy), so the output ends early")
+
+
+def _probe(folder: Path) -> None:
+    """Create and delete a file in `folder`: the one sure test that it takes files."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=".liveanim-probe-")
+    os.close(handle)
+    os.unlink(name)
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 import cv2
 import numpy as np
 
-from liveanim.errors import CameraError, MediaError
+from liveanim.errors import CameraError, Fix, MediaError
 from liveanim.pipeline.events import EventCallback, SourceLost, SourceReopened, log_event
 from liveanim.pipeline.video import VideoReader, read_image
 
@@ -177,7 +177,7 @@ class CameraSource:
         notify = on_event if on_event is not None else (lambda event: log_event(log, event))
         capture = self._open()
         if capture is None:
-            raise CameraError(self._open_failed_message())
+            raise CameraError(self._open_failed_message(), fix=Fix.OTHER_CAMERA)
         try:
             while not self._closed.is_set():
                 frame = self._read(capture)

@@ -1,16 +1,11 @@
 """Getting the LIA-X weights: find or download the file, read it safely, check it fits the model.
 
     state = load_weights(args.weights)             # resolve -> download -> (cached) read
-    check_layout(state, LIAX.expected_layout(width, motion_dim))
+    width, motion_dim = check_state(state, source=args.weights)   # names, shapes, types, values
 """
 
-from liveanim.weights.checkpoint import (
-    cached_safetensors,
-    check_layout,
-    infer_dims,
-    load_weights,
-    read_state_dict,
-)
+from liveanim.weights.cache import cached_safetensors, load_weights
+from liveanim.weights.checkpoint import check_layout, check_state, infer_dims, read_state_dict
 from liveanim.weights.download import (
     LIAX_RELEASE,
     HubFile,
@@ -25,6 +20,7 @@ __all__ = [
     "HubFile",
     "cached_safetensors",
     "check_layout",
+    "check_state",
     "default_cache_dir",
     "download_weights",
     "find_cached_weights",

@@ -1,30 +1,27 @@
 """Read LIA-X weights safely and say clearly why a file cannot be used.
 
 Weights come from safetensors or `torch.load(weights_only=True)`; a pickle that needs code
-is refused. The first load of a .pt writes a safetensors copy to the cache, so later
-loads are memory-mapped and take seconds instead of unpickling 3.6 GB.
+is refused. Before a model uses them, their names, shapes, types and values are checked
+(`check_state`), and every message names the file. `liveanim.weights.cache` keeps the
+fast-loading safetensors copy of a .pt.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from liveanim.errors import CheckpointError
-from liveanim.weights.download import LIAX_RELEASE, default_cache_dir, resolve_weights
+from liveanim.errors import CheckpointError, Fix
+from liveanim.model import LIAX
+from liveanim.weights.download import LIAX_RELEASE
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +29,12 @@ ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 NESTED_KEYS = ("state_dict", "gen", "generator", "model")
-WIDTH_KEY = "enc.enc_2r.block1.0.weight"
-MOTION_KEY = "enc.enc_r2t.0.weight"
-BASE_CHANNELS = 64
-CONVERTED_SUBDIR = "safetensors"
-CACHE_KEY_CHARS = 16
-FREE_SPACE_MARGIN = 256 * 2**20
+MOTION_KEY = "enc.enc_r2t.0.weight"  # (motion_dim, latent_dim): the model's two dimensions
+LATENT_PER_WIDTH = 512
+LATENT_STEP = 8  # the first encoder stage has latent_dim / 8 channels, a whole number
+MIN_LATENT = 64  # width 0.125, the narrowest model
 NAMES_SHOWN = 3
+USE_THE_RELEASE = f"Use the released {LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) or a .safetensors copy of it."
 DETAIL_CHARS = 100
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -85,7 +81,7 @@ FILE_HINTS: tuple[tuple[bytes, str], ...] = (
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors or PyTorch file as float32 CPU tensors, never running code."""
     path = Path(path)
-    size = _existing_size(path)
+    size = existing_size(path)
     try:
         raw = _read_safetensors(path, size) if path.suffix == ".safetensors" else _read_torch(path, size)
     except PermissionError as exc:
@@ -93,12 +89,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {name: _as_float32(tensor) for name, tensor in _unwrap(raw, path).items()}
 
 
-def _existing_size(path: Path) -> int:
-    """The size of a weights file, after checking that there is one to read."""
+def existing_size(path: Path) -> int:
+    """The size of a weights file, after checking that there is one to read (else a CheckpointError)."""
     if not path.is_file():
         raise CheckpointError(
-            f"The weights file {path} does not exist. Check the path, or pass the file with "
-            f"--weights PATH; the released file is {LIAX_RELEASE.filename} at {LIAX_RELEASE.url}."
+            f"The weights file {path} does not exist: check the path. The released file is "
+            f"{LIAX_RELEASE.filename} at {LIAX_RELEASE.url}.", fix=Fix.WEIGHTS_FILE
         )
     size = path.stat().st_size
     if size == 0:
@@ -149,10 +145,7 @@ def _not_a_checkpoint(path: Path) -> CheckpointError:
     if what is None and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
         what = f"a text file starting with {head.decode('ascii')[:40]!r}"
     found = f": it is {what}" if what else ""
-    return CheckpointError(
-        f"{path} is not a PyTorch checkpoint{found}. Pass the LIA-X weights "
-        f"({LIAX_RELEASE.filename} from {LIAX_RELEASE.url}, or a .safetensors copy) with --weights PATH."
-    )
+    return CheckpointError(f"{path} is not a PyTorch checkpoint{found}. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE)
 
 
 def _needs_code(path: Path, detail: str) -> CheckpointError:
@@ -178,10 +171,8 @@ def _unwrap(raw: object, path: Path) -> Mapping[str, torch.Tensor]:
         found = f"a dict with keys {', '.join(map(repr, list(raw)[:5]))}"
     else:
         found = f"a {type(raw).__name__}"
-    raise CheckpointError(
-        f"{path} holds no state dict of tensors (found {found}). Pass the LIA-X weights "
-        f"({LIAX_RELEASE.filename} from {LIAX_RELEASE.url}) with --weights PATH."
-    )
+    raise CheckpointError(f"{path} holds no state dict of tensors (found {found}). {USE_THE_RELEASE}",
+                          fix=Fix.WEIGHTS_FILE)
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -203,7 +194,7 @@ def check_layout(state: Mapping[str, torch.Tensor], expected: Shapes, *, source:
     found = _shapes(state)
     wanted = {name: tuple(shape) for name, shape in expected.items()}
     if found != wanted:
-        raise CheckpointError(_layout_mismatch(found, wanted, source))
+        raise CheckpointError(_layout_mismatch(found, wanted, source), fix=Fix.WEIGHTS_FILE)
 
 
 def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -226,7 +217,7 @@ def _layout_mismatch(found: Shapes, wanted: Shapes, source: Path | None) -> str:
     lines += [f"Missing, e.g.: {_few(missing)}."] if missing else []
     lines += [f"Unexpected, e.g.: {_few(unexpected)}."] if unexpected else []
     lines += [_wrong_shapes(reshaped, found, wanted)] if reshaped else []
-    lines.append(f"Pass the released {LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH.")
+    lines.append(USE_THE_RELEASE)
     return "\n".join(lines)
 
 
@@ -263,10 +254,11 @@ def _more(names: list[str]) -> str:
 
 
 def _dims_from_shapes(shapes: Shapes) -> tuple[float, int] | None:
-    """(width, motion_dim) read off the first encoder conv and the motion head, if both exist."""
-    if WIDTH_KEY not in shapes or MOTION_KEY not in shapes:
+    """(width, motion_dim) read off the motion head (motion_dim, 512 * width), if it exists."""
+    shape = shapes.get(MOTION_KEY)
+    if shape is None or len(shape) != 2:
         return None
-    return shapes[WIDTH_KEY][0] / BASE_CHANNELS, shapes[MOTION_KEY][0]
+    return shape[1] / LATENT_PER_WIDTH, shape[0]
 
 
 def infer_dims(state: Mapping[str, torch.Tensor], *, source: Path | None = None) -> tuple[float, int]:
@@ -275,80 +267,75 @@ def infer_dims(state: Mapping[str, torch.Tensor], *, source: Path | None = None)
     dims = _dims_from_shapes(shapes)
     if dims is None:
         raise CheckpointError(
-            f"{source or 'The checkpoint'} does not look like LIA-X: it has no {WIDTH_KEY} or "
-            f"{MOTION_KEY}. Found {len(shapes)} tensors; {_guess(shapes)}. Pass the released "
-            f"{LIAX_RELEASE.filename} ({LIAX_RELEASE.url}) with --weights PATH."
+            f"{source or 'The checkpoint'} does not look like LIA-X: it has no {MOTION_KEY} of two "
+            f"dimensions. Found {len(shapes)} tensors; {_guess(shapes)}. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
         )
     return dims
 
 
-def cached_safetensors(pt_path: Path, cache_dir: Path) -> Path:
-    """The fast safetensors copy of a .pt, written on first use; the .pt itself if it cannot be."""
-    pt_path = Path(pt_path)
-    _existing_size(pt_path)
-    target = Path(cache_dir) / f"{pt_path.stem}-{_cache_key(pt_path)}.safetensors"
-    if target.is_file():
-        return target
-    state = read_state_dict(pt_path)
-    infer_dims(state, source=pt_path)  # never spend gigabytes of cache on another model's file
-    log.info("Converting %s to %s once; later loads take seconds", pt_path, target)
-    if not _write_atomically(state, target):
-        return pt_path
-    _remove_stale_copies(target, pt_path.stem)
-    return target
+def check_state(state: Mapping[str, torch.Tensor], *, source: Path | None = None) -> tuple[float, int]:
+    """(width, motion_dim) of a state dict that a model can use as it is: its names and shapes
+    are those of the LIA-X model its motion head describes, every tensor holds floating-point
+    numbers, and every number is finite. Anything else is a CheckpointError naming `source`.
+
+    NaN or infinite weights would otherwise load and render black frames without a word.
+    """
+    width, motion_dim = infer_dims(state, source=source)
+    check_layout(state, _expected_layout(width, motion_dim, source), source=source)
+    _check_floating(state, source)
+    _check_finite(state, source)
+    return width, motion_dim
 
 
-def _cache_key(path: Path) -> str:
-    """A cheap identity of a file's contents: its size and modification time, hashed."""
-    stat = path.stat()
-    return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:CACHE_KEY_CHARS]
-
-
-def _write_atomically(state: Mapping[str, torch.Tensor], target: Path) -> bool:
-    """Write to a temp file then rename, so no reader ever sees half a cache file."""
-    partial: Path | None = None
+def _expected_layout(width: float, motion_dim: int, source: Path | None) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the LIA-X model of these dimensions, if there can be one."""
+    latent = round(width * LATENT_PER_WIDTH)
+    if latent < MIN_LATENT or latent % LATENT_STEP or motion_dim < 1:
+        raise _no_such_model(source, (motion_dim, latent), f"it needs at least one direction and a latent "
+                                                           f"size that is a multiple of {LATENT_STEP} from {MIN_LATENT}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _ensure_room(target.parent, sum(t.numel() * t.element_size() for t in state.values()))
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".partial")
-        os.close(handle)
-        partial = Path(name)
-        save_file({key: tensor.contiguous() for key, tensor in state.items()}, partial)
-        os.replace(partial, target)
-    except OSError as exc:
-        log.warning(
-            "Could not write the safetensors cache %s (%s); loading the .pt directly, which is "
-            "slower. Free some disk space or set LIVEANIM_CACHE to a writable folder.", target, exc
+        return LIAX.expected_layout(width, motion_dim)
+    except ValueError as error:  # e.g. channel counts that GroupNorm cannot divide into groups
+        raise _no_such_model(source, (motion_dim, latent), str(error)) from None
+
+
+def _no_such_model(source: Path | None, shape: tuple[int, int], why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{source or 'The checkpoint'} is no LIA-X checkpoint: its {MOTION_KEY} has shape {shape}, "
+        f"and no LIA-X model has that size ({why}). {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
+    )
+
+
+def _check_floating(state: Mapping[str, torch.Tensor], source: Path | None) -> None:
+    """Weights are real numbers; integer or boolean tensors mean another program wrote the file."""
+    wrong = [name for name, tensor in state.items() if not tensor.is_floating_point()]
+    if wrong:
+        raise CheckpointError(
+            f"{source or 'The checkpoint'} holds tensors that are not floating point, e.g. {wrong[0]} of "
+            f"type {state[wrong[0]].dtype}{_and_others(wrong)}; LIA-X weights are float32, float16 or bfloat16. "
+            f"The file was changed by another program or is damaged. {USE_THE_RELEASE}", fix=Fix.WEIGHTS_FILE
         )
-        return False
-    finally:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-    return True
 
 
-def _ensure_room(folder: Path, needed: int) -> None:
-    """Fail before writing rather than fill the disk to the last byte."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + FREE_SPACE_MARGIN:
-        raise OSError(errno.ENOSPC, f"needs {needed:,} bytes, {free:,} free")
+def _check_finite(state: Mapping[str, torch.Tensor], source: Path | None) -> None:
+    """No NaN or infinity anywhere: one pass of min/max per tensor (they propagate both)."""
+    broken = [name for name, tensor in state.items() if tensor.numel() and not _finite(tensor)]
+    if broken:
+        first = state[broken[0]]
+        count = first.numel() - int(torch.isfinite(first).sum())
+        raise CheckpointError(
+            f"{source or 'The checkpoint'} holds NaN or infinite weights, e.g. {count:,} of the "
+            f"{first.numel():,} values of {broken[0]}{_and_others(broken)}; a model with them renders black "
+            f"frames. The file is damaged, or comes from a training run that diverged. {USE_THE_RELEASE}",
+            fix=Fix.WEIGHTS_FILE,
+        )
 
 
-def _remove_stale_copies(target: Path, stem: str) -> None:
-    """Delete copies made from older versions of the same file, so the cache does not grow."""
-    pattern = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{{CACHE_KEY_CHARS}}}\.safetensors")
-    for old in target.parent.glob(f"{stem}-*.safetensors"):
-        if old != target and pattern.fullmatch(old.name):
-            log.info("Removing stale cache %s", old)
-            old.unlink(missing_ok=True)
+def _and_others(names: list[str]) -> str:
+    """' (and N other tensors)' after the first of `names`."""
+    return f" (and {len(names) - 1} other tensors)" if len(names) > 1 else ""
 
 
-def load_weights(
-    path: Path | None = None, *, download: bool = True, cache_dir: Path | None = None
-) -> dict[str, torch.Tensor]:
-    """The LIA-X state dict: resolve the file, read it (through the safetensors cache for a .pt)."""
-    cache_dir = cache_dir or default_cache_dir()
-    found = resolve_weights(path, download, cache_dir=cache_dir)
-    if found.suffix != ".safetensors":
-        found = cached_safetensors(found, cache_dir / CONVERTED_SUBDIR)
-    return read_state_dict(found)
+def _finite(tensor: torch.Tensor) -> bool:
+    low, high = torch.aminmax(tensor.float() if tensor.dtype != torch.float32 else tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))

@@ -17,7 +17,7 @@ import huggingface_hub
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError, HTTPError, XetDownloadError
 
-from liveanim.errors import CheckpointError, WeightsDownloadError
+from liveanim.errors import CheckpointError, Fix, WeightsDownloadError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ def _manual_instructions(cache_dir: Path, source: HubFile = LIAX_RELEASE) -> str
     """The sentences that tell a person how to install the weights by hand."""
     return (
         f"Download {source.filename} from {source.url} (about {source.approx_bytes / 1e9:.1f} GB) "
-        f"and save it as {cache_dir / source.filename}, "
-        f"or pass its location with the --weights PATH option."
+        f"and save it as {cache_dir / source.filename}."
     )
 
 
@@ -97,7 +96,7 @@ def download_weights(cache_dir: Path | None = None, source: HubFile = LIAX_RELEA
             repo_id=source.repo_id, filename=source.filename, cache_dir=cache_dir / HUB_SUBDIR
         )
     except HUB_FAILURES as exc:
-        raise WeightsDownloadError(_download_failure(exc, cache_dir, source)) from exc
+        raise WeightsDownloadError(_download_failure(exc, cache_dir, source), fix=Fix.WEIGHTS_FILE) from exc
     return Path(found)
 
 
@@ -147,7 +146,7 @@ def resolve_weights(
     if not download:
         raise CheckpointError(
             f"No LIA-X weights found in {cache_dir} and downloading is turned off. "
-            f"{_manual_instructions(cache_dir)}"
+            f"{_manual_instructions(cache_dir)}", fix=Fix.WEIGHTS_FILE
         )
     return download_weights(cache_dir)
 
@@ -156,13 +155,13 @@ def _explicit_path(path: Path, cache_dir: Path) -> Path:
     """A path the person named must be an existing file; say so plainly if it is not."""
     if path.is_dir():
         raise CheckpointError(
-            f"The weights path {path} is a folder; pass the file itself "
-            f"(e.g. {path / LIAX_RELEASE.filename}) with --weights PATH."
+            f"The weights path {path} is a folder, not the file itself (e.g. {path / LIAX_RELEASE.filename}).",
+            fix=Fix.WEIGHTS_FILE,
         )
     if not path.is_file():
         raise CheckpointError(
-            f"The weights file {path} does not exist. Check the path given with --weights PATH, "
-            f"or leave --weights out to use {cache_dir / LIAX_RELEASE.filename} "
-            f"(downloaded from {LIAX_RELEASE.url} on first use)."
+            f"The weights file {path} does not exist: check the path. Without one, LiveAnim uses "
+            f"{cache_dir / LIAX_RELEASE.filename} (downloaded from {LIAX_RELEASE.url} on first use).",
+            fix=Fix.WEIGHTS_FILE,
         )
     return path
