@@ -6,7 +6,7 @@ how engines are targeted and cached) is a `TensorRTLibrary` value:
 - TensorRT builds on the GPU that runs the engine and times kernels there (a timing cache);
   an engine runs on that GPU model and TensorRT version only.
 - TensorRT for RTX (`pip install tensorrt-rtx`, consumer and workstation GPUs of compute capability
-  7.5, 8.0, 8.6, 8.9 and 12.x) builds for compute capabilities, with no GPU needed, and compiles
+  8.0, 8.6, 8.9 and 12.x for our engines; Turing's 7.5 lacks the fp32 products they need) builds for compute capabilities, with no GPU needed, and compiles
   kernels just in time on the GPU that runs them, kept in a runtime cache per GPU.
 
 Written to the TensorRT 10 Python API. fp16 on TensorRT 10 builds the fp32 graphs with
@@ -59,8 +59,9 @@ class TensorRTLibrary:
     title:   its name in messages.
     jit:     engines are built for compute capabilities and their kernels compiled just in time
              on the GPU that runs them (runtime cache), rather than built and timed on that GPU.
-    runs_on: the compute capabilities it runs on; empty: every GPU the library supports.
+    runs_on: the compute capabilities it runs LiveAnim's engines on; empty: every GPU the library supports.
     gpus:    the GPUs those are, in words.
+    cannot:  compute capabilities the library supports but cannot build LiveAnim's engines for, and why.
     """
 
     backend: str
@@ -69,6 +70,7 @@ class TensorRTLibrary:
     jit: bool
     runs_on: tuple[str, ...] = ()
     gpus: str = ""
+    cannot: tuple[tuple[str, str], ...] = ()
 
     def install_command(self) -> str:
         """The pip command for its wheels; TensorRT's must match torch's CUDA major version."""
@@ -83,19 +85,29 @@ class TensorRTLibrary:
     def check_gpu(self, gpu: Gpu) -> None:
         """BackendUnavailable where the library refuses to run on this GPU."""
         if not self.runs(gpu):
-            raise BackendUnavailable(
-                f"{self.title} does not run on {gpu.name} (compute capability {gpu.compute_capability}); it runs on "
-                f"{', '.join(self.runs_on)} ({self.gpus}).", fix=Fix.TENSORRT_OR_TORCH)
+            raise BackendUnavailable(f"{self.title} does not run on {gpu.name} "
+                                     f"{self.why_not(gpu.compute_capability)}.", fix=Fix.TENSORRT_OR_TORCH)
+
+    def why_not(self, capability: str) -> str:
+        """Why there are no engines for `capability` (one that `runs_on` lacks), in words."""
+        reason = dict(self.cannot).get(capability)
+        if reason is not None:
+            return f"(compute capability {capability}): {reason}"
+        return f"(compute capability {capability}); it runs on {', '.join(self.runs_on)} ({self.gpus})"
 
 
 TENSORRT = TensorRTLibrary("tensorrt", "tensorrt", "TensorRT", jit=False)
-# NVIDIA's support matrix: Turing (7.5, fp16 and fp32), Ampere (8.0, 8.6), Ada (8.9), Blackwell (12.0, 12.1)
-TENSORRT_RTX = TensorRTLibrary("tensorrt-rtx", "tensorrt_rtx", "TensorRT for RTX", jit=True,
-                               runs_on=("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"),
-                               gpus="GeForce RTX 20 to 50 series, RTX workstation GPUs")
+# NVIDIA's support matrix: Turing (7.5), Ampere (8.0, 8.6), Ada (8.9), Blackwell (12.0, 12.1). On
+# Turing it has no fp32 matrix products, and our encoders and flow heads are fp32: its builder
+# (1.7.1, 2026-12-03) refused the source encoder ("FP32 GEMM is not supported" for SM75).
+TENSORRT_RTX = TensorRTLibrary(
+    "tensorrt-rtx", "tensorrt_rtx", "TensorRT for RTX", jit=True, runs_on=("8.0", "8.6", "8.9", "12.0", "12.1"),
+    gpus="GeForce RTX 30 to 50 series, RTX workstation GPUs from Ampere on",
+    cannot=(("7.5", "on Turing (GeForce RTX 20 series) it has no fp32 matrix products, which LiveAnim's "
+                    "encoders and flow heads need"),))
 LIBRARIES = {library.backend: library for library in (TENSORRT, TENSORRT_RTX)}
 # what a TensorRT for RTX engine is built for by default, where no GPU decides (NVIDIA's default:
-# Ampere RTX and later; Turing needs engines of its own)
+# Ampere RTX and later)
 PORTABLE_TARGETS = ("8.6", "8.9", "12.0")
 
 
@@ -137,8 +149,9 @@ def check_targets(library: TensorRTLibrary, targets: tuple[str, ...]) -> None:
         raise UsageError(f"{library.title} builds for the GPU it runs on; --gpu-target is for tensorrt-rtx.")
     unknown = [cc for cc in targets if cc not in library.runs_on]
     if unknown:
-        raise UsageError(f"{library.title} builds for compute capabilities {', '.join(library.runs_on)}, "
-                         f"not {', '.join(unknown)}.")
+        reasons = "; ".join(f"{cc}: {why}" for cc, why in library.cannot if cc in unknown)
+        raise UsageError(f"{library.title} builds LiveAnim's engines for compute capabilities "
+                         f"{', '.join(library.runs_on)}, not {', '.join(unknown)}" + (f" ({reasons})." if reasons else "."))
 
 
 def weakly_typed(trt: ModuleType) -> bool:

@@ -10,8 +10,8 @@ partial run still yields data):
   export     main.py export --seeded $WIDTH --precision P for P in $EXPORT_PRECISIONS
              (default "fp16"; fp16 took 152 s and fp32 107 s on an H100)              -> export-P.json
   rtx-build  build-engines --engine tensorrt-rtx --gpu-target ... from the fp16 export, once per
-             target set of $TARGET_SETS (default "8.6,8.9,12.0 7.5": NVIDIA's portable default,
-             then Turing, which needs engines of its own): time, engine sizes, the library's
+             target set of $TARGET_SETS (default "8.6,8.9,12.0": NVIDIA's portable default; Turing,
+             7.5, is refused: no fp32 matrix products there): time, engine sizes, the library's
              warnings and errors (an unsupported layer stops the build and is named)   -> rtx-build.json
   rtx-refuse what happens on this GPU: `--engine tensorrt-rtx` (our message), `auto` on a
              width-0.125 model (each skip, then the engine it picks), and the library's own
@@ -118,7 +118,7 @@ def export() -> None:
 
 def rtx_build() -> None:
     results = []
-    for targets in os.environ.get("TARGET_SETS", "8.6,8.9,12.0 7.5").split():
+    for targets in os.environ.get("TARGET_SETS", "8.6,8.9,12.0").split():
         records = _Records()
         logging.getLogger().addHandler(records)
         started = time.perf_counter()

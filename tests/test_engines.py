@@ -29,7 +29,7 @@ from engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint,
                            seeded_fingerprint, stale_reason)
 from engines.devices import Gpu, cuda_gpu
 from engines.onnxruntime_engine import PROVIDER_NAMES
-from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache
+from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
 from engines.torch_engine import TorchEngine
 from export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
@@ -172,9 +172,48 @@ def test_tensorrt_rtx_on_a_gpu_it_does_not_run_on_says_what_to_use(fake_gpu):
     assert "--engine tensorrt or torch" in message and "pip install" not in message
 
 
+def test_tensorrt_rtx_on_turing_says_why_it_has_no_engines_there(fake_gpu):
+    """RTX 20 GPUs (7.5): the library runs there, but cannot build our fp32 encoders and flow heads."""
+    fake_gpu("NVIDIA GeForce RTX 2080 Ti", (7, 5))
+    with pytest.raises(BackendUnavailable) as raised:
+        create_engine(EngineConfig(backend="tensorrt-rtx", seeded=True, width=0.125))
+    message = str(raised.value)
+    assert "compute capability 7.5" in message and "no fp32 matrix products" in message
+    assert "--engine tensorrt or torch" in message and "pip install" not in message
+    with pytest.raises(UsageError, match=r"not 7.5 \(7.5: on Turing"):
+        check_targets(TENSORRT_RTX, ("8.6", "7.5"))
+
+
+def test_tensorrt_rtx_still_builds_no_fp32_product_for_turing():
+    """Why 7.5 is left out: the real builder refuses an fp32 matrix product for SM75 (and builds the
+    fp16 one). When a release builds it, this fails: offer Turing engines again."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def builds_for_turing(dtype: int, values: np.ndarray) -> bool:
+        weight = numpy_helper.from_array(values, "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "product",
+                                  [helper.make_tensor_value_info("x", dtype, [1, 8])],
+                                  [helper.make_tensor_value_info("y", dtype, [1, 8])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        assert trt.OnnxParser(network, logger).parse(model.SerializeToString())
+        config = builder.create_builder_config()
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(trt.ComputeCapability.SM75, 0)
+        return builder.build_serialized_network(network, config) is not None
+
+    assert builds_for_turing(TensorProto.FLOAT16, np.ones((8, 8), np.float16))
+    assert not builds_for_turing(TensorProto.FLOAT, np.ones((8, 8), np.float32))
+    assert "7.5" not in TENSORRT_RTX.runs_on and "7.5" in dict(TENSORRT_RTX.cannot)
+
+
 @pytest.mark.parametrize("name, capability, first", [
     ("NVIDIA GeForce RTX 4090", "8.9", "tensorrt-rtx"), ("NVIDIA GeForce RTX 5080", "12.0", "tensorrt-rtx"),
-    ("NVIDIA RTX A6000", "8.6", "tensorrt-rtx"), ("NVIDIA GeForce RTX 2080 Ti", "7.5", "tensorrt-rtx"),
+    ("NVIDIA RTX A6000", "8.6", "tensorrt-rtx"), ("NVIDIA GeForce RTX 2080 Ti", "7.5", "tensorrt"),
     ("NVIDIA H200", "9.0", "tensorrt"), ("NVIDIA A100-SXM4-80GB", "8.0", "tensorrt"), ("NVIDIA L4", "8.9", "tensorrt"),
     ("NVIDIA GeForce GTX 1080", "6.1", "tensorrt")])
 def test_auto_order_follows_the_gpu_family(name, capability, first):

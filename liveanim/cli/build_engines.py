@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: the GPU")
     parser.add_argument("--gpu-target", action="append", default=[], metavar="CC",
                         help="tensorrt-rtx: build, without running them, engines for GPUs of this compute capability "
-                             "(repeatable: 7.5, 8.0, 8.6, 8.9, 12.0, 12.1; one engine serves all those given); "
+                             "(repeatable: 8.0, 8.6, 8.9, 12.0, 12.1; one engine serves all those given); "
                              "no GPU is needed")
     parser.set_defaults(run=run)
 
