@@ -34,7 +34,7 @@ from liveanim.cli import live as live_cli
 from liveanim.cli import main
 from liveanim.cli import options as cli_options
 from liveanim.errors import CameraError
-from liveanim.face import CropBox, paste_back
+from liveanim.face import CropBox, FaceTracker, crop_image, paste_back
 from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import DIALS_BY_NAME, edit_vector
 from liveanim.motion.neutral import NeutralConfig
@@ -44,6 +44,7 @@ from liveanim.pipeline import sources
 from liveanim.pipeline.events import (EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
                                       RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
                                       VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
+from liveanim.pipeline import live as live_module
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession, _FrameQueue
 from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, VirtualCameraSink, load_motion_track
 from liveanim.pipeline.sources import CameraConfig, CameraSource, ImageFolderSource, VideoFileSource
@@ -318,6 +319,9 @@ def test_face_lost_holds_then_eases_to_neutral(animator):
         last = run.step(head_pose(2), 0.1)
         assert last.face_found and np.abs(last.motion).max() > 1e-3
         held = run.step(blank, 0.2)  # lost at 0.2: held until 0.5, back at rest by 0.9
+        while held.face_found:  # tracked beside the loop, a frame may be cropped with the box of the one before
+            assert held.index < 5, "the tracker never caught up with the blank frames"
+            last, held = held, run.step(blank, 0.2)
         assert not held.face_found and held.face_box == last.face_box
         np.testing.assert_array_equal(held.output, last.output)  # held: the same frame, not re-rendered
         renders = len(spy.rendered)
@@ -330,6 +334,66 @@ def test_face_lost_holds_then_eases_to_neutral(animator):
         assert not np.array_equal(rested.output, easing.output)
     finally:
         run.session.stop()
+
+
+class CropSpy(Animator):
+    """The real animator, keeping each driving crop the motion thread reads a motion code from."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.crops: list[np.ndarray] = []
+
+    def motion(self, frames):
+        if threading.current_thread().name == "live-motion":
+            self.crops.append(np.array(frames))
+        return super().motion(frames)
+
+
+def test_a_slow_tracker_never_holds_back_the_frames_and_each_keeps_its_own_box(animator, monkeypatch):
+    """Tracking runs beside the loop: with the tracker stuck after its first frame, every frame of
+    a lossless source is still animated (with the one box there is); once it goes on, the crop
+    follows the face again. Each frame reaches the outputs with the box its crop was taken with."""
+    release = threading.Event()
+    tracked: list[int] = []
+
+    class StuckTracker(FaceTracker):
+        """The real tracker, stuck after its first frame until released: as slow as can be."""
+
+        def track(self, frame):
+            if tracked:
+                release.wait(TIMEOUT_S)
+            tracked.append(len(tracked))
+            return super().track(frame)
+
+    monkeypatch.setattr(live_module, "FaceTracker", StuckTracker)
+    spy = CropSpy(animator.engine)
+    source = ScriptedSource(live=False)
+    delivered: queue.Queue[LiveFrame] = queue.Queue()
+    session = LiveSession(LiveConfig(), spy, source, on_event=frames_to(delivered.put))
+    session.add_avatar(data.astronaut(), "astronaut")
+    session.start()
+    try:
+        for step in range(6):
+            source.push(head_pose(step), step / 30)
+        stuck = [delivered.get(timeout=TIMEOUT_S) for _ in range(6)]
+        assert len(tracked) == 1  # only the first frame has been tracked
+        assert [frame.index for frame in stuck] == list(range(6))
+        assert all(frame.face_found and frame.face_box == stuck[0].face_box for frame in stuck)
+
+        release.set()
+        moved = np.roll(head_pose(0), 120, axis=1)  # far enough to be followed at once
+        frames = list(stuck)
+        while frames[-1].face_box.left < stuck[0].face_box.left + 60:
+            assert len(frames) < 12, "the crop never followed the face once the tracker went on"
+            source.push(moved, len(frames) / 30)
+            frames.append(delivered.get(timeout=TIMEOUT_S))
+        with_face = [frame for frame in frames if frame.face_found]
+        assert len(spy.crops) == len(with_face)
+        for crop, frame in zip(spy.crops, with_face):
+            np.testing.assert_array_equal(crop, crop_image(frame.driving, frame.face_box))
+    finally:
+        release.set()
+        session.stop()
 
 
 # ----- degrading, not crashing ------------------------------------------------------------

@@ -1,7 +1,22 @@
-"""The live loop: camera in, animated avatar out, in four threads.
+"""The live loop: camera in, animated avatar out, in five threads.
 
-    capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate,
-    render) --[queue]--> outputs (paste back, then virtual camera, recording, preview)
+    capture --[queue]--> motion (crop, motion code) --[queue]--> render (animate, render)
+                          |  ^                                        |
+            newest frame  |  |  newest crop box                    [queue]
+                          v  |                                        v
+              track (find the face, smooth its box)       outputs (paste back, then virtual
+                                                          camera, recording, preview)
+
+Face tracking runs beside the motion thread, not before it: mediapipe costs more than the
+motion encoder (12-13 ms of CPU a frame, where a frame lasts 16.7 ms at 60 fps;
+docs/bench/face_tracking_after.json), and in sequence the two could not keep up with 60 fps.
+The tracker always works on the newest frame the motion thread has taken and publishes its
+smoothed crop box; the motion thread crops each frame with the newest box there is and never
+waits for the tracker, except until it has found a first face (the frames before it are
+faceless, as on a frame where the face is lost). So a frame's box may come from the frame
+before; the frame, that box and its motion code travel together to the outputs. Tracking only
+frames the loop takes keeps a slow machine's CPU for the renderer, not for frames that would
+be dropped anyway.
 
 The three GPU stages keep the GPU busy together (the motion and output threads each on a CUDA
 stream of their own): the next frame's motion code is computed and the last frame pasted back
@@ -92,8 +107,19 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class _Track:
+    """The tracker's newest word: on frame `index` (of this shape), the crop box (None until a
+    first face) and whether a face was found."""
+
+    index: int
+    shape: tuple[int, ...]
+    box: CropBox | None
+    found: bool
+
+
+@dataclass(frozen=True)
 class _Coded:
-    """A captured frame with its face box and motion code (None: no face found)."""
+    """A captured frame, the box its crop was taken with, and the crop's motion code (None: no face)."""
 
     index: int
     frame: np.ndarray
@@ -165,6 +191,32 @@ class _FrameQueue:
             self._ready.notify_all()
 
 
+class _Newest:
+    """The newest of a stream of values, from one thread to another: each replaces the one before
+    (nothing queues, so nothing is dropped). `close()` wakes every waiter."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def publish(self, value: Any) -> None:
+        with self._ready:
+            self._value = value
+            self._ready.notify_all()
+
+    def wait(self, ready: Callable[[Any], bool]) -> Any:
+        """The newest value once `ready(value)` holds or once closed (then whatever is newest, None if nothing)."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._closed or ready(self._value))
+            return self._value
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 class LiveSession:
     """Runs the live loop over an animator and a source, once (start, then stop); every setter
     is safe to call from any thread, before or during the run."""
@@ -188,6 +240,8 @@ class LiveSession:
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
+        self._taken = _Newest()  # (index, frame): the newest frame the motion thread took, for the tracker
+        self._tracks = _Newest()  # _Track: the tracker's newest crop box, for the motion thread
         self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool), ("record" or "motion", Path | None)
         if config.vcam:
             self.set_vcam(True)
@@ -200,7 +254,6 @@ class LiveSession:
         self._ready = threading.Event()  # set once the engine has run: capture starts only then
         self._stopped = False
         self._error: LiveAnimError | None = None
-        self._tracker: FaceTracker | None = None
         self._fixed_crop = not config.track
         self._last_render: _Rendered | None = None  # on the render thread
         self._last_output: tuple[torch.Tensor, np.ndarray] | None = None  # on the output thread
@@ -209,11 +262,12 @@ class LiveSession:
     # ----- public API -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the four threads and return; the default avatar is added if none was."""
+        """Start the five threads and return; the default avatar is added if none was."""
         if self._threads:
             raise UsageError("this live session has already been started; make a new one")
-        for name, loop in (("capture", self._capture_loop), ("motion", self._motion_loop),
-                           ("render", self._render_loop), ("output", self._output_loop)):
+        for name, loop in (("capture", self._capture_loop), ("track", self._track_loop),
+                           ("motion", self._motion_loop), ("render", self._render_loop),
+                           ("output", self._output_loop)):
             self._threads.append(threading.Thread(target=self._guarded, args=(loop,), name=f"live-{name}",
                                                   daemon=True))
         for thread in self._threads:
@@ -292,9 +346,8 @@ class LiveSession:
     # ----- the per-frame step -----------------------------------------------------------
 
     def _read_motion(self, index: int, frame: np.ndarray, captured_at: float) -> _Coded:
-        """Find the face and read its motion code a_d."""
-        with self._metrics.stage("track"):
-            box, found = self._locate(frame)
+        """Read the motion code a_d from the frame's crop."""
+        box, found = self._locate(index, frame)
         code = None
         if found:
             with self._metrics.stage("motion"):
@@ -336,17 +389,17 @@ class LiveSession:
                          index=coded.index, captured_at=coded.captured_at, motion=rendered.motion,
                          edit=rendered.edit)
 
-    def _locate(self, frame: np.ndarray) -> tuple[CropBox | None, bool]:
-        """The driving crop and whether a face is in it (always, with a fixed crop)."""
+    def _locate(self, index: int, frame: np.ndarray) -> tuple[CropBox | None, bool]:
+        """The driving crop and whether a face is in it: the tracker's newest word, once it has found
+        a face in a frame of this shape; before, its word on this frame (or a newer one). With a
+        fixed crop, the centre square, always with a face."""
         if not self._fixed_crop:
-            try:
-                if self._tracker is None:
-                    self._tracker = FaceTracker(config=self.config.tracker)
-                result = self._tracker.track(frame)
-                return result.box, result.found
-            except ImportError as error:
-                self._emit(TrackingUnavailable(str(error)))
-                self._fixed_crop = True
+            track = self._tracks.wait(lambda track: track is not None and (
+                track.index >= index or (track.box is not None and track.shape == frame.shape)))
+            if not self._fixed_crop:
+                if track is None or track.shape != frame.shape:
+                    return None, False
+                return track.box, track.found
         height, width = frame.shape[:2]
         side = min(height, width)
         return CropBox((width - side) // 2, (height - side) // 2, side), True
@@ -395,17 +448,53 @@ class LiveSession:
         finally:
             self._inbox.put(_END)
 
+    def _track_loop(self) -> None:
+        """Follow the face on the newest frame the motion thread has taken; publish each crop box."""
+        try:
+            tracker = self._start_tracker()
+            if tracker is None:
+                return
+            with tracker:
+                last = _Track(-1, (), None, False)
+                while (item := self._taken.wait(lambda item: item is not None and item[0] > last.index)) is not None:
+                    if item[0] <= last.index:
+                        return  # closed, and the newest frame is tracked
+                    last = self._track(tracker, *item, last)
+                    self._tracks.publish(last)
+        finally:
+            self._tracks.close()
+
+    def _start_tracker(self) -> FaceTracker | None:
+        """The face tracker; None with a fixed crop (asked for, or faces cannot be found here)."""
+        if self._fixed_crop:
+            return None
+        try:
+            return FaceTracker(config=self.config.tracker)
+        except ImportError as error:
+            self._fixed_crop = True  # before the tracks close, so the motion thread sees it when woken
+            self._emit(TrackingUnavailable(str(error)))
+            return None
+
+    def _track(self, tracker: FaceTracker, index: int, frame: np.ndarray, last: _Track) -> _Track:
+        """The tracker's word on one frame; a frame it fails on counts as one without a face."""
+        with self._metrics.stage("track"):
+            result = self._safely(tracker.track, frame)
+        if result is None:
+            return _Track(index, frame.shape, last.box if last.shape == frame.shape else None, False)
+        return _Track(index, frame.shape, result.box, result.found)
+
     def _motion_loop(self) -> None:
         try:
             with self._own_stream():
                 while (item := self._inbox.get()) is not None and item is not _END:
+                    index, frame, _ = item
+                    self._taken.publish((index, frame))
                     coded = self._safely(self._read_motion, *item)
                     if coded is not None and not self._coded.put(coded):
                         return
         finally:
+            self._taken.close()
             self._coded.put(_END)
-            if self._tracker is not None:
-                self._tracker.close()
 
     @contextlib.contextmanager
     def _own_stream(self) -> Iterator[None]:
@@ -540,6 +629,8 @@ class LiveSession:
         self._inbox.close()
         self._coded.close()
         self._outbox.close()
+        self._taken.close()
+        self._tracks.close()
         self._ready.set()
 
     def _emit(self, event: SessionEvent) -> None:
