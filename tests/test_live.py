@@ -41,14 +41,15 @@ from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
 from liveanim.pipeline import sources
-from liveanim.pipeline.events import (EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
+from liveanim.pipeline.events import (AvatarUncropped, EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
                                       RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
-                                      VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
+                                      TrackingUnavailable, VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
 from liveanim.pipeline import live as live_module
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession, _FrameQueue
 from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, VirtualCameraSink, load_motion_track
 from liveanim.pipeline.sources import CameraConfig, CameraSource, ImageFolderSource, VideoFileSource
 from liveanim.pipeline.video import VideoReader, VideoWriter, write_image
+from tests.test_face import without_egl
 from tests.test_video import probe
 
 FACE_CENTRE = (225.0, 115.0)  # (x, y) of the astronaut's face
@@ -423,6 +424,43 @@ class FakeCapture:
 
     def release(self) -> None:
         self.released = True
+
+
+def test_without_the_face_library_the_live_loop_goes_on_with_centre_crops(animator, monkeypatch):
+    without_egl(monkeypatch)
+    source = ScriptedSource(live=False)
+    seen: list[LiveFrame] = []
+    events = Events()
+    session = LiveSession(LiveConfig(), animator, source,
+                          on_event=lambda event: (events(event), frames_to(seen.append)(event)))
+    session.start()  # the default avatar is added on the session's thread
+    try:
+        for step in range(3):
+            source.push(cv2.copyMakeBorder(head_pose(step), 0, 0, 64, 64, cv2.BORDER_REFLECT), step / 30)
+        wait_for(lambda: len(seen) == 3, what="three frames")
+    finally:
+        session.stop()
+    assert session.error is None, events
+    assert [event.name for event in events.of(AvatarUncropped)] == ["astronaut"]
+    assert len(events.of(TrackingUnavailable)) == 1
+    assert "sudo apt install libegl1" in events.of(TrackingUnavailable)[0].message
+    assert all(frame.face_found and frame.face_box == CropBox(64, 0, 512) for frame in seen)  # the centre square
+    assert session.avatars.current().box == CropBox(0, 0, 512)  # the whole (square) portrait
+
+
+def test_live_cli_without_the_face_library_warns_and_streams(monkeypatch, tmp_path, caplog):
+    without_egl(monkeypatch)
+    portrait = tmp_path / "me.png"
+    write_image(portrait, data.astronaut())
+    video = driving_video(tmp_path / "drive.mp4", frames=2)
+    with caplog.at_level(logging.WARNING):
+        assert main(["live", "--video", str(video), "--fast", "--avatar", str(portrait),
+                     "--record", str(tmp_path / "out.mp4"), *TINY]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(line.startswith("face tracking is unavailable") and "sudo apt install libegl1" in line
+               for line in warnings), warnings
+    assert any("me.png" in line and "centre square is used as it is" in line for line in warnings), warnings
+    assert frames_in(tmp_path / "out.mp4") == 2
 
 
 def test_camera_failing_mid_stream_is_reopened_with_backoff(monkeypatch):

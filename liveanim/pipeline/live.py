@@ -50,13 +50,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from liveanim.errors import LiveAnimError, UsageError
+from liveanim.errors import FaceDetectionUnavailable, LiveAnimError, UsageError
 from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
 from liveanim.motion.controller import MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
-from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered, FrameFailed,
-                                      SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable, log_event)
+from liveanim.pipeline.events import (AvatarUncropped, Calibrating, EnginePreparing, EventCallback, FrameDelivered,
+                                      FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
+                                      log_event)
 from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
 from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, RecorderSink, Sink, VirtualCameraConfig,
                                      VirtualCameraSink, recording_failed_to_start, virtual_camera_failed_to_start)
@@ -325,8 +326,13 @@ class LiveSession:
         self._emit(Calibrating())
 
     def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
-        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index."""
-        return self._bank.add(image_rgb, name)
+        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index.
+        Where faces cannot be found, its centre square is used as it is (and AvatarUncropped told)."""
+        try:
+            return self._bank.add(image_rgb, name)
+        except FaceDetectionUnavailable as error:
+            self._emit(AvatarUncropped(name, error.message))
+            return self._bank.add(image_rgb, name, centre_square=True)
 
     def remove_avatar(self, index: int) -> None:
         self._bank.remove(index)
@@ -470,9 +476,9 @@ class LiveSession:
             return None
         try:
             return FaceTracker(config=self.config.tracker)
-        except ImportError as error:
+        except FaceDetectionUnavailable as error:
             self._fixed_crop = True  # before the tracks close, so the motion thread sees it when woken
-            self._emit(TrackingUnavailable(str(error)))
+            self._emit(TrackingUnavailable(error.message))
             return None
 
     def _track(self, tracker: FaceTracker, index: int, frame: np.ndarray, last: _Track) -> _Track:
@@ -509,7 +515,7 @@ class LiveSession:
     def _render_loop(self) -> None:
         try:
             if len(self._bank) == 0:
-                self._bank.add(*default_avatar())
+                self.add_avatar(*default_avatar())
             self._warm_up()
             while (item := self._coded.get()) is not None and item is not _END:
                 rendered = self._safely(self._render_frame, item)
