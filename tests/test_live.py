@@ -397,6 +397,46 @@ def test_a_slow_tracker_never_holds_back_the_frames_and_each_keeps_its_own_box(a
         session.stop()
 
 
+def test_the_tracker_follows_one_frame_per_rendered_frame_not_each_frame_read_ahead(animator, monkeypatch):
+    """Where rendering is the slow stage (a CPU), the motion thread reads frames ahead that are
+    then dropped; once it follows a face, the tracker runs once per frame the renderer takes, so
+    the renderer keeps the CPU."""
+    tracks: list[int] = []
+    renders: list[int] = []
+
+    class CountingTracker(FaceTracker):
+        def track(self, frame):
+            tracks.append(len(tracks))
+            return super().track(frame)
+
+    class SlowRenderer(CropSpy):
+        def render(self, avatar, motion=None, edit=None):
+            renders.append(len(renders))
+            time.sleep(0.5)
+            return super().render(avatar, motion, edit)
+
+    monkeypatch.setattr(live_module, "FaceTracker", CountingTracker)
+    spy = SlowRenderer(animator.engine)
+    source = ScriptedSource(live=True)
+    started = threading.Event()
+    session = LiveSession(LiveConfig(), spy, source,
+                          on_event=lambda event: started.set() if isinstance(event, Started) else None)
+    session.add_avatar(data.astronaut(), "astronaut")
+    session.start()
+    try:
+        assert started.wait(TIMEOUT_S)
+        for step in range(60):
+            source.push(head_pose(step), step / 30)
+            time.sleep(0.05)
+        source.close()
+        assert session.wait(TIMEOUT_S)
+    finally:
+        session.stop()
+    rendered = len(renders) - 1  # the first render is the warm-up's
+    assert len(spy.crops) > rendered + 3, "the motion thread did not read ahead: nothing to show"
+    assert len(tracks) <= rendered + 1  # the first face's frame, then one per frame rendered
+
+
 # ----- degrading, not crashing ------------------------------------------------------------
 
 class FakeCapture:

@@ -14,9 +14,10 @@ The tracker always works on the newest frame the motion thread has taken and pub
 smoothed crop box; the motion thread crops each frame with the newest box there is and never
 waits for the tracker, except until it has found a first face (the frames before it are
 faceless, as on a frame where the face is lost). So a frame's box may come from the frame
-before; the frame, that box and its motion code travel together to the outputs. Tracking only
-frames the loop takes keeps a slow machine's CPU for the renderer, not for frames that would
-be dropped anyway.
+before; the frame, that box and its motion code travel together to the outputs. Once it
+follows a face, the tracker starts one track per motion code the renderer takes: where the
+renderer is the slow stage (a CPU) the motion thread reads frames ahead that are then dropped,
+and tracking each of them too would take the renderer's CPU.
 
 The three GPU stages keep the GPU busy together (the motion and output threads each on a CUDA
 stream of their own): the next frame's motion code is computed and the last frame pasted back
@@ -118,6 +119,16 @@ class _Track:
     found: bool
 
 
+@dataclass(frozen=True, eq=False)
+class _Asked:
+    """What the tracker is asked to follow: the newest frame the motion thread took, and how many
+    motion codes the renderer has taken so far."""
+
+    index: int = -1
+    frame: np.ndarray | None = None
+    rendered: int = 0
+
+
 @dataclass(frozen=True)
 class _Coded:
     """A captured frame, the box its crop was taken with, and the crop's motion code (None: no face)."""
@@ -193,17 +204,21 @@ class _FrameQueue:
 
 
 class _Newest:
-    """The newest of a stream of values, from one thread to another: each replaces the one before
-    (nothing queues, so nothing is dropped). `close()` wakes every waiter."""
+    """The newest of a stream of values, from the threads that change it to one that waits for it:
+    each replaces the one before (nothing queues, so nothing is dropped). `close()` wakes every waiter."""
 
-    def __init__(self) -> None:
-        self._value: Any = None
+    def __init__(self, value: Any = None) -> None:
+        self._value = value
         self._ready = threading.Condition()
         self._closed = False
 
     def publish(self, value: Any) -> None:
+        self.update(lambda _: value)
+
+    def update(self, change: Callable[[Any], Any]) -> None:
+        """Replace the newest value with `change(newest)`, in one step however many threads update it."""
         with self._ready:
-            self._value = value
+            self._value = change(self._value)
             self._ready.notify_all()
 
     def wait(self, ready: Callable[[Any], bool]) -> Any:
@@ -241,7 +256,7 @@ class LiveSession:
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
-        self._taken = _Newest()  # (index, frame): the newest frame the motion thread took, for the tracker
+        self._asked = _Newest(_Asked())  # for the tracker, from the motion and render threads
         self._tracks = _Newest()  # _Track: the tracker's newest crop box, for the motion thread
         self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool), ("record" or "motion", Path | None)
         if config.vcam:
@@ -461,11 +476,13 @@ class LiveSession:
             if tracker is None:
                 return
             with tracker:
-                last = _Track(-1, (), None, False)
-                while (item := self._taken.wait(lambda item: item is not None and item[0] > last.index)) is not None:
-                    if item[0] <= last.index:
-                        return  # closed, and the newest frame is tracked
-                    last = self._track(tracker, *item, last)
+                last, rendered = _Track(-1, (), None, False), 0
+                while True:
+                    asked = self._asked.wait(lambda now: _due(now, last, rendered))
+                    if not _due(asked, last, rendered):
+                        return  # closed, and nothing more is due
+                    rendered = asked.rendered
+                    last = self._track(tracker, asked.index, asked.frame, last)
                     self._tracks.publish(last)
         finally:
             self._tracks.close()
@@ -494,12 +511,12 @@ class LiveSession:
             with self._own_stream():
                 while (item := self._inbox.get()) is not None and item is not _END:
                     index, frame, _ = item
-                    self._taken.publish((index, frame))
+                    self._asked.update(lambda asked: dataclasses.replace(asked, index=index, frame=frame))
                     coded = self._safely(self._read_motion, *item)
                     if coded is not None and not self._coded.put(coded):
                         return
         finally:
-            self._taken.close()
+            self._asked.close()
             self._coded.put(_END)
 
     @contextlib.contextmanager
@@ -518,6 +535,7 @@ class LiveSession:
                 self.add_avatar(*default_avatar())
             self._warm_up()
             while (item := self._coded.get()) is not None and item is not _END:
+                self._asked.update(lambda asked: dataclasses.replace(asked, rendered=asked.rendered + 1))
                 rendered = self._safely(self._render_frame, item)
                 if rendered is not None and not self._outbox.put(rendered):
                     return
@@ -635,7 +653,7 @@ class LiveSession:
         self._inbox.close()
         self._coded.close()
         self._outbox.close()
-        self._taken.close()
+        self._asked.close()
         self._tracks.close()
         self._ready.set()
 
@@ -647,6 +665,16 @@ class LiveSession:
             self._event_failures += 1
             if self._event_failures == 1 or self._event_failures % 100 == 0:
                 log.exception("the event callback failed (%d times so far)", self._event_failures)
+
+
+def _due(asked: _Asked, last: _Track, rendered: int) -> bool:
+    """Whether the tracker is to follow the face on `asked`'s frame: one newer than it last tracked,
+    and either the renderer has taken a motion code since it started that track (one track per
+    rendered frame, however far the motion thread reads ahead), or it follows no face in frames of
+    this shape yet (the motion thread waits for it then)."""
+    if asked.frame is None or asked.index <= last.index:
+        return False
+    return asked.rendered > rendered or last.box is None or asked.frame.shape != last.shape
 
 
 def _used_on_this_stream(image: torch.Tensor) -> None:
