@@ -89,6 +89,10 @@ class BackendUnavailable(LiveAnimError):
     """An inference backend (TensorRT, ONNX Runtime, CUDA) is not installed or not usable."""
 
 
+class FaceDetectionUnavailable(BackendUnavailable):
+    """mediapipe, which finds faces, is not installed or its native library cannot load."""
+
+
 class EngineError(LiveAnimError):
     """An engine file is missing, stale, built for another GPU, or failed to run."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from skimage import data
 
 from liveanim.cli import main
-from liveanim.errors import NoFaceError
+from liveanim.errors import FaceDetectionUnavailable, NoFaceError
 from liveanim.face import (
     FACE_MODEL_ENV,
     CropBox,
@@ -140,6 +142,47 @@ def test_the_commands_take_the_face_model_option(tmp_path, monkeypatch, caplog) 
     missing = tmp_path / "missing.task"
     assert main(["--face-model", str(missing), *command]) == 2
     assert f"The face model {missing} does not exist" in caplog.text and "--face-model PATH" in caplog.text
+
+
+def without_egl(monkeypatch) -> None:
+    """mediapipe's native library fails to load as on a Linux server without libEGL: CI has the
+    library, so only the loader (ctypes.CDLL, as mediapipe calls it) is made to fail."""
+    from mediapipe.tasks.python.core import mediapipe_c_bindings
+
+    def cannot_open(path: str) -> None:
+        raise OSError("libEGL.so.1: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(mediapipe_c_bindings, "_shared_lib", None)
+    monkeypatch.setattr(mediapipe_c_bindings, "ctypes", SimpleNamespace(CDLL=cannot_open))
+
+
+def test_a_face_library_that_cannot_load_is_one_error_naming_what_to_install(monkeypatch) -> None:
+    without_egl(monkeypatch)
+    with pytest.raises(FaceDetectionUnavailable) as raised:
+        FaceDetector()  # when it is made, not on some later frame
+    message = str(raised.value)
+    assert "libEGL.so.1: cannot open shared object file" in message
+    assert "sudo apt install libegl1" in message and "--no-crop" in message
+
+
+def test_without_mediapipe_the_detector_says_how_to_install_it(monkeypatch) -> None:
+    for name in ["mediapipe", *(name for name in sys.modules if name.startswith("mediapipe."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError, as when not installed
+    with pytest.raises(FaceDetectionUnavailable, match='pip install "mediapipe>=1.2"'):
+        FaceDetector()
+
+
+def test_offline_commands_without_the_face_library_exit_2_unless_no_crop(tmp_path, monkeypatch, caplog) -> None:
+    without_egl(monkeypatch)
+    source = tmp_path / "source.png"
+    cv2.imwrite(str(source), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    command = ["edit-image", "--source", str(source), "--out", str(tmp_path / "out.png"), "--seeded", "0.125",
+               "--device", "cpu"]
+    with caplog.at_level(logging.ERROR):
+        assert main(command) == 2
+    assert "sudo apt install libegl1" in caplog.text and not (tmp_path / "out.png").exists()
+    assert main([*command, "--no-crop"]) == 0
+    assert cv2.imread(str(tmp_path / "out.png")).shape == (512, 512, 3)
 
 
 # --- crop rule ------------------------------------------------------------------------------

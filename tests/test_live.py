@@ -34,20 +34,22 @@ from liveanim.cli import live as live_cli
 from liveanim.cli import main
 from liveanim.cli import options as cli_options
 from liveanim.errors import CameraError
-from liveanim.face import CropBox, paste_back
+from liveanim.face import CropBox, FaceTracker, crop_image, paste_back
 from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import DIALS_BY_NAME, edit_vector
 from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
 from liveanim.pipeline import sources
-from liveanim.pipeline.events import (EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
+from liveanim.pipeline.events import (AvatarUncropped, EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
                                       RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
-                                      VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
+                                      TrackingUnavailable, VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
+from liveanim.pipeline import live as live_module
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession, _FrameQueue
 from liveanim.pipeline.sinks import RecorderSink, VirtualCameraConfig, VirtualCameraSink, load_motion_track
 from liveanim.pipeline.sources import CameraConfig, CameraSource, ImageFolderSource, VideoFileSource
 from liveanim.pipeline.video import VideoReader, VideoWriter, write_image
+from tests.test_face import without_egl
 from tests.test_video import probe
 
 FACE_CENTRE = (225.0, 115.0)  # (x, y) of the astronaut's face
@@ -318,6 +320,9 @@ def test_face_lost_holds_then_eases_to_neutral(animator):
         last = run.step(head_pose(2), 0.1)
         assert last.face_found and np.abs(last.motion).max() > 1e-3
         held = run.step(blank, 0.2)  # lost at 0.2: held until 0.5, back at rest by 0.9
+        while held.face_found:  # tracked beside the loop, a frame may be cropped with the box of the one before
+            assert held.index < 5, "the tracker never caught up with the blank frames"
+            last, held = held, run.step(blank, 0.2)
         assert not held.face_found and held.face_box == last.face_box
         np.testing.assert_array_equal(held.output, last.output)  # held: the same frame, not re-rendered
         renders = len(spy.rendered)
@@ -330,6 +335,106 @@ def test_face_lost_holds_then_eases_to_neutral(animator):
         assert not np.array_equal(rested.output, easing.output)
     finally:
         run.session.stop()
+
+
+class CropSpy(Animator):
+    """The real animator, keeping each driving crop the motion thread reads a motion code from."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.crops: list[np.ndarray] = []
+
+    def motion(self, frames):
+        if threading.current_thread().name == "live-motion":
+            self.crops.append(np.array(frames))
+        return super().motion(frames)
+
+
+def test_a_slow_tracker_never_holds_back_the_frames_and_each_keeps_its_own_box(animator, monkeypatch):
+    """Tracking runs beside the loop: with the tracker stuck after its first frame, every frame of
+    a lossless source is still animated (with the one box there is); once it goes on, the crop
+    follows the face again. Each frame reaches the outputs with the box its crop was taken with."""
+    release = threading.Event()
+    tracked: list[int] = []
+
+    class StuckTracker(FaceTracker):
+        """The real tracker, stuck after its first frame until released: as slow as can be."""
+
+        def track(self, frame):
+            if tracked:
+                release.wait(TIMEOUT_S)
+            tracked.append(len(tracked))
+            return super().track(frame)
+
+    monkeypatch.setattr(live_module, "FaceTracker", StuckTracker)
+    spy = CropSpy(animator.engine)
+    source = ScriptedSource(live=False)
+    delivered: queue.Queue[LiveFrame] = queue.Queue()
+    session = LiveSession(LiveConfig(), spy, source, on_event=frames_to(delivered.put))
+    session.add_avatar(data.astronaut(), "astronaut")
+    session.start()
+    try:
+        for step in range(6):
+            source.push(head_pose(step), step / 30)
+        stuck = [delivered.get(timeout=TIMEOUT_S) for _ in range(6)]
+        assert len(tracked) == 1  # only the first frame has been tracked
+        assert [frame.index for frame in stuck] == list(range(6))
+        assert all(frame.face_found and frame.face_box == stuck[0].face_box for frame in stuck)
+
+        release.set()
+        moved = np.roll(head_pose(0), 120, axis=1)  # far enough to be followed at once
+        frames = list(stuck)
+        while frames[-1].face_box.left < stuck[0].face_box.left + 60:
+            assert len(frames) < 12, "the crop never followed the face once the tracker went on"
+            source.push(moved, len(frames) / 30)
+            frames.append(delivered.get(timeout=TIMEOUT_S))
+        with_face = [frame for frame in frames if frame.face_found]
+        assert len(spy.crops) == len(with_face)
+        for crop, frame in zip(spy.crops, with_face):
+            np.testing.assert_array_equal(crop, crop_image(frame.driving, frame.face_box))
+    finally:
+        release.set()
+        session.stop()
+
+
+def test_the_tracker_follows_one_frame_per_rendered_frame_not_each_frame_read_ahead(animator, monkeypatch):
+    """Where rendering is the slow stage (a CPU), the motion thread reads frames ahead that are
+    then dropped; once it follows a face, the tracker runs once per frame the renderer takes, so
+    the renderer keeps the CPU."""
+    tracks: list[int] = []
+    renders: list[int] = []
+
+    class CountingTracker(FaceTracker):
+        def track(self, frame):
+            tracks.append(len(tracks))
+            return super().track(frame)
+
+    class SlowRenderer(CropSpy):
+        def render(self, avatar, motion=None, edit=None):
+            renders.append(len(renders))
+            time.sleep(0.5)
+            return super().render(avatar, motion, edit)
+
+    monkeypatch.setattr(live_module, "FaceTracker", CountingTracker)
+    spy = SlowRenderer(animator.engine)
+    source = ScriptedSource(live=True)
+    started = threading.Event()
+    session = LiveSession(LiveConfig(), spy, source,
+                          on_event=lambda event: started.set() if isinstance(event, Started) else None)
+    session.add_avatar(data.astronaut(), "astronaut")
+    session.start()
+    try:
+        assert started.wait(TIMEOUT_S)
+        for step in range(60):
+            source.push(head_pose(step), step / 30)
+            time.sleep(0.05)
+        source.close()
+        assert session.wait(TIMEOUT_S)
+    finally:
+        session.stop()
+    rendered = len(renders) - 1  # the first render is the warm-up's
+    assert len(spy.crops) > rendered + 3, "the motion thread did not read ahead: nothing to show"
+    assert len(tracks) <= rendered + 1  # the first face's frame, then one per frame rendered
 
 
 # ----- degrading, not crashing ------------------------------------------------------------
@@ -359,6 +464,43 @@ class FakeCapture:
 
     def release(self) -> None:
         self.released = True
+
+
+def test_without_the_face_library_the_live_loop_goes_on_with_centre_crops(animator, monkeypatch):
+    without_egl(monkeypatch)
+    source = ScriptedSource(live=False)
+    seen: list[LiveFrame] = []
+    events = Events()
+    session = LiveSession(LiveConfig(), animator, source,
+                          on_event=lambda event: (events(event), frames_to(seen.append)(event)))
+    session.start()  # the default avatar is added on the session's thread
+    try:
+        for step in range(3):
+            source.push(cv2.copyMakeBorder(head_pose(step), 0, 0, 64, 64, cv2.BORDER_REFLECT), step / 30)
+        wait_for(lambda: len(seen) == 3, what="three frames")
+    finally:
+        session.stop()
+    assert session.error is None, events
+    assert [event.name for event in events.of(AvatarUncropped)] == ["astronaut"]
+    assert len(events.of(TrackingUnavailable)) == 1
+    assert "sudo apt install libegl1" in events.of(TrackingUnavailable)[0].message
+    assert all(frame.face_found and frame.face_box == CropBox(64, 0, 512) for frame in seen)  # the centre square
+    assert session.avatars.current().box == CropBox(0, 0, 512)  # the whole (square) portrait
+
+
+def test_live_cli_without_the_face_library_warns_and_streams(monkeypatch, tmp_path, caplog):
+    without_egl(monkeypatch)
+    portrait = tmp_path / "me.png"
+    write_image(portrait, data.astronaut())
+    video = driving_video(tmp_path / "drive.mp4", frames=2)
+    with caplog.at_level(logging.WARNING):
+        assert main(["live", "--video", str(video), "--fast", "--avatar", str(portrait),
+                     "--record", str(tmp_path / "out.mp4"), *TINY]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(line.startswith("face tracking is unavailable") and "sudo apt install libegl1" in line
+               for line in warnings), warnings
+    assert any("me.png" in line and "centre square is used as it is" in line for line in warnings), warnings
+    assert frames_in(tmp_path / "out.mp4") == 2
 
 
 def test_camera_failing_mid_stream_is_reopened_with_backoff(monkeypatch):

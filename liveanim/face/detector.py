@@ -1,7 +1,9 @@
 """Face boxes and landmarks from mediapipe's Face Landmarker (Tasks API), on RGB uint8 arrays.
 
-Mediapipe is imported and its landmarkers are built on first use, never at import: building
-one loads TFLite models and starts native threads. A face's box is the bounding box of its
+Mediapipe is imported and its native library loaded when a detector is made, never at import;
+its landmarkers are built on first use (building one loads TFLite models and starts native
+threads). A mediapipe that cannot import or load (e.g. a Linux server without libEGL) is one
+`FaceDetectionUnavailable` when the detector is made, not a crash on some later frame. A face's box is the bounding box of its
 478 landmarks, for stills and video alike, so sources and driving frames are cropped alike.
 
 The landmarker's detector sees the picture shrunk to 128x128 (letterboxed), so in a wide
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from liveanim.errors import FaceDetectionUnavailable, Fix
 from liveanim.face.model import resolve_face_model
 
 log = logging.getLogger(__name__)
 
 STILL_FACES = 4  # faces a still is searched for; the largest is the subject
 FRAME_MS = 33  # the clock the video landmarker is given: one frame at 30 fps per call
+# Libraries mediapipe's native library links that servers without a desktop often lack:
+# what each is, and the Debian/Ubuntu package that provides it.
+_SYSTEM_LIBRARIES = {"libEGL.so.1": ("EGL", "libegl1"), "libGLESv2.so.2": ("OpenGL ES", "libgles2")}
+_WITHOUT_FACES = "Until then, live animation uses the centre of each camera frame and of each portrait."
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class FaceDetector:
     """
 
     def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
+        """Raises FaceDetectionUnavailable when mediapipe cannot import or load."""
+        _load_mediapipe()
         self.config = config
         self._still = _Landmarker(self._model, lambda model: _build(model, config, video=False), config.quiet)
         self._video = _Landmarker(self._model, lambda model: _build(model, config, video=True), config.quiet)
@@ -175,6 +185,36 @@ class _Landmarker:
         if self._task is not None:
             self._task.close()
             self._task = None
+
+
+def _load_mediapipe() -> None:
+    """Import mediapipe and load its native library (as each of its tasks and images does on
+    first use), so a missing piece shows now, named with what to install."""
+    try:
+        from mediapipe.tasks.python.core.mediapipe_c_bindings import load_raw_library
+    except ImportError as error:
+        raise FaceDetectionUnavailable(
+            f"Faces cannot be found: mediapipe cannot be imported ({error}). Install it into this Python: "
+            f'python -m pip install "mediapipe>=1.2". {_WITHOUT_FACES}', fix=Fix.NO_CROP) from error
+    try:
+        load_raw_library()
+    except OSError as error:
+        raise FaceDetectionUnavailable(
+            f"Faces cannot be found: mediapipe's native library cannot load ({error}). {_install_advice(error)} "
+            f"{_WITHOUT_FACES}", fix=Fix.NO_CROP) from error
+
+
+def _install_advice(error: OSError) -> str:
+    """What to install for a native library that failed to load, by the library it names."""
+    named = re.search(r"([\w.+-]+\.so[\d.]*): cannot open shared object file", str(error))
+    if named is None:
+        return 'Reinstall mediapipe: python -m pip install --force-reinstall "mediapipe>=1.2".'
+    library = named.group(1)
+    if library in _SYSTEM_LIBRARIES:
+        what, package = _SYSTEM_LIBRARIES[library]
+        return (f"Install your system's {what} library, which servers without a desktop often lack: "
+                f"sudo apt install {package} (Debian, Ubuntu), or your distribution's package of {library}.")
+    return f"Install your system's package that provides {library}."
 
 
 def _build(model: bytes, config: DetectorConfig, video: bool) -> Any:

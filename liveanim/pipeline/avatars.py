@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liveanim.errors import Fix, UsageError
+from liveanim.errors import UsageError
 from liveanim.face import CropBox, CropConfig, crop_image, crop_portrait, paste_back
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.frames import to_uint8
@@ -113,12 +113,16 @@ class AvatarBank:
         with self._lock:
             return self._avatars[self._selected]
 
-    def add(self, image: np.ndarray, name: str) -> int:
-        """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index."""
+    def add(self, image: np.ndarray, name: str, centre_square: bool = False) -> int:
+        """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index.
+
+        centre_square: take the picture's centre square as the crop whatever `auto_crop` says
+                       (when faces cannot be found: FaceDetectionUnavailable otherwise).
+        """
         key = _digest(image)
         with self._lock:
             known = next((a.encoded for a in self._avatars if a.key == key), None)
-        crop, box = self._crop(image, name)
+        crop, box = self._crop(image, name, centre_square)
         encoded = known if known is not None else self._encode(crop, name)
         if self._output_size is None:
             self._output_size = _even(crop.shape[1::-1] if self.config.crop_only else image.shape[1::-1])
@@ -154,14 +158,10 @@ class AvatarBank:
         if not 0 <= index < len(self._avatars):
             raise UsageError(f"there is no avatar {index}; the avatars are 0..{len(self._avatars) - 1}")
 
-    def _crop(self, image: np.ndarray, name: str) -> tuple[np.ndarray, CropBox]:
+    def _crop(self, image: np.ndarray, name: str, centre_square: bool) -> tuple[np.ndarray, CropBox]:
         """The model crop of a picture and where in the picture it was taken."""
-        if self.config.auto_crop:
-            try:
-                return crop_portrait(image, config=self.config.crop, source_name=name)
-            except ImportError as error:
-                raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it.",
-                                 fix=Fix.NO_CROP) from error
+        if self.config.auto_crop and not centre_square:
+            return crop_portrait(image, config=self.config.crop, source_name=name)
         height, width = image.shape[:2]
         side = min(height, width)
         box = CropBox((width - side) // 2, (height - side) // 2, side)

@@ -104,6 +104,23 @@ class TrackingUnavailable(SessionEvent):
 
 
 @dataclass(frozen=True)
+class AvatarUncropped(SessionEvent):
+    """Faces cannot be found, so a portrait's centre square is animated as it is, uncropped.
+
+    name:   the portrait.
+    reason: why faces cannot be found, and what to install.
+    """
+
+    level: ClassVar[int] = logging.WARNING
+    name: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"the face in {self.name} cannot be looked for, so its centre square is used as it is: {self.reason}"
+
+
+@dataclass(frozen=True)
 class Calibrating(SessionEvent):
     """The neutral pose is being taken from the next still frames."""
 

@@ -1,7 +1,23 @@
-"""The live loop: camera in, animated avatar out, in four threads.
+"""The live loop: camera in, animated avatar out, in five threads.
 
-    capture --[queue]--> motion (track, crop, motion code) --[queue]--> render (animate,
-    render) --[queue]--> outputs (paste back, then virtual camera, recording, preview)
+    capture --[queue]--> motion (crop, motion code) --[queue]--> render (animate, render)
+                          |  ^                                        |
+            newest frame  |  |  newest crop box                    [queue]
+                          v  |                                        v
+              track (find the face, smooth its box)       outputs (paste back, then virtual
+                                                          camera, recording, preview)
+
+Face tracking runs beside the motion thread, not before it: mediapipe costs more than the
+motion encoder (12-13 ms of CPU a frame, where a frame lasts 16.7 ms at 60 fps;
+docs/bench/face_tracking_after.json), and in sequence the two could not keep up with 60 fps.
+The tracker always works on the newest frame the motion thread has taken and publishes its
+smoothed crop box; the motion thread crops each frame with the newest box there is and never
+waits for the tracker, except until it has found a first face (the frames before it are
+faceless, as on a frame where the face is lost). So a frame's box may come from the frame
+before; the frame, that box and its motion code travel together to the outputs. Once it
+follows a face, the tracker starts one track per motion code the renderer takes: where the
+renderer is the slow stage (a CPU) the motion thread reads frames ahead that are then dropped,
+and tracking each of them too would take the renderer's CPU.
 
 The three GPU stages keep the GPU busy together (the motion and output threads each on a CUDA
 stream of their own): the next frame's motion code is computed and the last frame pasted back
@@ -35,13 +51,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from liveanim.errors import LiveAnimError, UsageError
+from liveanim.errors import FaceDetectionUnavailable, LiveAnimError, UsageError
 from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
 from liveanim.motion.controller import MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
-from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered, FrameFailed,
-                                      SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable, log_event)
+from liveanim.pipeline.events import (AvatarUncropped, Calibrating, EnginePreparing, EventCallback, FrameDelivered,
+                                      FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
+                                      log_event)
 from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
 from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, RecorderSink, Sink, VirtualCameraConfig,
                                      VirtualCameraSink, recording_failed_to_start, virtual_camera_failed_to_start)
@@ -92,8 +109,29 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class _Track:
+    """The tracker's newest word: on frame `index` (of this shape), the crop box (None until a
+    first face) and whether a face was found."""
+
+    index: int
+    shape: tuple[int, ...]
+    box: CropBox | None
+    found: bool
+
+
+@dataclass(frozen=True, eq=False)
+class _Asked:
+    """What the tracker is asked to follow: the newest frame the motion thread took, and how many
+    motion codes the renderer has taken so far."""
+
+    index: int = -1
+    frame: np.ndarray | None = None
+    rendered: int = 0
+
+
+@dataclass(frozen=True)
 class _Coded:
-    """A captured frame with its face box and motion code (None: no face found)."""
+    """A captured frame, the box its crop was taken with, and the crop's motion code (None: no face)."""
 
     index: int
     frame: np.ndarray
@@ -165,6 +203,36 @@ class _FrameQueue:
             self._ready.notify_all()
 
 
+class _Newest:
+    """The newest of a stream of values, from the threads that change it to one that waits for it:
+    each replaces the one before (nothing queues, so nothing is dropped). `close()` wakes every waiter."""
+
+    def __init__(self, value: Any = None) -> None:
+        self._value = value
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def publish(self, value: Any) -> None:
+        self.update(lambda _: value)
+
+    def update(self, change: Callable[[Any], Any]) -> None:
+        """Replace the newest value with `change(newest)`, in one step however many threads update it."""
+        with self._ready:
+            self._value = change(self._value)
+            self._ready.notify_all()
+
+    def wait(self, ready: Callable[[Any], bool]) -> Any:
+        """The newest value once `ready(value)` holds or once closed (then whatever is newest, None if nothing)."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._closed or ready(self._value))
+            return self._value
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 class LiveSession:
     """Runs the live loop over an animator and a source, once (start, then stop); every setter
     is safe to call from any thread, before or during the run."""
@@ -188,6 +256,8 @@ class LiveSession:
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._outbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
+        self._asked = _Newest(_Asked())  # for the tracker, from the motion and render threads
+        self._tracks = _Newest()  # _Track: the tracker's newest crop box, for the motion thread
         self._requests: deque[tuple[str, Any]] = deque()  # ("vcam", bool), ("record" or "motion", Path | None)
         if config.vcam:
             self.set_vcam(True)
@@ -200,7 +270,6 @@ class LiveSession:
         self._ready = threading.Event()  # set once the engine has run: capture starts only then
         self._stopped = False
         self._error: LiveAnimError | None = None
-        self._tracker: FaceTracker | None = None
         self._fixed_crop = not config.track
         self._last_render: _Rendered | None = None  # on the render thread
         self._last_output: tuple[torch.Tensor, np.ndarray] | None = None  # on the output thread
@@ -209,11 +278,12 @@ class LiveSession:
     # ----- public API -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the four threads and return; the default avatar is added if none was."""
+        """Start the five threads and return; the default avatar is added if none was."""
         if self._threads:
             raise UsageError("this live session has already been started; make a new one")
-        for name, loop in (("capture", self._capture_loop), ("motion", self._motion_loop),
-                           ("render", self._render_loop), ("output", self._output_loop)):
+        for name, loop in (("capture", self._capture_loop), ("track", self._track_loop),
+                           ("motion", self._motion_loop), ("render", self._render_loop),
+                           ("output", self._output_loop)):
             self._threads.append(threading.Thread(target=self._guarded, args=(loop,), name=f"live-{name}",
                                                   daemon=True))
         for thread in self._threads:
@@ -271,8 +341,13 @@ class LiveSession:
         self._emit(Calibrating())
 
     def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
-        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index."""
-        return self._bank.add(image_rgb, name)
+        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index.
+        Where faces cannot be found, its centre square is used as it is (and AvatarUncropped told)."""
+        try:
+            return self._bank.add(image_rgb, name)
+        except FaceDetectionUnavailable as error:
+            self._emit(AvatarUncropped(name, error.message))
+            return self._bank.add(image_rgb, name, centre_square=True)
 
     def remove_avatar(self, index: int) -> None:
         self._bank.remove(index)
@@ -292,9 +367,8 @@ class LiveSession:
     # ----- the per-frame step -----------------------------------------------------------
 
     def _read_motion(self, index: int, frame: np.ndarray, captured_at: float) -> _Coded:
-        """Find the face and read its motion code a_d."""
-        with self._metrics.stage("track"):
-            box, found = self._locate(frame)
+        """Read the motion code a_d from the frame's crop."""
+        box, found = self._locate(index, frame)
         code = None
         if found:
             with self._metrics.stage("motion"):
@@ -336,17 +410,17 @@ class LiveSession:
                          index=coded.index, captured_at=coded.captured_at, motion=rendered.motion,
                          edit=rendered.edit)
 
-    def _locate(self, frame: np.ndarray) -> tuple[CropBox | None, bool]:
-        """The driving crop and whether a face is in it (always, with a fixed crop)."""
+    def _locate(self, index: int, frame: np.ndarray) -> tuple[CropBox | None, bool]:
+        """The driving crop and whether a face is in it: the tracker's newest word, once it has found
+        a face in a frame of this shape; before, its word on this frame (or a newer one). With a
+        fixed crop, the centre square, always with a face."""
         if not self._fixed_crop:
-            try:
-                if self._tracker is None:
-                    self._tracker = FaceTracker(config=self.config.tracker)
-                result = self._tracker.track(frame)
-                return result.box, result.found
-            except ImportError as error:
-                self._emit(TrackingUnavailable(str(error)))
-                self._fixed_crop = True
+            track = self._tracks.wait(lambda track: track is not None and (
+                track.index >= index or (track.box is not None and track.shape == frame.shape)))
+            if not self._fixed_crop:
+                if track is None or track.shape != frame.shape:
+                    return None, False
+                return track.box, track.found
         height, width = frame.shape[:2]
         side = min(height, width)
         return CropBox((width - side) // 2, (height - side) // 2, side), True
@@ -395,17 +469,55 @@ class LiveSession:
         finally:
             self._inbox.put(_END)
 
+    def _track_loop(self) -> None:
+        """Follow the face on the newest frame the motion thread has taken; publish each crop box."""
+        try:
+            tracker = self._start_tracker()
+            if tracker is None:
+                return
+            with tracker:
+                last, rendered = _Track(-1, (), None, False), 0
+                while True:
+                    asked = self._asked.wait(lambda now: _due(now, last, rendered))
+                    if not _due(asked, last, rendered):
+                        return  # closed, and nothing more is due
+                    rendered = asked.rendered
+                    last = self._track(tracker, asked.index, asked.frame, last)
+                    self._tracks.publish(last)
+        finally:
+            self._tracks.close()
+
+    def _start_tracker(self) -> FaceTracker | None:
+        """The face tracker; None with a fixed crop (asked for, or faces cannot be found here)."""
+        if self._fixed_crop:
+            return None
+        try:
+            return FaceTracker(config=self.config.tracker)
+        except FaceDetectionUnavailable as error:
+            self._fixed_crop = True  # before the tracks close, so the motion thread sees it when woken
+            self._emit(TrackingUnavailable(error.message))
+            return None
+
+    def _track(self, tracker: FaceTracker, index: int, frame: np.ndarray, last: _Track) -> _Track:
+        """The tracker's word on one frame; a frame it fails on counts as one without a face."""
+        with self._metrics.stage("track"):
+            result = self._safely(tracker.track, frame)
+        if result is None:
+            return _Track(index, frame.shape, last.box if last.shape == frame.shape else None, False)
+        return _Track(index, frame.shape, result.box, result.found)
+
     def _motion_loop(self) -> None:
         try:
             with self._own_stream():
                 while (item := self._inbox.get()) is not None and item is not _END:
+                    index, frame, _ = item
+                    self._asked.update(lambda asked: dataclasses.replace(asked, index=index, frame=frame))
                     coded = self._safely(self._read_motion, *item)
                     if coded is not None and not self._coded.put(coded):
                         return
         finally:
+            self._asked.close()
             self._coded.put(_END)
-            if self._tracker is not None:
-                self._tracker.close()
 
     @contextlib.contextmanager
     def _own_stream(self) -> Iterator[None]:
@@ -420,9 +532,10 @@ class LiveSession:
     def _render_loop(self) -> None:
         try:
             if len(self._bank) == 0:
-                self._bank.add(*default_avatar())
+                self.add_avatar(*default_avatar())
             self._warm_up()
             while (item := self._coded.get()) is not None and item is not _END:
+                self._asked.update(lambda asked: dataclasses.replace(asked, rendered=asked.rendered + 1))
                 rendered = self._safely(self._render_frame, item)
                 if rendered is not None and not self._outbox.put(rendered):
                     return
@@ -540,6 +653,8 @@ class LiveSession:
         self._inbox.close()
         self._coded.close()
         self._outbox.close()
+        self._asked.close()
+        self._tracks.close()
         self._ready.set()
 
     def _emit(self, event: SessionEvent) -> None:
@@ -550,6 +665,16 @@ class LiveSession:
             self._event_failures += 1
             if self._event_failures == 1 or self._event_failures % 100 == 0:
                 log.exception("the event callback failed (%d times so far)", self._event_failures)
+
+
+def _due(asked: _Asked, last: _Track, rendered: int) -> bool:
+    """Whether the tracker is to follow the face on `asked`'s frame: one newer than it last tracked,
+    and either the renderer has taken a motion code since it started that track (one track per
+    rendered frame, however far the motion thread reads ahead), or it follows no face in frames of
+    this shape yet (the motion thread waits for it then)."""
+    if asked.frame is None or asked.index <= last.index:
+        return False
+    return asked.rendered > rendered or last.box is None or asked.frame.shape != last.shape
 
 
 def _used_on_this_stream(image: torch.Tensor) -> None:
