@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from engines.base import FEATURE_NAMES, Engine, EngineConfig, Tensors
+from engines.base import Engine, EngineConfig
 from engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineConfig", "Tensors", "FEATURE_NAMES", "BACKENDS", "auto_order", "build_for_targets",
+__all__ = ["Engine", "EngineConfig", "BACKENDS", "auto_order", "build_for_targets",
            "create_engine", "export_folder"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")

@@ -7,7 +7,7 @@ Every engine takes and returns float32 torch tensors on `engine.device`, by name
     render({"z_target": (B,L), "feat0".."feat6"})      -> {"image": (B,3,512,512)}
 
 Nothing outside `engines/` knows which backend runs. The names are those of the exported
-ONNX graphs (see `export/`).
+ONNX graphs (liveanim/contract.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-Tensors = dict[str, torch.Tensor]
-FEATURE_NAMES = tuple(f"feat{i}" for i in range(7))
+from liveanim.contract import Tensors
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 elsewhere
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines import FEATURE_NAMES, Engine, EngineConfig, Tensors, create_engine
+from engines import Engine, EngineConfig, create_engine
 from engines.devices import resolve_device
 from export.graphs import smooth_images
 from export.verify import exact_fp32
+from liveanim.contract import FEATURE_NAMES, Tensors
 from liveanim.errors import BackendUnavailable
 from liveanim.model import LIAX
 

@@ -15,19 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import EngineConfig, Tensors
+from engines.base import EngineConfig
 from engines.exported import ExportedGraphsEngine
 from engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
 from engines.tensorrt_engine import import_tensorrt
 from engines.torch_engine import out_of_memory
-from export.contract import (
+from export.manifest import read_manifest
+from liveanim.contract import (
     GraphSpec,
+    Tensors,
     batch_of,
     concat_batches,
     shared_source,
     split_batch,
 )
-from export.manifest import read_manifest
 from liveanim.errors import BackendUnavailable, EngineError
 
 log = logging.getLogger(__name__)

@@ -31,20 +31,21 @@ from typing import Any
 
 import torch
 
-from engines.base import EngineConfig, Tensors
+from engines.base import EngineConfig
 from engines.cache import EngineFiles, EngineKey, stale_reason
 from engines.devices import Gpu, cuda_gpu
 from engines.exported import ExportedGraphsEngine
 from engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
-from export.contract import (
+from export.manifest import read_manifest
+from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
+from liveanim.contract import (
     GraphSpec,
+    Tensors,
     batch_of,
     concat_batches,
     shared_source,
     split_batch,
 )
-from export.manifest import read_manifest
-from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.base import FEATURE_NAMES
-from export.contract import (DIRECTIONS_FILE, GRAPH_NAMES, MANIFEST_FILE, MOTION_ENCODER, RENDERER, SOURCE_ENCODER,
-                             GraphSpec, graph_specs)
 from export.graphs import GRAPH_MODULES, smooth_images
 from export.manifest import ExportedGraph, Manifest, files_sha256, state_dict_sha256
 from export.onnx_export import export_graph, graph_files
 from export.precision import HALF_GRAPHS, half_model
 from export.verify import TOLERANCES, check_onnx, compare_outputs, exact_fp32, run_onnx_cpu
+from liveanim.contract import (DIRECTIONS_FILE, FEATURE_NAMES, GRAPH_NAMES, MANIFEST_FILE, MOTION_ENCODER, RENDERER,
+                               SOURCE_ENCODER, GraphSpec, graph_specs)
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.contract import MOTION_ENCODER, RENDERER, SOURCE_ENCODER
+from liveanim.contract import MOTION_ENCODER, RENDERER, SOURCE_ENCODER
 from liveanim.model import LIAX, RESOLUTION
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from export.contract import DIRECTIONS_FILE, GRAPH_NAMES, MANIFEST_FILE, GraphSpec
+from liveanim.contract import DIRECTIONS_FILE, GRAPH_NAMES, MANIFEST_FILE, GraphSpec
 from liveanim.errors import EngineError
 
 FORMAT = 1  # bump when the export changes in a way old exports cannot serve

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from export.contract import BATCH, GraphSpec
+from liveanim.contract import BATCH, GraphSpec
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from export.contract import RENDERER
+from liveanim.contract import RENDERER
 from liveanim.model import LIAX
 from liveanim.model.decoder import ToFlow
 

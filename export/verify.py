@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from export.contract import GraphSpec
+from liveanim.contract import GraphSpec
 from liveanim.errors import EngineError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 
 import export
 from engines import BACKENDS, EngineConfig, auto_order, build_for_targets, create_engine, export_folder
-from engines.base import FEATURE_NAMES, Engine, Tensors
+from engines.base import Engine
 from engines.bench import BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table, run_bench
 from engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
                            seeded_fingerprint, stale_reason)
@@ -32,6 +32,7 @@ from engines.onnxruntime_engine import PROVIDER_NAMES
 from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
 from engines.torch_engine import TorchEngine
 from export.verify import TOLERANCES, Tolerance, errors, within
+from liveanim.contract import FEATURE_NAMES, Tensors
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
 from liveanim.pipeline.animator import Animator
 from tests.conftest import assert_image_close
@@ -442,7 +443,7 @@ def test_tensorrt_rtx_names_what_it_could_not_parse(tmp_path):
 
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
     from engines.tensorrt_engine import TensorRTOptions, _Builder
-    from export.contract import GraphSpec, TensorSpec
+    from liveanim.contract import GraphSpec, TensorSpec
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])

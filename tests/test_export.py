@@ -14,14 +14,14 @@ import onnx
 import pytest
 import torch
 
-from engines.base import FEATURE_NAMES, EngineConfig
+from engines.base import EngineConfig
 from engines.loading import load_model
 from export import DIRECTIONS_FILE, ExportConfig, export_model, read_manifest, state_dict_sha256
-from export.contract import BATCH, GRAPH_NAMES, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, concat_batches, graph_specs, split_batch
 from export.graphs import smooth_images
 from export.onnx_export import module_path
 from export.precision import half_model, keeps_fp32
 from export.verify import TOLERANCES, compare_outputs, run_onnx_cpu
+from liveanim.contract import BATCH, FEATURE_NAMES, GRAPH_NAMES, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, concat_batches, graph_specs, split_batch
 from liveanim.errors import EngineError
 from liveanim.model.decoder import ToFlow
 

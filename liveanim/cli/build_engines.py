@@ -16,10 +16,11 @@ import time
 
 import torch
 
-from engines import BACKENDS, FEATURE_NAMES, Engine, build_for_targets, create_engine
+from engines import BACKENDS, Engine, build_for_targets, create_engine
 from engines.onnxruntime_engine import GPU_PROVIDERS
 from export.graphs import smooth_images
 from liveanim.cli.export import add_weights_options, weights_config
+from liveanim.contract import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The exported graphs' contract: files, tensor names and shapes, shared by `export/` and `engines/`.
+"""The contract that engines and the export share: graph and file names, tensor names and shapes,
+and the helpers that cut and join calls along the batch axis. It sits below both, so that
+neither imports the other for it.
 
     source_encoder.onnx   image (1,3,512,512)             -> z (1,L), alpha (1,40), feat0..feat6 (1,C,H,W)
     motion_encoder.onnx   image (batch,3,512,512)         -> alpha (batch,40)
@@ -16,9 +18,10 @@ from typing import Any, Sequence
 
 import torch
 
-from engines.base import FEATURE_NAMES, Tensors
 from liveanim.model import RESOLUTION
 
+Tensors = dict[str, torch.Tensor]  # every engine takes and returns float32 tensors by name
+FEATURE_NAMES = tuple(f"feat{i}" for i in range(7))  # the source's feature maps, coarsest first
 BATCH = "batch"
 SOURCE_ENCODER, MOTION_ENCODER, RENDERER = "source_encoder", "motion_encoder", "renderer"
 GRAPH_NAMES = (SOURCE_ENCODER, MOTION_ENCODER, RENDERER)
