@@ -111,7 +111,7 @@ class _Weights:
         if self.config.seeded:
             return cache.seeded_fingerprint(self.config.width, self.config.seed)
         if self._given and self.config.weights is None:
-            from export import state_dict_sha256
+            from liveanim.export import state_dict_sha256
 
             return cache.model_fingerprint(state_dict_sha256(self._model.state_dict()))
         from liveanim.weights import resolve_weights
@@ -216,7 +216,7 @@ def build_for_targets(config: EngineConfig, targets: tuple[str, ...]) -> dict[st
 
 def _check_exported_precision(precision: str, device: torch.device) -> None:
     """Exported graphs come in fp32 and fp16; reduced precision only on GPUs (as for torch)."""
-    from export import EXPORT_PRECISIONS
+    from liveanim.export import EXPORT_PRECISIONS
 
     resolve_dtype(precision, device)
     if precision not in EXPORT_PRECISIONS:
@@ -235,7 +235,7 @@ def _cache_root(config: EngineConfig) -> Path:
 def _exported(weights: _Weights, precision: str, cache_root: Path) -> Path:
     """The export folder for these weights and precision; exported now if missing or stale."""
     from engines.cache import export_dir
-    from export import ExportConfig, export_model, read_manifest
+    from liveanim.export import ExportConfig, export_model, read_manifest
 
     folder = export_dir(cache_root, weights.fingerprint(), precision)
     try:

@@ -22,10 +22,10 @@ import torch
 
 from engines import Engine, EngineConfig, create_engine
 from engines.devices import resolve_device
-from export.graphs import smooth_images
-from export.verify import exact_fp32
 from liveanim.contract import FEATURE_NAMES, Tensors
 from liveanim.errors import BackendUnavailable
+from liveanim.export.graphs import smooth_images
+from liveanim.export.verify import exact_fp32
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)

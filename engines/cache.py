@@ -1,6 +1,6 @@
 """Where exported graphs and built engines live, and when a cached engine is stale (no TensorRT needed).
 
-    <cache>/onnx/<weights fingerprint>-<precision>/                        an export (see export/)
+    <cache>/onnx/<weights fingerprint>-<precision>/                        an export (see liveanim/export/)
     <cache>/<library>/<export folder name>/<graph>-<precision>.engine      a serialized engine
     <cache>/<library>/<export folder name>/<graph>-<precision>.json        the EngineKey it was built for
     <cache>/tensorrt/timing-<GPU and TensorRT digest>.cache                kernel timings, shared by builds

@@ -20,7 +20,6 @@ from engines.exported import ExportedGraphsEngine
 from engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
 from engines.tensorrt_engine import import_tensorrt
 from engines.torch_engine import out_of_memory
-from export.manifest import read_manifest
 from liveanim.contract import (
     GraphSpec,
     Tensors,
@@ -30,6 +29,7 @@ from liveanim.contract import (
     split_batch,
 )
 from liveanim.errors import BackendUnavailable, EngineError
+from liveanim.export.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def best_provider(ort: ModuleType, device: torch.device) -> str:
 
 
 class OnnxRuntimeEngine(ExportedGraphsEngine):
-    """Runs an export folder (see export/) with one ONNX Runtime session per graph."""
+    """Runs an export folder (see liveanim/export/) with one ONNX Runtime session per graph."""
 
     name = "onnxruntime"
 

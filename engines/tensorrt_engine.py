@@ -12,7 +12,7 @@ how engines are targeted and cached) is a `TensorRTLibrary` value:
 Written to the TensorRT 10 Python API. fp16 on TensorRT 10 builds the fp32 graphs with
 BuilderFlag.FP16 and pins the flow heads to fp32 by layer name (OBEY_PRECISION_CONSTRAINTS);
 TensorRT 11 and TensorRT for RTX have no such flags, so there the fp16 export (explicit casts) is
-built as a strongly typed network. Either way export/precision.py decides what stays fp32.
+built as a strongly typed network. Either way liveanim/export/precision.py decides what stays fp32.
 
 Engines run on torch's current CUDA stream over torch-allocated tensors, bound by name
 (`set_tensor_address` + `execute_async_v3`); no host synchronization per call.
@@ -36,8 +36,6 @@ from engines.cache import EngineFiles, EngineKey, stale_reason
 from engines.devices import Gpu, cuda_gpu
 from engines.exported import ExportedGraphsEngine
 from engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
-from export.manifest import read_manifest
-from export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
 from liveanim.contract import (
     GraphSpec,
     Tensors,
@@ -47,6 +45,8 @@ from liveanim.contract import (
     split_batch,
 )
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
+from liveanim.export.manifest import read_manifest
+from liveanim.export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def onnx_precision(trt: ModuleType, precision: str) -> str:
 
 
 def engine_precision(graph: str, precision: str) -> str:
-    """Only the renderer runs in reduced precision (export/precision.py)."""
+    """Only the renderer runs in reduced precision (liveanim/export/precision.py)."""
     return precision if graph in HALF_GRAPHS else "fp32"
 
 

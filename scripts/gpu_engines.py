@@ -100,7 +100,7 @@ def env() -> None:
 
 def export() -> None:
     from engines import EngineConfig, export_folder
-    from export import read_manifest
+    from liveanim.export import read_manifest
 
     for precision in os.environ.get("EXPORT_PRECISIONS", "fp16").split():
         started = time.perf_counter()

@@ -21,7 +21,6 @@ from typing import Iterator
 import pytest
 import torch
 
-import export
 from engines import BACKENDS, EngineConfig, auto_order, build_for_targets, create_engine, export_folder
 from engines.base import Engine
 from engines.bench import BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table, run_bench
@@ -31,9 +30,10 @@ from engines.devices import Gpu, cuda_gpu
 from engines.onnxruntime_engine import PROVIDER_NAMES
 from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
 from engines.torch_engine import TorchEngine
-from export.verify import TOLERANCES, Tolerance, errors, within
+from liveanim import export
 from liveanim.contract import FEATURE_NAMES, Tensors
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
+from liveanim.export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.pipeline.animator import Animator
 from tests.conftest import assert_image_close
 
@@ -538,7 +538,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an 
 
 @pytest.fixture(scope="module")
 def tiny_inputs() -> dict[str, torch.Tensor]:
-    from export.graphs import smooth_images
+    from liveanim.export.graphs import smooth_images
 
     images = smooth_images(3, seed=5)
     return {"source": images[:1], "driving": images[1:]}
@@ -601,7 +601,7 @@ def test_switching_sources_renders_each_source(tiny_model, tiny_inputs, device):
 def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
     import copy
 
-    from export.verify import exact_fp32
+    from liveanim.export.verify import exact_fp32
 
     config = EngineConfig(backend="torch", device="cuda", cuda_graphs=True, compile=compile_)
     eager_config = EngineConfig(backend="torch", device="cuda", cuda_graphs=False, compile=False)
@@ -667,7 +667,7 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
     ones, and both the same within fp32 rounding."""
     import copy
 
-    from export.verify import exact_fp32
+    from liveanim.export.verify import exact_fp32
 
     config = EngineConfig(backend="torch", device="cuda", compile=True, cuda_graphs=True, compile_in_background=True)
     with exact_fp32(), deterministic_cudnn():

@@ -18,9 +18,9 @@ import torch
 
 from engines import BACKENDS, Engine, build_for_targets, create_engine
 from engines.onnxruntime_engine import GPU_PROVIDERS
-from export.graphs import smooth_images
 from liveanim.cli.export import add_weights_options, weights_config
 from liveanim.contract import FEATURE_NAMES
+from liveanim.export.graphs import smooth_images
 
 log = logging.getLogger(__name__)
 

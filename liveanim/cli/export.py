@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engines import EngineConfig, export_folder
 from engines.loading import load_model
-from export import EXPORT_PRECISIONS, ExportConfig, export_model
+from liveanim.export import EXPORT_PRECISIONS, ExportConfig, export_model
 
 log = logging.getLogger(__name__)
 

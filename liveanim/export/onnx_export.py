@@ -8,7 +8,7 @@ Why these steps:
   demodulation energies, the identity grids) into initializers: constant conv weights that
   TensorRT and cuDNN want;
 - each node is renamed `<module path>/<node>` (from the exporter's scope metadata), so that
-  TensorRT layers can be matched to modules for precision constraints (export/precision.py);
+  TensorRT layers can be matched to modules for precision constraints (liveanim/export/precision.py);
 - weights go to one external-data file next to the graph: the released model (3.6 GB fp32)
   exceeds protobuf's 2 GB limit.
 """

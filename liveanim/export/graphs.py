@@ -45,7 +45,7 @@ class RendererGraph(nn.Module):
     """z_target (batch,L), feat0..feat6 (1,C,H,W) -> image (batch,3,512,512).
 
     The source features stay float32: only the flow heads read them (grid sampling), and those
-    compute in fp32 in every precision (see export/precision.py).
+    compute in fp32 in every precision (see liveanim/export/precision.py).
     """
 
     def __init__(self, model: LIAX):

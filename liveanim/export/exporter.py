@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.graphs import GRAPH_MODULES, smooth_images
-from export.manifest import ExportedGraph, Manifest, files_sha256, state_dict_sha256
-from export.onnx_export import export_graph, graph_files
-from export.precision import HALF_GRAPHS, half_model
-from export.verify import TOLERANCES, check_onnx, compare_outputs, exact_fp32, run_onnx_cpu
 from liveanim.contract import (DIRECTIONS_FILE, FEATURE_NAMES, GRAPH_NAMES, MANIFEST_FILE, MOTION_ENCODER, RENDERER,
                                SOURCE_ENCODER, GraphSpec, graph_specs)
+from liveanim.export.graphs import GRAPH_MODULES, smooth_images
+from liveanim.export.manifest import ExportedGraph, Manifest, files_sha256, state_dict_sha256
+from liveanim.export.onnx_export import export_graph, graph_files
+from liveanim.export.precision import HALF_GRAPHS, half_model
+from liveanim.export.verify import TOLERANCES, check_onnx, compare_outputs, exact_fp32, run_onnx_cpu
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ EXAMPLE_BATCH = 2  # > 1, so that the dynamic batch axis is traced and checked
 class ExportConfig:
     """How to export.
 
-    precision: 'fp32', or 'fp16' for a half-precision renderer (see export/precision.py).
+    precision: 'fp32', or 'fp16' for a half-precision renderer (see liveanim/export/precision.py).
     opset:     ONNX opset (>= 16 has GridSample; TensorRT 10 and ONNX Runtime take 18).
     verify:    check every graph with ONNX Runtime (CPU) against PyTorch fp32; raise if off.
     """
