@@ -14,9 +14,9 @@ import onnx
 import pytest
 import torch
 
-from engines.base import EngineConfig
-from engines.loading import load_model
 from liveanim.contract import BATCH, FEATURE_NAMES, GRAPH_NAMES, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, concat_batches, graph_specs, split_batch
+from liveanim.engines.base import EngineConfig
+from liveanim.engines.loading import load_model
 from liveanim.errors import EngineError
 from liveanim.export import DIRECTIONS_FILE, ExportConfig, export_model, read_manifest, state_dict_sha256
 from liveanim.export.graphs import smooth_images

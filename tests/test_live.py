@@ -29,10 +29,10 @@ import pyvirtualcam
 import torch
 from skimage import data
 
-from engines import EngineConfig, create_engine
 from liveanim.cli import live as live_cli
 from liveanim.cli import main
 from liveanim.cli import options as cli_options
+from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import CameraError
 from liveanim.face import CropBox, paste_back
 from liveanim.motion.controller import MotionConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
-from engines import BACKENDS as ENGINE_BACKENDS
-from engines.base import PRECISIONS
+from liveanim.engines import BACKENDS as ENGINE_BACKENDS
+from liveanim.engines.base import PRECISIONS
 
 BACKENDS = ("auto", *ENGINE_BACKENDS)
 

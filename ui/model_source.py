@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines import EngineConfig
+from liveanim.engines import EngineConfig
 from liveanim.errors import UsageError
 
 log = logging.getLogger(__name__)

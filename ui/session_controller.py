@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
-from engines import EngineConfig, create_engine
+from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
 from liveanim.motion.dials import GROUPS, MOTION_DIM
 from liveanim.pipeline.animator import Animator

@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 import numpy as np
 from PyQt6.QtCore import QByteArray, QSettings
 
-from engines.base import PRECISIONS
+from liveanim.engines.base import PRECISIONS
 from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import GROUPS, MOTION_DIM, check_offsets
 from liveanim.motion.limits import LIMITS

@@ -11,10 +11,10 @@ import json
 import logging
 from pathlib import Path
 
-from engines.bench import BenchConfig, format_table, run_bench
-from engines.devices import resolve_device
-from engines.loading import load_model
 from liveanim.cli.export import add_weights_options, weights_config
+from liveanim.engines.bench import BenchConfig, format_table, run_bench
+from liveanim.engines.devices import resolve_device
+from liveanim.engines.loading import load_model
 from liveanim.errors import UsageError
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from engines import BACKENDS, Engine, build_for_targets, create_engine
-from engines.onnxruntime_engine import GPU_PROVIDERS
 from liveanim.cli.export import add_weights_options, weights_config
 from liveanim.contract import FEATURE_NAMES
+from liveanim.engines import BACKENDS, Engine, build_for_targets, create_engine
+from liveanim.engines.onnxruntime_engine import GPU_PROVIDERS
 from liveanim.export.graphs import smooth_images
 
 log = logging.getLogger(__name__)

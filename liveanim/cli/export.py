@@ -10,8 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from engines import EngineConfig, export_folder
-from engines.loading import load_model
+from liveanim.engines import EngineConfig, export_folder
+from liveanim.engines.loading import load_model
 from liveanim.export import EXPORT_PRECISIONS, ExportConfig, export_model
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engines import BACKENDS, EngineConfig, create_engine
+from liveanim.engines import BACKENDS, EngineConfig, create_engine
 from liveanim.errors import UsageError
 from liveanim.motion.dials import DIALS, direction_index, edit_vector, parse_assignments
 from liveanim.motion.limits import LIMITS

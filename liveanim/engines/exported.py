@@ -9,8 +9,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineConfig
 from liveanim.contract import DIRECTIONS_FILE, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, Tensors
+from liveanim.engines.base import Engine, EngineConfig
 
 
 class GraphRunner(Protocol):

@@ -31,11 +31,6 @@ from typing import Any
 
 import torch
 
-from engines.base import EngineConfig
-from engines.cache import EngineFiles, EngineKey, stale_reason
-from engines.devices import Gpu, cuda_gpu
-from engines.exported import ExportedGraphsEngine
-from engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
 from liveanim.contract import (
     GraphSpec,
     Tensors,
@@ -44,6 +39,11 @@ from liveanim.contract import (
     shared_source,
     split_batch,
 )
+from liveanim.engines.base import EngineConfig
+from liveanim.engines.cache import EngineFiles, EngineKey, stale_reason
+from liveanim.engines.devices import Gpu, cuda_gpu
+from liveanim.engines.exported import ExportedGraphsEngine
+from liveanim.engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.export.manifest import read_manifest
 from liveanim.export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32

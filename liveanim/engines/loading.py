@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 
-from engines.base import EngineConfig
+from liveanim.engines.base import EngineConfig
 from liveanim.model import LIAX
 from liveanim.model.seeded import seed_parameters_
 

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface (see engines/base.py).
+"""Inference backends behind one interface (see liveanim/engines/base.py).
 
     engine = create_engine(EngineConfig())        # 'auto': the fastest backend this machine has
     log.info("running %s", engine.describe())
@@ -10,7 +10,7 @@ tries TensorRT and TensorRT for RTX (the latter first on RTX-branded GPUs, the o
 for), ONNX Runtime with its TensorRT provider, then PyTorch, logging why each faster one was
 skipped; without one it runs PyTorch on the best device (MPS, CPU) and says why. ONNX Runtime
 and the TensorRT libraries run exported graphs, exported into the cache folder on first use
-(see engines/cache.py for its layout).
+(see liveanim/engines/cache.py for its layout).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from engines.base import Engine, EngineConfig
-from engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
+from liveanim.engines.base import Engine, EngineConfig
+from liveanim.engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
@@ -42,7 +42,7 @@ def auto_order(gpu: Gpu) -> tuple[str, ...]:
     the RTX GPUs it is made for, TensorRT first on datacenter GPUs), ONNX Runtime's TensorRT provider,
     then torch. ONNX Runtime's CUDA provider is left out: on an H100 it measured slower than PyTorch
     with CUDA graphs (fp16: 60.3 vs 55.3 ms per frame; docs/performance.md)."""
-    from engines.tensorrt_engine import TENSORRT_RTX
+    from liveanim.engines.tensorrt_engine import TENSORRT_RTX
 
     consumer = any(brand in gpu.name for brand in RTX_BRANDS) and TENSORRT_RTX.runs(gpu)
     native = TENSORRT_BACKENDS[::-1] if consumer else TENSORRT_BACKENDS
@@ -76,7 +76,7 @@ def _resolve_precision(config: EngineConfig) -> EngineConfig:
 
 def export_folder(config: EngineConfig, precision: str) -> Path:
     """Where engines look for the export of `config`'s weights in `precision` (it may not exist yet)."""
-    from engines.cache import export_dir
+    from liveanim.engines.cache import export_dir
 
     return export_dir(_cache_root(config), _Weights(config, None).fingerprint(), precision)
 
@@ -92,7 +92,7 @@ class _Weights:
 
     def model(self) -> LIAX:
         if self._model is None:
-            from engines.loading import load_model
+            from liveanim.engines.loading import load_model
 
             self._model = load_model(self.config)
         return self._model
@@ -106,7 +106,7 @@ class _Weights:
     def _compute_fingerprint(self) -> str:
         """Seeded weights and checkpoint files by their description (a given model must be the
         weights the config names); a model given with no description by the hash of its weights."""
-        from engines import cache
+        from liveanim.engines import cache
 
         if self.config.seeded:
             return cache.seeded_fingerprint(self.config.width, self.config.seed)
@@ -151,15 +151,15 @@ def _create(config: EngineConfig, weights: _Weights) -> Engine:
     device = resolve_device(config.device)
     if backend == "onnxruntime":
         return _onnxruntime(config, device, provider, weights)
-    from engines.torch_engine import TorchEngine
+    from liveanim.engines.torch_engine import TorchEngine
 
     return TorchEngine(config, device, weights.model())
 
 
 def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weights: _Weights) -> Engine:
-    from engines.cache import ORT_TENSORRT_DIR
-    from engines.onnxruntime_engine import (OnnxRuntimeEngine, best_provider, check_provider,
-                                            check_provider_device, import_onnxruntime)
+    from liveanim.engines.cache import ORT_TENSORRT_DIR
+    from liveanim.engines.onnxruntime_engine import (OnnxRuntimeEngine, best_provider, check_provider,
+                                                     check_provider_device, import_onnxruntime)
 
     if device.type not in ("cpu", "cuda"):
         raise BackendUnavailable(f"ONNX Runtime runs on the CPU or an NVIDIA GPU here, not {device}.",
@@ -180,8 +180,8 @@ def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weig
 def _tensorrt(backend: str, config: EngineConfig, weights: _Weights) -> Engine:
     """TensorRT or TensorRT for RTX: the GPU is checked before the library, so that no install is
     suggested where it cannot help."""
-    from engines.cache import engine_dir
-    from engines.tensorrt_engine import LIBRARIES, TensorRTEngine, import_library, onnx_precision
+    from liveanim.engines.cache import engine_dir
+    from liveanim.engines.tensorrt_engine import LIBRARIES, TensorRTEngine, import_library, onnx_precision
 
     library = LIBRARIES[backend]
     device = resolve_device(config.device)
@@ -200,8 +200,9 @@ def build_for_targets(config: EngineConfig, targets: tuple[str, ...]) -> dict[st
     """TensorRT for RTX engines of `config` (its weights and precision, fp32 or fp16) built for these
     compute capabilities, exported first if needed, without running them: no GPU is needed.
     -> {graph: engine file}."""
-    from engines.cache import engine_dir
-    from engines.tensorrt_engine import LIBRARIES, TensorRTOptions, build_engine_files, check_targets, import_library
+    from liveanim.engines.cache import engine_dir
+    from liveanim.engines.tensorrt_engine import (LIBRARIES, TensorRTOptions, build_engine_files, check_targets,
+                                                  import_library)
 
     if config.backend not in LIBRARIES:
         raise UsageError(f"--gpu-target builds TensorRT for RTX engines (--engine tensorrt-rtx), not {config.backend}.")
@@ -234,7 +235,7 @@ def _cache_root(config: EngineConfig) -> Path:
 
 def _exported(weights: _Weights, precision: str, cache_root: Path) -> Path:
     """The export folder for these weights and precision; exported now if missing or stale."""
-    from engines.cache import export_dir
+    from liveanim.engines.cache import export_dir
     from liveanim.export import ExportConfig, export_model, read_manifest
 
     folder = export_dir(cache_root, weights.fingerprint(), precision)

@@ -15,11 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import EngineConfig
-from engines.exported import ExportedGraphsEngine
-from engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
-from engines.tensorrt_engine import import_tensorrt
-from engines.torch_engine import out_of_memory
 from liveanim.contract import (
     GraphSpec,
     Tensors,
@@ -28,6 +23,11 @@ from liveanim.contract import (
     shared_source,
     split_batch,
 )
+from liveanim.engines.base import EngineConfig
+from liveanim.engines.exported import ExportedGraphsEngine
+from liveanim.engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
+from liveanim.engines.tensorrt_engine import import_tensorrt
+from liveanim.engines.torch_engine import out_of_memory
 from liveanim.errors import BackendUnavailable, EngineError
 from liveanim.export.manifest import read_manifest
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines import Engine, EngineConfig, create_engine
-from engines.devices import resolve_device
 from liveanim.contract import FEATURE_NAMES, Tensors
+from liveanim.engines import Engine, EngineConfig, create_engine
+from liveanim.engines.devices import resolve_device
 from liveanim.errors import BackendUnavailable
 from liveanim.export.graphs import smooth_images
 from liveanim.export.verify import exact_fp32
@@ -216,7 +216,7 @@ def _run_frames(engine: Engine, inputs: _Inputs, count: int) -> Tensors:
 
 def _reference(base: EngineConfig, model: LIAX, device: torch.device, inputs: _Inputs, count: int) -> Tensors:
     """PyTorch fp32 with TF32 off: what every case's accuracy is measured against."""
-    from engines.torch_engine import TorchEngine
+    from liveanim.engines.torch_engine import TorchEngine
 
     config = replace(base, backend="torch", precision="fp32", cuda_graphs=False, compile=False)
     engine = TorchEngine(config, device, copy.deepcopy(model))

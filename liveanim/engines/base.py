@@ -6,7 +6,7 @@ Every engine takes and returns float32 torch tensors on `engine.device`, by name
     encode_motion({"image": (B,3,512,512)})            -> {"alpha": (B,40)}
     render({"z_target": (B,L), "feat0".."feat6"})      -> {"image": (B,3,512,512)}
 
-Nothing outside `engines/` knows which backend runs. The names are those of the exported
+Nothing outside `liveanim/engines/` knows which backend runs. The names are those of the exported
 ONNX graphs (liveanim/contract.py).
 """
 
@@ -27,10 +27,10 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 else
 class EngineConfig:
     """What to run and where.
 
-    backend:   'torch', 'onnxruntime' or 'tensorrt' ('auto' is resolved by `engines.create_engine`).
+    backend:   'torch', 'onnxruntime' or 'tensorrt' ('auto' is resolved by `liveanim.engines.create_engine`).
     device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
     precision: 'fp32', 'fp16' or 'bf16' (reduced precision on GPUs only); 'auto' is resolved by
-               `engines.create_engine`: fp16 on CUDA, fp32 elsewhere.
+               `liveanim.engines.create_engine`: fp16 on CUDA, fp32 elsewhere.
     weights:   checkpoint path; None means the released model, downloaded on first use.
     seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
     seeded:    use seeded random weights instead of a checkpoint.

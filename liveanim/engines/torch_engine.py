@@ -30,10 +30,10 @@ from typing import Callable
 
 import torch
 
-from engines.base import Engine, EngineConfig
-from engines.devices import resolve_dtype
-from engines.loading import load_model
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
+from liveanim.engines.base import Engine, EngineConfig
+from liveanim.engines.devices import resolve_dtype
+from liveanim.engines.loading import load_model
 from liveanim.errors import BackendUnavailable, EngineError, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
