@@ -1,4 +1,5 @@
-"""Device and precision choice, shared by every backend, and what a missing GPU means here."""
+"""Device and precision choice, shared by every backend: what a missing GPU means here, and what
+running out of GPU memory means."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from liveanim.errors import BackendUnavailable, Fix
+from liveanim.errors import BackendUnavailable, EngineError, Fix
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
@@ -70,3 +71,18 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision != "fp32" and device.type == "cpu":
         raise BackendUnavailable(f"{precision} needs a GPU.", fix=Fix.FP32)
     return DTYPES[precision]
+
+
+MEMORY_ADVICE = "Close other programs that use the GPU."  # followed by Fix.FP16: half precision, half the memory
+
+
+def gpu_memory_status(device: torch.device) -> str:
+    """'3.2 of 79.1 GiB free' for a CUDA device."""
+    free, total = torch.cuda.mem_get_info(device)
+    return f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+
+
+def out_of_memory(device: torch.device, doing: str) -> EngineError:
+    """The error for a GPU that ran out of memory, with how much it has and what helps."""
+    return EngineError(f"the GPU ran out of memory {doing} ({gpu_memory_status(device)}). {MEMORY_ADVICE}",
+                       fix=Fix.FP16)

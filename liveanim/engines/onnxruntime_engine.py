@@ -24,10 +24,10 @@ from liveanim.contract import (
     split_batch,
 )
 from liveanim.engines.base import EngineConfig
+from liveanim.engines.devices import out_of_memory
 from liveanim.engines.exported import ExportedGraphsEngine
 from liveanim.engines.tensorrt_engine import DEFAULT_OPTIONS as TENSORRT_PROFILE
 from liveanim.engines.tensorrt_engine import import_tensorrt
-from liveanim.engines.torch_engine import out_of_memory
 from liveanim.errors import BackendUnavailable, EngineError
 from liveanim.export.manifest import read_manifest
 

@@ -41,9 +41,8 @@ from liveanim.contract import (
 )
 from liveanim.engines.base import EngineConfig
 from liveanim.engines.cache import EngineFiles, EngineKey, stale_reason
-from liveanim.engines.devices import Gpu, cuda_gpu
+from liveanim.engines.devices import MEMORY_ADVICE, Gpu, cuda_gpu, gpu_memory_status, out_of_memory
 from liveanim.engines.exported import ExportedGraphsEngine
-from liveanim.engines.torch_engine import MEMORY_ADVICE, gpu_memory_status, out_of_memory
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.export.manifest import read_manifest
 from liveanim.export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32

@@ -32,9 +32,9 @@ import torch
 
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
 from liveanim.engines.base import Engine, EngineConfig
-from liveanim.engines.devices import resolve_dtype
+from liveanim.engines.devices import out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
-from liveanim.errors import BackendUnavailable, EngineError, Fix
+from liveanim.errors import BackendUnavailable, EngineError
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
@@ -53,21 +53,6 @@ GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3,
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
-
-
-MEMORY_ADVICE = "Close other programs that use the GPU."  # followed by Fix.FP16: half precision, half the memory
-
-
-def gpu_memory_status(device: torch.device) -> str:
-    """'3.2 of 79.1 GiB free' for a CUDA device."""
-    free, total = torch.cuda.mem_get_info(device)
-    return f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
-
-
-def out_of_memory(device: torch.device, doing: str) -> EngineError:
-    """The error for a GPU that ran out of memory, with how much it has and what helps."""
-    return EngineError(f"the GPU ran out of memory {doing} ({gpu_memory_status(device)}). {MEMORY_ADVICE}",
-                       fix=Fix.FP16)
 
 
 class TorchEngine(Engine):
