@@ -32,7 +32,7 @@ from liveanim.engines.cache import (EngineFiles, EngineKey, export_dir, file_fin
 from liveanim.engines.devices import Gpu, cuda_gpu
 from liveanim.engines.onnxruntime_engine import PROVIDER_NAMES
 from liveanim.engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
-from liveanim.engines.torch_engine import TorchEngine
+from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
 from liveanim.export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.pipeline.animator import Animator
@@ -229,7 +229,8 @@ def test_auto_on_a_datacenter_gpu_logs_each_skip_once_and_falls_back(caplog, mon
     once, at INFO, saying why; TensorRT for RTX's message is the fallback, not an install."""
     fake_gpu("NVIDIA H200", (9, 0))
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    monkeypatch.setattr("liveanim.engines.torch_engine.TorchEngine", lambda config, device, model: _ConstantEngine())
+    monkeypatch.setattr("liveanim.engines.torch_engine.backend.TorchEngine",
+                        lambda config, device, model: _ConstantEngine())
     with caplog.at_level(logging.INFO, logger="liveanim.engines"):
         engine = create_engine(EngineConfig(seeded=True, width=0.125), model=tiny_model)
     assert engine.name == "constant"
@@ -623,7 +624,7 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
 _GRAPHS_REPLAYED_AT_ONCE = """
 import sys, threading, torch
 sys.path.insert(0, ".")
-from liveanim.engines.torch_engine import GraphReplay
+from liveanim.engines.torch_engine.backend import GraphReplay
 torch.manual_seed(0)
 device = torch.device("cuda")
 x = torch.randn(64, 9216, device=device, dtype=torch.half)  # products cuBLAS splits over K
@@ -683,7 +684,7 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
 def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     """A compile that takes minutes must not hold up the caller: the interim graph answers until
     the compiled one is ready for that shape; one that fails to compile leaves it interim."""
-    from liveanim.engines.torch_engine import BackgroundCompiler, CompiledWhenReady
+    from liveanim.engines.torch_engine.backend import BackgroundCompiler, CompiledWhenReady
 
     compiling = threading.Event()
     served: list[str] = []
@@ -712,7 +713,7 @@ def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     served.clear()
     torch.testing.assert_close(graph(x), x * 2)
     assert served == ["compiled"]
-    with caplog.at_level(logging.WARNING, logger="liveanim.engines.torch_engine"):
+    with caplog.at_level(logging.WARNING, logger="liveanim.engines.torch_engine.backend"):
         graph(torch.ones(3))
         graph(torch.ones(3))
         assert compiler.wait(timeout=30)
@@ -792,7 +793,7 @@ def test_auto_precision_and_graphs_follow_the_device(tiny_model):
 def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     """Each new batch size would compile for minutes: other batches are split and padded, and
     every real item comes back unchanged and in order."""
-    from liveanim.engines.torch_engine import BatchBuckets
+    from liveanim.engines.torch_engine.backend import BatchBuckets
 
     seen: list[int] = []
 

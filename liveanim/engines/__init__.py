@@ -151,7 +151,7 @@ def _create(config: EngineConfig, weights: _Weights) -> Engine:
     device = resolve_device(config.device)
     if backend == "onnxruntime":
         return _onnxruntime(config, device, provider, weights)
-    from liveanim.engines.torch_engine import TorchEngine
+    from liveanim.engines.torch_engine.backend import TorchEngine
 
     return TorchEngine(config, device, weights.model())
 

@@ -216,7 +216,7 @@ def _run_frames(engine: Engine, inputs: _Inputs, count: int) -> Tensors:
 
 def _reference(base: EngineConfig, model: LIAX, device: torch.device, inputs: _Inputs, count: int) -> Tensors:
     """PyTorch fp32 with TF32 off: what every case's accuracy is measured against."""
-    from liveanim.engines.torch_engine import TorchEngine
+    from liveanim.engines.torch_engine.backend import TorchEngine
 
     config = replace(base, backend="torch", precision="fp32", cuda_graphs=False, compile=False)
     engine = TorchEngine(config, device, copy.deepcopy(model))
