@@ -624,7 +624,7 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
 _GRAPHS_REPLAYED_AT_ONCE = """
 import sys, threading, torch
 sys.path.insert(0, ".")
-from liveanim.engines.torch_engine.backend import GraphReplay
+from liveanim.engines.torch_engine.cuda_graphs import GraphReplay
 torch.manual_seed(0)
 device = torch.device("cuda")
 x = torch.randn(64, 9216, device=device, dtype=torch.half)  # products cuBLAS splits over K
@@ -684,7 +684,7 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
 def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     """A compile that takes minutes must not hold up the caller: the interim graph answers until
     the compiled one is ready for that shape; one that fails to compile leaves it interim."""
-    from liveanim.engines.torch_engine.backend import BackgroundCompiler, CompiledWhenReady
+    from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 
     compiling = threading.Event()
     served: list[str] = []
@@ -713,7 +713,7 @@ def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     served.clear()
     torch.testing.assert_close(graph(x), x * 2)
     assert served == ["compiled"]
-    with caplog.at_level(logging.WARNING, logger="liveanim.engines.torch_engine.backend"):
+    with caplog.at_level(logging.WARNING, logger="liveanim.engines.torch_engine.compiler"):
         graph(torch.ones(3))
         graph(torch.ones(3))
         assert compiler.wait(timeout=30)
@@ -793,7 +793,7 @@ def test_auto_precision_and_graphs_follow_the_device(tiny_model):
 def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     """Each new batch size would compile for minutes: other batches are split and padded, and
     every real item comes back unchanged and in order."""
-    from liveanim.engines.torch_engine.backend import BatchBuckets
+    from liveanim.engines.torch_engine.batching import BatchBuckets
 
     seen: list[int] = []
 

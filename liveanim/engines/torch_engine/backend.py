@@ -6,12 +6,13 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
 - `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
   compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
   on CUDA channels-last weights, small-map convolutions as matrix products and large-map
-  upsampling convolutions in phases (docs/performance.md);
-- `cuda_graphs`: each is captured once per input shape and replayed, which removes the launch
-  overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
+  upsampling convolutions in phases (docs/performance.md); only for a batch of 1 or
+  `COMPILED_BATCH` (batching.py);
+- `cuda_graphs` (cuda_graphs.py): each is captured once per input shape and replayed, which removes the
+  launch overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
-- `compile_in_background`: the first calls of each shape are served by the uncompiled graphs
-  (captured in under a second) while a thread of the engine's own compiles the fast ones,
+- `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
+  graphs (captured in under a second) while a thread of the engine's own compiles the fast ones,
   or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
   The live loop starts this way: its first frames come seconds after the weights are read.
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
@@ -19,14 +20,8 @@ The renderer reads the source maps from `SourceMaps`, converted once per source,
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
-import time
-import weakref
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -34,15 +29,16 @@ from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
 from liveanim.engines.base import Engine, EngineConfig
 from liveanim.engines.devices import out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
-from liveanim.errors import BackendUnavailable, EngineError
+from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
+from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
+from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
+from liveanim.errors import BackendUnavailable
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
 
 log = logging.getLogger(__name__)
 
-GraphFn = Callable[..., torch.Tensor]
-WARMUP_RUNS = 2  # before a capture: lets cuDNN pick its algorithms and compile run
 # Compiled, blur and upsampling are stencils that Inductor fuses. On CUDA also: size-preserving
 # convs on maps up to 32x32 as matrix products (cuDNN took 38-66 us for a 1024-channel 3x3 conv
 # at 8x8..32x32 on an H100, far from the weight-read bound); the encoders' 1x1 conv of the RGB
@@ -176,227 +172,3 @@ class SourceMaps:
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device) == (b.data_ptr(), b.shape, b.stride(), b.dtype, b.device)
-
-
-class BatchBuckets:
-    """Calls `fn(x) -> tensor` with a batch of 1 or `size` only.
-
-    Another batch is split into parts of `size`, and a shorter last part is padded with
-    copies of its last item (the model treats every item alone, so the others are unchanged).
-    """
-
-    def __init__(self, fn: GraphFn, size: int):
-        self._fn = fn
-        self._size = size
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] in (1, self._size):
-            return self._fn(x)
-        parts = []
-        for start in range(0, x.shape[0], self._size):
-            part = x[start:start + self._size]
-            count = part.shape[0]
-            if count not in (1, self._size):
-                part = torch.cat([part, part[-1:].expand(self._size - count, *part.shape[1:])])
-            parts.append(self._fn(part)[:count])
-        return torch.cat(parts)
-
-
-ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
-
-
-def _shape_key(args: tuple[torch.Tensor, ...]) -> ShapeKey:
-    return tuple((tuple(a.shape), a.dtype) for a in args)
-
-
-# CUDA graphs are captured one at a time, and cached memory is released only between captures:
-# PyTorch's allocator cannot release memory while any thread captures (an internal assert).
-# Other work goes on meanwhile: captures are thread-local.
-_CAPTURING = threading.Lock()
-# stream (`cuda_stream`) -> the graph captured on it; under _CAPTURING
-_CAPTURE_STREAMS: dict[int, weakref.ref[torch.cuda.CUDAGraph]] = {}
-
-
-def release_cached_memory() -> None:
-    """Give the GPU memory that PyTorch caches but no tensor uses back to the driver."""
-    with _CAPTURING:
-        torch.cuda.empty_cache()
-
-
-def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
-    """Wait for this thread's stream: the tensors are read on another one next."""
-    if tensors[0].is_cuda:
-        torch.cuda.current_stream(tensors[0].device).synchronize()
-
-
-class BackgroundCompiler:
-    """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
-    at a time anyway), so that callers need not wait for them."""
-
-    def __init__(self, device: torch.device):
-        self._device = device
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._unfinished = 0
-        self._idle = threading.Condition()
-        self._closed = False
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run `job()` on the compiler thread (started on the first job), in inference mode."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
-            self._thread.start()
-        with self._idle:
-            self._unfinished += 1
-        self._jobs.put(job)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every job submitted so far has finished; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
-
-    def close(self) -> None:
-        """Skip the jobs not started yet; one that runs finishes in the background."""
-        self._closed = True
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        with torch.inference_mode(), contextlib.ExitStack() as scope:
-            if self._device.type == "cuda":
-                scope.enter_context(torch.cuda.device(self._device))
-            while (job := self._jobs.get()) is not None:
-                try:
-                    if not self._closed:
-                        job()
-                finally:
-                    with self._idle:
-                        self._unfinished -= 1
-                        self._idle.notify_all()
-
-
-class CompiledWhenReady:
-    """Calls the compiled graph for the input shapes it is ready for; any other shape goes to
-    `interim` while the background compiler prepares the compiled graph for it (compiles or
-    loads it, and captures its CUDA graph). A failed preparation leaves that shape on `interim`.
-
-    The compiled graph is made by `make_compiled()`, on the compiler thread: making it imports
-    the compiler (seconds). A shape is prepared from its second call on, so that the compiler
-    thread does not slow down the first, which captures the interim graph (the live loop's warm-up).
-    """
-
-    def __init__(self, make_compiled: Callable[[], GraphFn], interim: GraphFn, compiler: BackgroundCompiler):
-        self._make_compiled = make_compiled
-        self._compiled: GraphFn | None = None
-        self._interim = interim
-        self._compiler = compiler
-        self._ready: set[ShapeKey] = set()  # added to by the compiler thread
-        self._calls: dict[ShapeKey, int] = {}
-        self._released: set[ShapeKey] = set()
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = _shape_key(args)
-        if key in self._ready:
-            assert self._compiled is not None
-            if key not in self._released and isinstance(self._interim, GraphReplay):
-                self._interim.release(key)  # here, not on the compiler thread: no replay of it is under way
-            self._released.add(key)
-            return self._compiled(*args)
-        self._calls[key] = calls = self._calls.get(key, 0) + 1
-        if calls == 2:
-            example = tuple(a.clone() for a in args)
-            _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
-            self._compiler.submit(lambda: self._prepare(key, example))
-        return self._interim(*args)
-
-    def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:
-        shapes = [shape for shape, _ in key]
-        started = time.monotonic()
-        try:
-            if self._compiled is None:
-                self._compiled = self._make_compiled()
-            self._compiled(*example)
-            _finish_gpu_work(example)  # before the copies are freed
-        except Exception:
-            log.warning("compiling the graph for inputs %s failed; it keeps running uncompiled (slower)",
-                        shapes, exc_info=True)
-            return
-        self._ready.add(key)
-        log.info("compiled graph for inputs %s ready after %.0f s: full speed from now on",
-                 shapes, time.monotonic() - started)
-
-
-@dataclass(frozen=True)
-class _Capture:
-    """One captured CUDA graph with the buffers it reads and writes."""
-
-    graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, ...]
-    output: torch.Tensor
-
-
-def capture_stream(device: torch.device, graph: torch.cuda.CUDAGraph) -> torch.cuda.Stream:
-    """A stream to capture `graph` on that no other live graph was captured on.
-
-    PyTorch keys cuBLAS workspaces by stream, and a graph keeps the address of the workspace
-    it was captured with. Graphs captured on one stream (`torch.cuda.graph`'s default) share a
-    workspace, so two of them replayed at once on two streams (the motion and the render
-    graphs) write into it together; and freeing one of them frees the workspace of all
-    (pytorch/pytorch#193402). The live loop hung then, during and after the background
-    compile: cuBLAS kernels spun on the GPU for a minute or more (100% busy at 290 W).
-    """
-    with _CAPTURING:
-        for _ in range(64):  # PyTorch hands out its 32 pooled streams per priority in turn
-            stream = torch.cuda.Stream(device)
-            holder = _CAPTURE_STREAMS.get(stream.cuda_stream)
-            if holder is None or holder() is None:  # a graph's reference dies with its workspace
-                _CAPTURE_STREAMS[stream.cuda_stream] = weakref.ref(graph)
-                return stream
-    raise EngineError("too many CUDA graphs are alive at once; close the engines that are no longer used")
-
-
-class GraphReplay:
-    """Calls `fn(*tensors) -> tensor` through CUDA graphs, one capture per input shape and dtype."""
-
-    def __init__(self, fn: GraphFn, device: torch.device):
-        self._fn = fn
-        self._device = device
-        self._captures: dict[tuple, _Capture] = {}
-        self._lock = threading.Lock()  # a capture's buffers are shared: one caller at a time
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = _shape_key(args)
-        with self._lock:
-            capture = self._captures.get(key)
-            if capture is None:
-                capture = self._captures[key] = self._capture(args)
-            for buffer, value in zip(capture.inputs, args):
-                buffer.copy_(value)
-            capture.graph.replay()
-            return capture.output.clone()
-
-    def release(self, key: ShapeKey) -> None:
-        """Free the capture for `key` and its memory; call it from the thread that replays it
-        (it waits for the last replay to finish on that thread's stream)."""
-        with self._lock:
-            if self._captures.pop(key, None) is not None:
-                torch.cuda.current_stream(self._device).synchronize()
-                release_cached_memory()
-
-    def _capture(self, args: tuple[torch.Tensor, ...]) -> _Capture:
-        log.info("capturing a CUDA graph for inputs %s", [tuple(a.shape) for a in args])
-        inputs = tuple(a.clone() for a in args)
-        graph = torch.cuda.CUDAGraph()
-        stream = capture_stream(self._device, graph)
-        # warm-up on the capture stream: its cuBLAS workspace is made here, outside the capture
-        stream.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_RUNS):
-                self._fn(*inputs)
-        torch.cuda.current_stream(self._device).wait_stream(stream)
-        stream.synchronize()
-        with _CAPTURING:
-            torch.cuda.empty_cache()  # the warm-up runs' activations: the capture has a pool of its own
-            # thread-local: other threads (the live loop, a background compile) keep using the GPU
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                output = self._fn(*inputs)
-        return _Capture(graph, inputs, output)
