@@ -63,7 +63,7 @@ def cli(*argv: str) -> int:
     from liveanim.errors import LiveAnimError
 
     parser = argparse.ArgumentParser(prog="main.py")
-    importlib.import_module(f"liveanim.cli.{argv[0].replace('-', '_')}").register(parser.add_subparsers())
+    importlib.import_module(f"liveanim.app.cli.{argv[0].replace('-', '_')}").register(parser.add_subparsers())
     args = parser.parse_args(list(argv))
     log.info("main.py %s", " ".join(argv))
     try:

@@ -260,8 +260,8 @@ def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precisi
 
 
 def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
-    from liveanim.cli import build_parser
-    from ui.engine_selector import EngineSelector
+    from liveanim.app.cli import build_parser
+    from liveanim.app.ui.engine_selector import EngineSelector
 
     parser = build_parser()
     for backend in BACKENDS:
@@ -406,7 +406,7 @@ def test_tensorrt_rtx_builds_engines_for_named_gpus_without_a_gpu(rtx_cache, cap
     import tensorrt_rtx
 
     from liveanim.engines import tensorrt_engine
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     with caplog.at_level(logging.INFO):
         assert main(["build-engines", "--engine", "tensorrt-rtx", "--gpu-target", "8.6", "--precision", "fp16",
@@ -815,7 +815,7 @@ def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
 def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_driver):
     """`build-engines` on a machine without a GPU: the torch engine auto picks, in fp32, with no
     install suggested (it used to fail asking for TensorRT)."""
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     with caplog.at_level(logging.INFO):
         assert main(["build-engines", "--seeded", "0.125"]) == 0

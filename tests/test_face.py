@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from liveanim.cli import main
+from liveanim.app.cli import main
 from liveanim.errors import NoFaceError
 from liveanim.face import (
     FACE_MODEL_ENV,

@@ -29,9 +29,9 @@ import pyvirtualcam
 import torch
 from skimage import data
 
-from liveanim.cli import live as live_cli
-from liveanim.cli import main
-from liveanim.cli import options as cli_options
+from liveanim.app.cli import live as live_cli
+from liveanim.app.cli import main
+from liveanim.app.cli import options as cli_options
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import CameraError
 from liveanim.face import CropBox, paste_back
@@ -113,7 +113,7 @@ def wait_for(condition, timeout_s: float = TIMEOUT_S, what: str = "") -> None:
         time.sleep(0.1)
 
 
-def start_cli(*arguments: str, code: str = "from liveanim.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
+def start_cli(*arguments: str, code: str = "from liveanim.app.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
               ) -> subprocess.Popen:
     """`main.py` in a process of its own (run by `code`), on the tiny seeded model."""
     return subprocess.Popen([sys.executable, "-c", code, *arguments, *TINY], cwd=REPO, text=True,
@@ -642,7 +642,7 @@ def test_a_recording_write_error_ends_the_cli_with_exit_2_naming_the_file(tmp_pa
     limit_once_it_plays = f"""
 import os, resource, signal, sys, threading, time
 import av
-from liveanim.cli import main
+from liveanim.app.cli import main
 
 def plays(path: str) -> bool:
     try:

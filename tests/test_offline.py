@@ -23,7 +23,7 @@ import pytest
 import torch
 from skimage import data
 
-from liveanim.cli import main
+from liveanim.app.cli import main
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.motion.dials import edit_vector
 from liveanim.pipeline import offline

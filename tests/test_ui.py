@@ -25,18 +25,18 @@ from PyQt6.QtGui import QDropEvent, QImage, QPixmap  # noqa: E402
 from PyQt6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from skimage import data  # noqa: E402
 
+from liveanim.app.ui import main_window  # noqa: E402
+from liveanim.app.ui.avatar_gallery import AvatarList  # noqa: E402
+from liveanim.app.ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
+from liveanim.app.ui.main_window import MainWindow, WindowDeps  # noqa: E402
+from liveanim.app.ui.model_source import ModelSource  # noqa: E402
+from liveanim.app.ui.presets import PresetStore  # noqa: E402
+from liveanim.app.ui.settings import AppSettings  # noqa: E402
+from liveanim.app.ui.source_picker import SourceSpec  # noqa: E402
 from liveanim.face import CropBox  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME, MOTION_DIM  # noqa: E402
 from liveanim.pipeline.live import LiveFrame  # noqa: E402
 from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image  # noqa: E402
-from ui import main_window  # noqa: E402
-from ui.avatar_gallery import AvatarList  # noqa: E402
-from ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
-from ui.main_window import MainWindow, WindowDeps  # noqa: E402
-from ui.model_source import ModelSource  # noqa: E402
-from ui.presets import PresetStore  # noqa: E402
-from ui.settings import AppSettings  # noqa: E402
-from ui.source_picker import SourceSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = ModelSource(seeded_width=0.125)

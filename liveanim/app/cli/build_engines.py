@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from liveanim.cli.export import add_weights_options, weights_config
+from liveanim.app.cli.export import add_weights_options, weights_config
 from liveanim.contract import FEATURE_NAMES
 from liveanim.engines import BACKENDS, Engine, build_for_targets, create_engine
 from liveanim.engines.onnxruntime_engine import GPU_PROVIDERS

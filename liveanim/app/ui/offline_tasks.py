@@ -15,10 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from liveanim.app.ui.workers import TaskContext
 from liveanim.pipeline import offline
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.video import VideoReader, read_image
-from ui.workers import TaskContext
 
 
 class ObservedAnimator(Animator):

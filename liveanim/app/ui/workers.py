@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from PyQt6.QtCore import QObject, pyqtSignal
 
+from liveanim.app.ui.messages import window_text
 from liveanim.errors import LiveAnimError
-from ui.messages import window_text
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,11 @@ from typing import Any, Callable
 import numpy as np
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
+from liveanim.app.ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
+from liveanim.app.ui.messages import window_text
+from liveanim.app.ui.offline_tasks import AnimateJob, run_animate, run_edit_image
+from liveanim.app.ui.source_picker import SourceSpec
+from liveanim.app.ui.workers import Task, TaskContext, TaskRunner
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
 from liveanim.motion.dials import GROUPS, MOTION_DIM
@@ -26,11 +31,6 @@ from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.offline import Written
-from ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
-from ui.messages import window_text
-from ui.offline_tasks import AnimateJob, run_animate, run_edit_image
-from ui.source_picker import SourceSpec
-from ui.workers import Task, TaskContext, TaskRunner
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import numpy as np
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
+from liveanim.app.ui.controls import CollapsibleSection, SliderRow, slider_grid
+from liveanim.app.ui.preset_bar import PresetBar
+from liveanim.app.ui.presets import Preset, PresetStore
 from liveanim.motion.dials import DIALS, GROUPS, MOTION_DIM
 from liveanim.motion.limits import LIMITS
-from ui.controls import CollapsibleSection, SliderRow, slider_grid
-from ui.preset_bar import PresetBar
-from ui.presets import Preset, PresetStore
 
 LABELS = {d.index: d.label for d in DIALS}
 

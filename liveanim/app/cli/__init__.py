@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "File > Get the LIA-X weights...), or for the command that follows")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"liveanim.cli.{name}").register(subparsers)
+        importlib.import_module(f"liveanim.app.cli.{name}").register(subparsers)
     for name in FACE_COMMANDS:  # also after the command, where the other options go
         add_face_model_option(subparsers.choices[name], default=argparse.SUPPRESS)
     return parser
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
-        from ui.app import run_app
+        from liveanim.app.ui.app import run_app
 
         return run_app(weights=args.app_weights)
     try:

@@ -24,26 +24,26 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.app.ui.avatar_gallery import AvatarGallery
+from liveanim.app.ui.avatar_library import DEFAULT_AVATAR
+from liveanim.app.ui.calibration import CalibrationCountdown
+from liveanim.app.ui.dials_panel import DialsPanel
+from liveanim.app.ui.engine_selector import EngineSelector
+from liveanim.app.ui.frame_view import InputView, OutputView
+from liveanim.app.ui.messages import show_warning, window_text
+from liveanim.app.ui.model_source import ModelSource
+from liveanim.app.ui.offline_dialogs import AnimateDialog, StillEditDialog
+from liveanim.app.ui.presets import PresetStore
+from liveanim.app.ui.session_controller import EngineInfo, SessionController
+from liveanim.app.ui.settings import AppSettings
+from liveanim.app.ui.source_picker import CameraLister, SourcePicker, SourceSpec
+from liveanim.app.ui.status_bar import LiveStatusBar
+from liveanim.app.ui.weights_dialog import WeightsDialog, missing_weights
+from liveanim.app.ui.workers import TaskRunner
 from liveanim.pipeline.events import (RecordingFailed, RecordingStarted, RecordingStopped, SessionEvent,
                                       SessionFailed, VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
 from liveanim.pipeline.live import LiveConfig, LiveFrame
 from liveanim.weights import default_cache_dir
-from ui.avatar_gallery import AvatarGallery
-from ui.calibration import CalibrationCountdown
-from ui.dials_panel import DialsPanel
-from ui.engine_selector import EngineSelector
-from ui.frame_view import InputView, OutputView
-from ui.messages import show_warning, window_text
-from ui.model_source import ModelSource
-from ui.offline_dialogs import AnimateDialog, StillEditDialog
-from ui.presets import PresetStore
-from ui.avatar_library import DEFAULT_AVATAR
-from ui.session_controller import EngineInfo, SessionController
-from ui.settings import AppSettings
-from ui.source_picker import CameraLister, SourcePicker, SourceSpec
-from ui.status_bar import LiveStatusBar
-from ui.weights_dialog import WeightsDialog, missing_weights
-from ui.workers import TaskRunner
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Callable
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QStyle, QToolButton, QWidget
 
+from liveanim.app.ui.workers import TaskRunner
 from liveanim.pipeline.sources import CameraConfig, CameraSource, FrameSource, VideoFileSource
-from ui.workers import TaskRunner
 
 log = logging.getLogger(__name__)
 

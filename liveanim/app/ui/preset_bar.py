@@ -7,8 +7,8 @@ from typing import Callable
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QInputDialog, QMessageBox, QPushButton, QWidget
 
-from ui.messages import show_warning, window_text
-from ui.presets import Preset, PresetError, PresetStore
+from liveanim.app.ui.messages import show_warning, window_text
+from liveanim.app.ui.presets import Preset, PresetError, PresetStore
 
 
 class PresetBar(QWidget):

@@ -14,11 +14,11 @@ from typing import Callable, TypeVar
 import numpy as np
 from PyQt6.QtCore import QByteArray, QSettings
 
+from liveanim.app.ui.engine_selector import BACKENDS
 from liveanim.engines.base import PRECISIONS
 from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import GROUPS, MOTION_DIM, check_offsets
 from liveanim.motion.limits import LIMITS
-from ui.engine_selector import BACKENDS
 
 log = logging.getLogger(__name__)
 

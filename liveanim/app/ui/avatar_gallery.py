@@ -22,8 +22,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.app.ui.frame_view import FrameView, to_pixmap
 from liveanim.pipeline.sources import IMAGE_SUFFIXES
-from ui.frame_view import FrameView, to_pixmap
 
 THUMBNAIL = 88
 

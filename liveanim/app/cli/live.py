@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from liveanim.cli.options import (
+from liveanim.app.cli.options import (
     add_edit_options,
     add_engine_options,
     edit_from_args,
@@ -30,7 +30,7 @@ from liveanim.cli.options import (
     open_animator,
     positive_int,
 )
-from liveanim.cli.stop_signals import StopSignals
+from liveanim.app.cli.stop_signals import StopSignals
 from liveanim.errors import LiveAnimError, UsageError
 from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import GROUPS, check_intensity, parse_assignments
@@ -370,7 +370,7 @@ class _Preview:
         from PyQt6.QtCore import QTimer
         from PyQt6.QtWidgets import QApplication
 
-        from ui.frame_view import FrameView
+        from liveanim.app.ui.frame_view import FrameView
 
         app = QApplication.instance() or QApplication([])
         view = FrameView("Waiting for the first frame...")

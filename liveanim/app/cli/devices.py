@@ -10,7 +10,7 @@ import argparse
 import logging
 import platform
 
-from liveanim.cli.options import positive_int
+from liveanim.app.cli.options import positive_int
 from liveanim.errors import LiveAnimError
 from liveanim.pipeline.sinks import VirtualCameraConfig, probe_virtual_camera
 from liveanim.pipeline.sources import probe_cameras

@@ -22,9 +22,9 @@ from PyQt6.QtWidgets import (
 )
 
 from liveanim import weights
+from liveanim.app.ui.workers import TaskContext, TaskRunner
 from liveanim.errors import CheckpointError
 from liveanim.weights.download import HUB_SUBDIR
-from ui.workers import TaskContext, TaskRunner
 
 log = logging.getLogger(__name__)
 

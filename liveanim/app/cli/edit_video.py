@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liveanim.cli.options import (
+from liveanim.app.cli.options import (
     add_offline_options,
     edit_from_args,
     existing_file,

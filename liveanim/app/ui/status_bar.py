@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PyQt6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
 
+from liveanim.app.ui.session_controller import EngineInfo
 from liveanim.pipeline.metrics import LiveStats
-from ui.session_controller import EngineInfo
 
 MESSAGE_MS = 8000
 

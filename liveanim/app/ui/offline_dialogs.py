@@ -26,13 +26,13 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from liveanim.app.ui.frame_view import FrameView
+from liveanim.app.ui.offline_tasks import AnimateJob
+from liveanim.app.ui.session_controller import SessionController
+from liveanim.app.ui.source_picker import VIDEO_FILTER
+from liveanim.app.ui.workers import Task
 from liveanim.pipeline.offline import Written
 from liveanim.pipeline.sources import IMAGE_SUFFIXES
-from ui.frame_view import FrameView
-from ui.offline_tasks import AnimateJob
-from ui.session_controller import SessionController
-from ui.source_picker import VIDEO_FILTER
-from ui.workers import Task
 
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 RENDERING = "Rendering..."

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from liveanim.cli.export import add_weights_options, weights_config
+from liveanim.app.cli.export import add_weights_options, weights_config
 from liveanim.engines.bench import BenchConfig, format_table, run_bench
 from liveanim.engines.devices import resolve_device
 from liveanim.engines.loading import load_model

@@ -10,13 +10,13 @@ from pathlib import Path
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
+from liveanim.app.ui.main_window import MainWindow, WindowDeps
+from liveanim.app.ui.model_source import ModelSource
+from liveanim.app.ui.presets import PresetStore, default_presets_dir
+from liveanim.app.ui.settings import APPLICATION, ORGANIZATION, AppSettings
+from liveanim.app.ui.source_picker import SourceSpec
 from liveanim.errors import LiveAnimError
 from liveanim.weights import resolve_weights
-from ui.main_window import MainWindow, WindowDeps
-from ui.model_source import ModelSource
-from ui.presets import PresetStore, default_presets_dir
-from ui.settings import APPLICATION, ORGANIZATION, AppSettings
-from ui.source_picker import SourceSpec
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liveanim.cli.options import add_offline_options, edit_from_args, existing_file, offline_config, open_animator
+from liveanim.app.cli.options import add_offline_options, edit_from_args, existing_file, offline_config, open_animator
 from liveanim.pipeline import offline
 
 
