@@ -273,6 +273,27 @@ def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
     assert selector.choice() == ("tensorrt-rtx", "fp16")
 
 
+def test_library_command_line_and_first_window_start_on_the_same_engine(qtbot, tmp_path):
+    """EngineConfig(), a command without engine options and a window run for the first time pick the
+    same backend, device and precision ('auto': fp16 on CUDA, fp32 elsewhere), from the same choices."""
+    from liveanim.app.cli import build_parser
+    from liveanim.app.ui.engine_selector import EngineSelector
+    from liveanim.app.ui.settings import AppSettings
+
+    parser = build_parser()
+    library, args = EngineConfig(), parser.parse_args(["live"])
+    settings = AppSettings.at(tmp_path / "settings.ini")
+    assert (library.backend, library.device, library.precision) == (args.engine, args.device, args.precision)
+    assert (settings.backend, settings.precision) == (library.backend, library.precision)
+    selector = EngineSelector(settings.backend, settings.precision)
+    qtbot.addWidget(selector)
+    offered = [selector.precision.itemText(i) for i in range(selector.precision.count())]
+    assert offered == ["auto", "fp32", "fp16", "bf16"]
+    assert [parser.parse_args(["live", "--precision", p]).precision for p in offered] == offered
+    for device in ("auto", "cuda", "cpu", "mps"):
+        assert parser.parse_args(["live", "--device", device]).device == parser.parse_args(["bench", "--device", device]).device
+
+
 def test_unknown_backend_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown engine"):
         create_engine(EngineConfig(backend="openvino", device="cpu", seeded=True, width=0.125))
@@ -584,7 +605,8 @@ def test_switching_sources_renders_each_source(tiny_model, tiny_inputs, device):
     CUDA graphs read): switching avatars back and forth must render the avatar passed each time."""
     import copy
 
-    engine = TorchEngine(EngineConfig(backend="torch", device=device), torch.device(device), copy.deepcopy(tiny_model))
+    engine = TorchEngine(EngineConfig(backend="torch", device=device, precision="fp32"), torch.device(device),
+                         copy.deepcopy(tiny_model))
     images = (tiny_inputs["source"], tiny_inputs["driving"][:1])
     sources = [engine.encode_source({"image": image.to(device)}) for image in images]
 
@@ -605,8 +627,8 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
 
     from liveanim.export.verify import exact_fp32
 
-    config = EngineConfig(backend="torch", device="cuda", cuda_graphs=True, compile=compile_)
-    eager_config = EngineConfig(backend="torch", device="cuda", cuda_graphs=False, compile=False)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", cuda_graphs=True, compile=compile_)
+    eager_config = dataclasses.replace(config, cuda_graphs=False, compile=False)
     # TF32 rounding, amplified by random weights, would swamp the comparison, and cuDNN's
     # atomics-based transposed-conv algorithms differ run to run: ask for exact, repeatable math
     with exact_fp32(), deterministic_cudnn():
@@ -671,7 +693,8 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
 
     from liveanim.export.verify import exact_fp32
 
-    config = EngineConfig(backend="torch", device="cuda", compile=True, cuda_graphs=True, compile_in_background=True)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", compile=True, cuda_graphs=True,
+                          compile_in_background=True)
     with exact_fp32(), deterministic_cudnn():
         engine = TorchEngine(config, torch.device("cuda"), model=copy.deepcopy(tiny_model))
         _pipeline(engine, tiny_inputs)  # the first call of each graph: its interim capture
@@ -744,7 +767,7 @@ def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_refere
     ort = pytest.importorskip("onnxruntime")
     if PROVIDER_NAMES[provider] not in ort.get_available_providers():
         pytest.skip(f"onnxruntime has no {PROVIDER_NAMES[provider]} here")
-    config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", seeded=True, width=0.125,
+    config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", precision="fp32", seeded=True, width=0.125,
                           cache_dir=tmp_path)
     engine = create_engine(config, model=tiny_model)
     _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES["fp32"])

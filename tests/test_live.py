@@ -538,7 +538,8 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
     graphs: up to 8 of 255, 0.1 on average), so each frame is compared with every frame's
     reference: its own must be the nearest, and near.
     """
-    config = EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125, compile=False, cuda_graphs=True)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", seeded=True, width=0.125, compile=False,
+                          cuda_graphs=True)
     animator = Animator(create_engine(config))
     source = ScriptedSource(live=False)  # every frame is rendered and checked
     delivered: queue.Queue[LiveFrame] = queue.Queue()

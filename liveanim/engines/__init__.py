@@ -21,17 +21,16 @@ from pathlib import Path
 
 import torch
 
-from liveanim.engines.base import Engine, EngineConfig
-from liveanim.engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype
+from liveanim.engines.base import BACKENDS, DEVICES, ENGINE_CHOICES, PRECISIONS, Engine, EngineConfig
+from liveanim.engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype, resolve_precision
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineConfig", "BACKENDS", "auto_order", "build_for_targets",
-           "create_engine", "export_folder"]
+__all__ = ["Engine", "EngineConfig", "BACKENDS", "DEVICES", "ENGINE_CHOICES", "PRECISIONS", "auto_order",
+           "build_for_targets", "create_engine", "export_folder"]
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
 GPU_BACKENDS = (*TENSORRT_BACKENDS, "onnxruntime:tensorrt")
 RTX_BRANDS = ("RTX", "GeForce", "TITAN", "Quadro")  # consumer and workstation GPUs, TensorRT for RTX's own
@@ -58,20 +57,12 @@ def create_engine(config: EngineConfig, model: LIAX | None = None) -> Engine:
     An explicit backend that cannot run here raises BackendUnavailable saying why, and what to
     install only where installing can help (never a GPU library on a machine without an NVIDIA GPU).
     """
-    config = _resolve_precision(config)
+    if config.precision == "auto":  # the device is looked up only then: an absent one is the backend's to explain
+        config = replace(config, precision=resolve_precision("auto", resolve_device(config.device)))
     weights = _Weights(config, model)
     engine = _auto(config, weights) if config.backend == "auto" else _create(config, weights)
     log.info("engine: %s", engine.describe())
     return engine
-
-
-def _resolve_precision(config: EngineConfig) -> EngineConfig:
-    """'auto' precision: fp16 on CUDA (3-4x faster, PSNR ~67 dB against fp32: docs/performance.md),
-    fp32 elsewhere."""
-    if config.precision != "auto":
-        return config
-    precision = "fp16" if resolve_device(config.device).type == "cuda" else "fp32"
-    return replace(config, precision=precision)
 
 
 def export_folder(config: EngineConfig, precision: str) -> Path:
@@ -207,6 +198,7 @@ def build_for_targets(config: EngineConfig, targets: tuple[str, ...]) -> dict[st
     if config.backend not in LIBRARIES:
         raise UsageError(f"--gpu-target builds TensorRT for RTX engines (--engine tensorrt-rtx), not {config.backend}.")
     library = LIBRARIES[config.backend]
+    config = replace(config, precision=resolve_precision(config.precision, torch.device("cuda")))  # built for GPUs
     check_targets(library, targets)
     import_library(library)
     _check_exported_precision(config.precision, torch.device("cuda"))

@@ -13,13 +13,19 @@ ONNX graphs (liveanim/contract.py).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from liveanim.contract import Tensors
+from liveanim.engines.devices import resolve_precision
+from liveanim.model import RELEASED_WIDTH
 
+# The choices the command line, the window and the configs offer, each written once here.
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+ENGINE_CHOICES = ("auto", *BACKENDS)  # 'auto': the fastest backend this machine has
+DEVICES = ("auto", "cuda", "cpu", "mps")  # 'auto': CUDA, then MPS, then the CPU
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 elsewhere
 
 
@@ -27,10 +33,10 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 else
 class EngineConfig:
     """What to run and where.
 
-    backend:   'torch', 'onnxruntime' or 'tensorrt' ('auto' is resolved by `liveanim.engines.create_engine`).
+    backend:   one of BACKENDS ('auto' is resolved by `liveanim.engines.create_engine`).
     device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
-    precision: 'fp32', 'fp16' or 'bf16' (reduced precision on GPUs only); 'auto' is resolved by
-               `liveanim.engines.create_engine`: fp16 on CUDA, fp32 elsewhere.
+    precision: 'auto' (fp16 on CUDA, fp32 elsewhere; resolved by `create_engine`), 'fp32', 'fp16' or
+               'bf16' (reduced precision on GPUs only).
     weights:   checkpoint path; None means the released model, downloaded on first use.
     seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
     seeded:    use seeded random weights instead of a checkpoint.
@@ -47,11 +53,11 @@ class EngineConfig:
 
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     weights: Path | None = None
     seeded: bool = False
     seed: int = 0
-    width: float = 2.0
+    width: float = RELEASED_WIDTH
     cache_dir: Path | None = None
     compile: bool | None = None
     cuda_graphs: bool | None = None
@@ -64,7 +70,7 @@ class Engine(ABC):
     name: str = "base"
 
     def __init__(self, config: EngineConfig, device: torch.device):
-        self.config = config
+        self.config = replace(config, precision=resolve_precision(config.precision, device))
         self.device = device
 
     @property

@@ -17,10 +17,10 @@ from torch import nn
 
 from liveanim.model.decoder import Decoder
 from liveanim.model.encoder import Encoder
+from liveanim.motion.dials import MOTION_DIM
 
 RESOLUTION = 512
 RELEASED_WIDTH = 2.0
-MOTION_DIM = 40
 
 
 @dataclass(frozen=True)

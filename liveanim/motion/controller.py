@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liveanim.motion.dials import GROUPS, MOTION_DIM, group_scale
+from liveanim.motion.dials import MOTION_DIM, full_intensity, group_scale
 from liveanim.motion.filters import OneEuroFilter, SmoothingRange
 from liveanim.motion.neutral import NeutralConfig, NeutralReference
 
@@ -59,7 +59,7 @@ class MotionController:
         self.config = config
         self._neutral = NeutralReference(config.neutral)
         self._filter = OneEuroFilter(config.range.at(config.smoothing))
-        self._intensity = {group: 1.0 for group in GROUPS}
+        self._intensity = full_intensity()
         self._scale = np.ones(motion_dim, dtype=np.float32)
         self._edit = np.zeros(motion_dim, dtype=np.float32)
         self._last = np.zeros(motion_dim, dtype=np.float32)  # the last motion, before intensity

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from liveanim.app.cli.export import add_weights_options, weights_config
+from liveanim.engines import DEVICES, EngineConfig
 from liveanim.engines.bench import BenchConfig, format_table, run_bench
 from liveanim.engines.devices import resolve_device
 from liveanim.engines.loading import load_model
@@ -19,7 +20,7 @@ from liveanim.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-BENCH_WIDTH = 2.0  # seeded weights of the released size when no checkpoint is given
+BENCH_WIDTH = EngineConfig.width  # seeded weights of the released size when no checkpoint is given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=BenchConfig.frames, help="timed frames per case")
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed frames first")
     parser.add_argument("--accuracy", action="store_true", help="also compare every case with PyTorch fp32")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    parser.add_argument("--device", default=EngineConfig.device, choices=DEVICES)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the report as JSON")
     parser.set_defaults(run=run)
 

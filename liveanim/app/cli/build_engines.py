@@ -18,8 +18,9 @@ import torch
 
 from liveanim.app.cli.export import add_weights_options, weights_config
 from liveanim.contract import FEATURE_NAMES
-from liveanim.engines import BACKENDS, Engine, build_for_targets, create_engine
+from liveanim.engines import DEVICES, ENGINE_CHOICES, Engine, EngineConfig, build_for_targets, create_engine
 from liveanim.engines.onnxruntime_engine import GPU_PROVIDERS
+from liveanim.export import EXPORT_PRECISIONS
 from liveanim.export.graphs import smooth_images
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build-engines", help="export the model and build the TensorRT / ONNX Runtime engines, or compile torch's",
         description="Export the model (if needed) and build the engine for this GPU, so that the app starts fast.")
     add_weights_options(parser)
-    parser.add_argument("--engine", default="auto",
-                        choices=["auto", *BACKENDS, *(f"onnxruntime:{provider}" for provider in GPU_PROVIDERS)],
+    parser.add_argument("--engine", default=EngineConfig.backend,
+                        choices=[*ENGINE_CHOICES, *(f"onnxruntime:{provider}" for provider in GPU_PROVIDERS)],
                         help="which engine to build (default: the one auto picks here; torch: compile its graphs "
                              "for this GPU)")
-    parser.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=None,
+    parser.add_argument("--precision", action="append", choices=EXPORT_PRECISIONS, default=None,
                         help="repeatable (default: fp16 and fp32 on an NVIDIA GPU, fp32 elsewhere)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: the GPU")
+    parser.add_argument("--device", default=EngineConfig.device, choices=[d for d in DEVICES if d != "mps"],
+                        help="default: the GPU")
     parser.add_argument("--gpu-target", action="append", default=[], metavar="CC",
                         help="tensorrt-rtx: build, without running them, engines for GPUs of this compute capability "
                              "(repeatable: 8.0, 8.6, 8.9, 12.0, 12.1; one engine serves all those given); "

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export LIA-X to source_encoder.onnx, motion_encoder.onnx and renderer.onnx (external "
                     "weights), directions.npy and manifest.json, then check them with ONNX Runtime against PyTorch.")
     add_weights_options(parser)
-    parser.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
+    parser.add_argument("--precision", default=ExportConfig.precision, choices=EXPORT_PRECISIONS,
                         help="fp16: half-precision renderer, flows and encoders in fp32 (default fp32)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output folder (default: the engines' cache folder for these weights)")

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from liveanim.engines import BACKENDS, EngineConfig, create_engine
+from liveanim.engines import DEVICES, ENGINE_CHOICES, PRECISIONS, EngineConfig, create_engine
 from liveanim.errors import UsageError
 from liveanim.motion.dials import DIALS, direction_index, edit_vector, parse_assignments
 from liveanim.motion.limits import LIMITS
@@ -23,11 +23,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and engine")
     group.add_argument("--weights", type=Path, default=None,
                        help="local lia-x.pt or .safetensors (default: download once into the cache)")
-    group.add_argument("--engine", default="auto", choices=["auto", *BACKENDS],
+    group.add_argument("--engine", default=EngineConfig.backend, choices=ENGINE_CHOICES,
                        help="inference backend (default: the fastest this machine has)")
-    group.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
+    group.add_argument("--device", default=EngineConfig.device, choices=DEVICES,
                        help="compute device (default: CUDA, then MPS, then CPU)")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+    group.add_argument("--precision", default=EngineConfig.precision, choices=PRECISIONS,
                        help="fp16/bf16 need a GPU (default: fp16 on CUDA, fp32 elsewhere)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch: compile the per-frame graphs (default: on with CUDA, 3x faster; the first "
@@ -41,7 +41,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace, compile_in_background: bool = False) -> EngineConfig:
     return EngineConfig(backend=args.engine, device=args.device, precision=args.precision,
                         weights=args.weights, seeded=args.seeded is not None,
-                        width=args.seeded if args.seeded is not None else 2.0,
+                        width=args.seeded if args.seeded is not None else EngineConfig.width,
                         compile=args.compile, cuda_graphs=args.cuda_graphs,
                         compile_in_background=compile_in_background)
 

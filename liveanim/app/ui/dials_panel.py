@@ -14,7 +14,7 @@ from PyQt6.QtWidgets import QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QW
 from liveanim.app.ui.controls import CollapsibleSection, SliderRow, slider_grid
 from liveanim.app.ui.preset_bar import PresetBar
 from liveanim.app.ui.presets import Preset, PresetStore
-from liveanim.motion.dials import DIALS, GROUPS, MOTION_DIM
+from liveanim.motion.dials import DIALS, FOLLOW, GROUPS, MOTION_DIM
 from liveanim.motion.limits import LIMITS
 
 LABELS = {d.index: d.label for d in DIALS}
@@ -58,7 +58,7 @@ class DialsPanel(QWidget):
 
     def _group_box(self, group: str) -> QGroupBox:
         box = QGroupBox(group.capitalize())
-        intensity = SliderRow("Intensity", LIMITS.intensity.low, LIMITS.intensity.high, default=1.0, decimals=2,
+        intensity = SliderRow("Intensity", LIMITS.intensity.low, LIMITS.intensity.high, default=FOLLOW, decimals=2,
                               parent=self)
         intensity.label.setStyleSheet("font-style: italic;")
         intensity.set_tooltip(f"How much of the performer's {group} motion the avatar follows (0 freezes it)")

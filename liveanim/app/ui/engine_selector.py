@@ -5,10 +5,7 @@ from __future__ import annotations
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
-from liveanim.engines import BACKENDS as ENGINE_BACKENDS
-from liveanim.engines.base import PRECISIONS
-
-BACKENDS = ("auto", *ENGINE_BACKENDS)
+from liveanim.engines import ENGINE_CHOICES, PRECISIONS
 
 
 class EngineSelector(QWidget):
@@ -19,7 +16,7 @@ class EngineSelector(QWidget):
     def __init__(self, backend: str, precision: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.backend = QComboBox()
-        self.backend.addItems(BACKENDS)
+        self.backend.addItems(ENGINE_CHOICES)
         self.backend.setToolTip("Inference backend ('auto' picks the fastest this machine has)")
         self.precision = QComboBox()
         self.precision.addItems(PRECISIONS)

@@ -16,7 +16,7 @@ import numpy as np
 from PyQt6.QtCore import QStandardPaths
 
 from liveanim.errors import LiveAnimError
-from liveanim.motion.dials import DIALS, GROUPS, check_intensity, direction_index, edit_vector
+from liveanim.motion.dials import DIALS, check_intensity, direction_index, edit_vector, full_intensity
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Preset:
     """
 
     offsets: np.ndarray
-    intensity: dict[str, float] = field(default_factory=lambda: {g: 1.0 for g in GROUPS})
+    intensity: dict[str, float] = field(default_factory=full_intensity)
 
     def to_json(self) -> dict:
         dials = {LABELLED[i]: float(v) for i, v in enumerate(self.offsets) if i in LABELLED and v != 0}
@@ -61,7 +61,7 @@ class Preset:
             raise ValueError(f"it is of version {data['version']!r}; this LiveAnim reads version {FORMAT_VERSION}")
         dials, directions, intensity = (_section(data, key) for key in KEYS)
         offsets = edit_vector(dials, {direction_index(key): value for key, value in directions.items()})
-        return cls(offsets=offsets, intensity=check_intensity({**{g: 1.0 for g in GROUPS}, **intensity}))
+        return cls(offsets=offsets, intensity=check_intensity({**full_intensity(), **intensity}))
 
 
 def _section(data: dict, key: str) -> dict:

@@ -26,7 +26,7 @@ from liveanim.app.ui.source_picker import SourceSpec
 from liveanim.app.ui.workers import Task, TaskContext, TaskRunner
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
-from liveanim.motion.dials import GROUPS, MOTION_DIM
+from liveanim.motion.dials import MOTION_DIM, full_intensity
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
@@ -82,7 +82,7 @@ class SessionController(QObject):
         self._session: LiveSession | None = None
         self._library = AvatarLibrary()
         self._edit = np.zeros(MOTION_DIM, dtype=np.float32)
-        self._intensity = {group: 1.0 for group in GROUPS}
+        self._intensity = full_intensity()
         self._smoothing = config.motion.smoothing
         self._source: SourceSpec | None = None
         self._vcam = config.vcam

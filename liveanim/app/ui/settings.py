@@ -14,10 +14,9 @@ from typing import Callable, TypeVar
 import numpy as np
 from PyQt6.QtCore import QByteArray, QSettings
 
-from liveanim.app.ui.engine_selector import BACKENDS
-from liveanim.engines.base import PRECISIONS
+from liveanim.engines import ENGINE_CHOICES, PRECISIONS, EngineConfig
 from liveanim.motion.controller import MotionConfig
-from liveanim.motion.dials import GROUPS, MOTION_DIM, check_offsets
+from liveanim.motion.dials import FOLLOW, GROUPS, MOTION_DIM, check_offsets
 from liveanim.motion.limits import LIMITS
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class AppSettings:
 
     @property
     def intensity(self) -> dict[str, float]:
-        return {g: self._checked(f"dials/intensity_{g}", 1.0,
+        return {g: self._checked(f"dials/intensity_{g}", FOLLOW,
                                  lambda v, g=g: LIMITS.intensity.check(_number(v), f"the {g} intensity"))
                 for g in GROUPS}
 
@@ -139,7 +138,7 @@ class AppSettings:
 
     @property
     def backend(self) -> str:
-        return self._checked("engine/backend", "auto", lambda v: _one_of(v, BACKENDS))
+        return self._checked("engine/backend", EngineConfig.backend, lambda v: _one_of(v, ENGINE_CHOICES))
 
     @backend.setter
     def backend(self, value: str) -> None:
@@ -147,7 +146,7 @@ class AppSettings:
 
     @property
     def precision(self) -> str:
-        return self._checked("engine/precision", "auto", lambda v: _one_of(v, PRECISIONS))
+        return self._checked("engine/precision", EngineConfig.precision, lambda v: _one_of(v, PRECISIONS))
 
     @precision.setter
     def precision(self, value: str) -> None:

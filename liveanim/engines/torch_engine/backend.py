@@ -60,7 +60,7 @@ class TorchEngine(Engine):
         """model: an already loaded model, which the engine takes over (moved to `device` and the
         precision's dtype, and folded for inference, in place: pass a copy to keep the original)."""
         super().__init__(config, device)
-        self.dtype = resolve_dtype(config.precision, device)
+        self.dtype = resolve_dtype(self.config.precision, device)
         self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
         self.compiled = config.compile if config.compile is not None else device.type == "cuda"
         if self.graphs and device.type != "cuda":
