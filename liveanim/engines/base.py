@@ -21,6 +21,7 @@ import torch
 from liveanim.contract import Tensors
 from liveanim.engines.devices import resolve_precision
 from liveanim.model import RELEASED_WIDTH
+from liveanim.model.dictionary import moved_latent
 
 # The choices the command line, the window and the configs offer, each written once here.
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
@@ -95,13 +96,12 @@ class Engine(ABC):
         """{"z_target", "feat0".."feat6"} -> {"image"} (not clamped); run per frame."""
 
     def target_latent(self, z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """The renderer's input z_target = z + code @ Q.T (the dictionary is linear, so one
-        product serves the whole sum code = a_s + a_d - a_0 + e).
+        """The renderer's input z_target = z + code @ Q.T, with this engine's Q.
 
         z:    (1, L) the source latent.
         code: (B or 1, 40) the summed motion code.
         """
-        return z + code @ self.directions.t()
+        return moved_latent(z, code, self.directions)
 
     def describe(self) -> str:
         """What the user sees: backend, device and precision."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from liveanim.errors import Fix, UsageError
-from liveanim.face import CropBox, CropConfig, crop_image, crop_portrait, paste_back
+from liveanim.face import CropBox, CropConfig, centre_square, crop_image, crop_portrait, paste_back
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.frames import to_uint8
 
@@ -162,9 +162,7 @@ class AvatarBank:
             except ImportError as error:
                 raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it.",
                                  fix=Fix.NO_CROP) from error
-        height, width = image.shape[:2]
-        side = min(height, width)
-        box = CropBox((width - side) // 2, (height - side) // 2, side)
+        box = centre_square(image.shape)
         return crop_image(image, box, self.config.crop.size), box
 
     def _encode(self, crop: np.ndarray, name: str) -> Avatar:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from liveanim.errors import LiveAnimError, UsageError
-from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
+from liveanim.face import CropBox, FaceTracker, TrackerConfig, centre_square, crop_image
 from liveanim.motion.controller import MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
@@ -347,9 +347,7 @@ class LiveSession:
             except ImportError as error:
                 self._emit(TrackingUnavailable(str(error)))
                 self._fixed_crop = True
-        height, width = frame.shape[:2]
-        side = min(height, width)
-        return CropBox((width - side) // 2, (height - side) // 2, side), True
+        return centre_square(frame.shape), True
 
     def _unchanged_render(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> torch.Tensor | None:
         """The last rendered image if it was made from the same avatar, motion and edit (a held

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from liveanim.errors import UsageError
-from liveanim.face import CropBox, crop_image, crop_portrait
+from liveanim.face import centre_square, crop_image, crop_portrait
 from liveanim.pipeline.avatars import AvatarConfig, default_avatar
 from liveanim.pipeline.video import read_image
 
@@ -50,9 +50,7 @@ def _crop(image: np.ndarray, name: str, config: AvatarConfig) -> np.ndarray:
     """The crop a session makes of this picture, by the same rule."""
     if config.auto_crop:
         return crop_portrait(image, config=config.crop, source_name=name)[0]
-    side = min(image.shape[:2])
-    box = CropBox((image.shape[1] - side) // 2, (image.shape[0] - side) // 2, side)
-    return crop_image(image, box, config.crop.size)
+    return crop_image(image, centre_square(image.shape), config.crop.size)
 
 
 class AvatarLibrary:
