@@ -224,6 +224,23 @@ class TestStreaming:
         seen = len(log.frames)
         qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)  # the stream goes on
 
+    def test_a_new_input_starts_its_session_with_the_dials_already_set(self, streaming, qtbot, tmp_path):
+        """The window keeps one Dials value and hands it whole to each session it opens."""
+        window, log = streaming
+        smirk = DIALS_BY_NAME["smirk"].index
+        window.dials.dial_rows[smirk].spin.setValue(0.25)
+        window.dials.intensity_rows["eyes"].spin.setValue(0.5)
+        window.dials.smoothing_row.spin.setValue(0.8)
+        first = window.controller.session
+        window.sources.select(SourceSpec.file(driving_video(tmp_path / "other.mp4", frames=6)))
+        qtbot.waitUntil(lambda: window.controller.session not in (None, first), timeout=STREAM_TIMEOUT_MS)
+        dials = window.controller.session.dials
+        assert dials.edit[smirk] == pytest.approx(0.25) and dials.intensity["eyes"] == pytest.approx(0.5)
+        assert dials.smoothing == pytest.approx(0.8)
+        seen = len(log.frames)
+        qtbot.waitUntil(lambda: any(f.edit[smirk] == pytest.approx(0.25) for f in log.after(seen)),
+                        timeout=STREAM_TIMEOUT_MS)
+
     @pytest.mark.skipif(os.environ.get("LIVEANIM_SCREENSHOT") != "1", reason="set LIVEANIM_SCREENSHOT=1 to rewrite it")
     def test_save_screenshot(self, streaming, qtbot):
         window, log = streaming

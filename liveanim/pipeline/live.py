@@ -37,7 +37,7 @@ import torch
 
 from liveanim.errors import LiveAnimError, UsageError
 from liveanim.face import CropBox, FaceTracker, TrackerConfig, centre_square, crop_image
-from liveanim.motion.controller import MotionConfig, MotionController
+from liveanim.motion.controller import Dials, MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
 from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered, FrameFailed,
@@ -250,6 +250,16 @@ class LiveSession:
     @property
     def avatars(self) -> AvatarBank:
         return self._bank
+
+    @property
+    def dials(self) -> Dials:
+        with self._lock:
+            return self._controller.dials
+
+    def set_dials(self, dials: Dials) -> None:
+        """Every dial at once (a session opened for dials set before it); a ValueError changes none."""
+        with self._lock:
+            self._controller.set_dials(dials)
 
     def set_edit(self, edit: np.ndarray) -> None:
         """The dials' (40,) offsets e."""

@@ -32,7 +32,7 @@ from liveanim.app.cli.options import (
 )
 from liveanim.app.cli.stop_signals import StopSignals
 from liveanim.errors import LiveAnimError, UsageError
-from liveanim.motion.controller import MotionConfig
+from liveanim.motion.controller import Dials, MotionConfig
 from liveanim.motion.dials import GROUPS, check_intensity, parse_assignments
 from liveanim.motion.limits import LIMITS
 from liveanim.pipeline.avatars import AvatarConfig
@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 for image, name in avatars:
                     session.add_avatar(image, name)
-                session.set_edit(edit)
-                for group, value in intensity.items():
-                    session.set_intensity(group, value)
+                session.set_dials(Dials(edit=edit, intensity=intensity, smoothing=config.motion.smoothing))
                 session.start()
                 if preview is not None:
                     preview.run(watch.keep_going, stop.requested)

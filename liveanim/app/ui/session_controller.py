@@ -26,7 +26,7 @@ from liveanim.app.ui.source_picker import SourceSpec
 from liveanim.app.ui.workers import Task, TaskContext, TaskRunner
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
-from liveanim.motion.dials import MOTION_DIM, full_intensity
+from liveanim.motion.controller import Dials
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
@@ -81,9 +81,7 @@ class SessionController(QObject):
         self._engine_info: EngineInfo | None = None
         self._session: LiveSession | None = None
         self._library = AvatarLibrary()
-        self._edit = np.zeros(MOTION_DIM, dtype=np.float32)
-        self._intensity = full_intensity()
-        self._smoothing = config.motion.smoothing
+        self._dials = Dials(smoothing=config.motion.smoothing)  # outlives sessions: each new one gets it whole
         self._source: SourceSpec | None = None
         self._vcam = config.vcam
         self._running = False
@@ -151,21 +149,25 @@ class SessionController(QObject):
 
     # ----- dials ---------------------------------------------------------------------------
 
+    @property
+    def dials(self) -> Dials:
+        return self._dials
+
     def set_edit(self, edit: np.ndarray) -> None:
         with self._lock:
-            self._edit = np.asarray(edit, dtype=np.float32).copy()
+            self._dials = self._dials.with_edit(edit)
             if self._session is not None:
-                self._session.set_edit(self._edit)
+                self._session.set_edit(self._dials.edit)
 
     def set_intensity(self, group: str, value: float) -> None:
         with self._lock:
-            self._intensity[group] = value
+            self._dials = self._dials.with_intensity(group, value)
             if self._session is not None:
                 self._session.set_intensity(group, value)
 
     def set_smoothing(self, amount: float) -> None:
         with self._lock:
-            self._smoothing = amount
+            self._dials = self._dials.with_smoothing(amount)
             if self._session is not None:
                 self._session.set_smoothing(amount)
 
@@ -277,10 +279,7 @@ class SessionController(QObject):
         if avatars:
             session.select_avatar(min(self._library.selected, len(avatars) - 1))
         with self._lock:
-            session.set_edit(self._edit)
-            for group, value in self._intensity.items():
-                session.set_intensity(group, value)
-            session.set_smoothing(self._smoothing)
+            session.set_dials(self._dials)
             self._session = session
         session.start()
 
