@@ -224,8 +224,16 @@ class TestStreaming:
         seen = len(log.frames)
         qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)  # the stream goes on
 
-    def test_a_new_input_starts_its_session_with_the_dials_already_set(self, streaming, qtbot, tmp_path):
-        """The window keeps one Dials value and hands it whole to each session it opens."""
+    def test_a_new_input_starts_its_session_with_the_dials_and_crops_already_made(self, streaming, qtbot, tmp_path,
+                                                                                 monkeypatch):
+        """The window keeps one Dials value and hands it whole to each session it opens, and hands
+        over each avatar's crop with its picture: the faces are not looked for again."""
+        import liveanim.pipeline.avatars as avatars
+
+        detections: list[str] = []
+        monkeypatch.setattr(avatars, "crop_portrait",
+                            lambda *args, real=avatars.crop_portrait, **kwargs: (detections.append("x"),
+                                                                                 real(*args, **kwargs))[1])
         window, log = streaming
         smirk = DIALS_BY_NAME["smirk"].index
         window.dials.dial_rows[smirk].spin.setValue(0.25)
@@ -240,6 +248,7 @@ class TestStreaming:
         seen = len(log.frames)
         qtbot.waitUntil(lambda: any(f.edit[smirk] == pytest.approx(0.25) for f in log.after(seen)),
                         timeout=STREAM_TIMEOUT_MS)
+        assert detections == []
 
     @pytest.mark.skipif(os.environ.get("LIVEANIM_SCREENSHOT") != "1", reason="set LIVEANIM_SCREENSHOT=1 to rewrite it")
     def test_save_screenshot(self, streaming, qtbot):

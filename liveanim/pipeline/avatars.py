@@ -56,6 +56,19 @@ class AvatarConfig:
     output_size: Size | None = None
 
 
+def crop_avatar(image: np.ndarray, name: str, config: AvatarConfig) -> tuple[np.ndarray, CropBox]:
+    """The model crop of a portrait and where in the picture it was taken (slow with `auto_crop`:
+    face detection); a picture without a face is a NoFaceError."""
+    if not config.auto_crop:
+        box = centre_square(image.shape)
+        return crop_image(image, box, config.crop.size), box
+    try:
+        return crop_portrait(image, config=config.crop, source_name=name)
+    except ImportError as error:
+        raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it.",
+                         fix=Fix.NO_CROP) from error
+
+
 @dataclass(frozen=True, eq=False)
 class BankedAvatar:
     """One prepared avatar.
@@ -113,12 +126,15 @@ class AvatarBank:
         with self._lock:
             return self._avatars[self._selected]
 
-    def add(self, image: np.ndarray, name: str) -> int:
-        """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index."""
+    def add(self, image: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
+        """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index.
+
+        cropped: its `crop_avatar` by this bank's config, where already made (no second face detection).
+        """
         key = _digest(image)
         with self._lock:
             known = next((a.encoded for a in self._avatars if a.key == key), None)
-        crop, box = self._crop(image, name)
+        crop, box = cropped if cropped is not None else crop_avatar(image, name, self.config)
         encoded = known if known is not None else self._encode(crop, name)
         if self._output_size is None:
             self._output_size = _even(crop.shape[1::-1] if self.config.crop_only else image.shape[1::-1])
@@ -153,17 +169,6 @@ class AvatarBank:
     def _check(self, index: int) -> None:
         if not 0 <= index < len(self._avatars):
             raise UsageError(f"there is no avatar {index}; the avatars are 0..{len(self._avatars) - 1}")
-
-    def _crop(self, image: np.ndarray, name: str) -> tuple[np.ndarray, CropBox]:
-        """The model crop of a picture and where in the picture it was taken."""
-        if self.config.auto_crop:
-            try:
-                return crop_portrait(image, config=self.config.crop, source_name=name)
-            except ImportError as error:
-                raise UsageError(f"Finding the face in {name} needs mediapipe ({error}): install it.",
-                                 fix=Fix.NO_CROP) from error
-        box = centre_square(image.shape)
-        return crop_image(image, box, self.config.crop.size), box
 
     def _encode(self, crop: np.ndarray, name: str) -> Avatar:
         encoded = self.animator.encode_avatar(crop)

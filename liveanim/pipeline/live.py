@@ -280,9 +280,10 @@ class LiveSession:
             self._controller.calibrate()
         self._emit(Calibrating())
 
-    def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
-        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index."""
-        return self._bank.add(image_rgb, name)
+    def add_avatar(self, image_rgb: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
+        """Crop (unless `cropped` by `crop_avatar` already) and encode a portrait (takes a while; the
+        loop goes on meanwhile); its index."""
+        return self._bank.add(image_rgb, name, cropped)
 
     def remove_avatar(self, index: int) -> None:
         self._bank.remove(index)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from liveanim.errors import UsageError
-from liveanim.face import centre_square, crop_image, crop_portrait
-from liveanim.pipeline.avatars import AvatarConfig, default_avatar
+from liveanim.face import CropBox
+from liveanim.pipeline.avatars import AvatarConfig, crop_avatar, default_avatar
 from liveanim.pipeline.video import read_image
 
 DEFAULT_AVATAR = "builtin:astronaut"
@@ -28,12 +28,14 @@ class AvatarEntry:
     name:   what the gallery shows.
     image:  the whole picture, uint8 RGB.
     crop:   the 512x512 crop the model animates.
+    box:    where in `image` the crop was taken (a session is handed both: no second face detection).
     origin: the file it came from, or DEFAULT_AVATAR (what the settings remember).
     """
 
     name: str
     image: np.ndarray
     crop: np.ndarray
+    box: CropBox
     origin: str
 
 
@@ -43,14 +45,7 @@ def load_avatar(origin: str, config: AvatarConfig) -> AvatarEntry:
         image, name = default_avatar()
     else:
         image, name = read_image(Path(origin)), Path(origin).stem
-    return AvatarEntry(name, image, _crop(image, name, config), origin)
-
-
-def _crop(image: np.ndarray, name: str, config: AvatarConfig) -> np.ndarray:
-    """The crop a session makes of this picture, by the same rule."""
-    if config.auto_crop:
-        return crop_portrait(image, config=config.crop, source_name=name)[0]
-    return crop_image(image, centre_square(image.shape), config.crop.size)
+    return AvatarEntry(name, image, *crop_avatar(image, name, config), origin)
 
 
 class AvatarLibrary:

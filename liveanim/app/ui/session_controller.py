@@ -275,7 +275,7 @@ class SessionController(QObject):
         session = LiveSession(config, animator, self._source.open(), self._on_event)
         avatars = self._library.entries
         for avatar in avatars:
-            session.add_avatar(avatar.image, avatar.name)
+            session.add_avatar(avatar.image, avatar.name, (avatar.crop, avatar.box))
         if avatars:
             session.select_avatar(min(self._library.selected, len(avatars) - 1))
         with self._lock:
@@ -305,7 +305,7 @@ class SessionController(QObject):
         entry = load_avatar(origin, self.config.avatars)
         session = self._session
         if session is not None:
-            session.add_avatar(entry.image, entry.name)
+            session.add_avatar(entry.image, entry.name, (entry.crop, entry.box))
         self._library.append(entry)
         return entry
 
