@@ -224,16 +224,21 @@ class TestStreaming:
         seen = len(log.frames)
         qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)  # the stream goes on
 
-    def test_a_new_input_starts_its_session_with_the_dials_and_crops_already_made(self, streaming, qtbot, tmp_path,
-                                                                                 monkeypatch):
-        """The window keeps one Dials value and hands it whole to each session it opens, and hands
-        over each avatar's crop with its picture: the faces are not looked for again."""
+    def test_a_new_input_starts_with_the_dials_and_avatars_already_made(self, streaming, qtbot, tmp_path,
+                                                                       monkeypatch):
+        """The window keeps one Dials value and hands it whole to each session it opens; with the
+        same engine the new session shows the avatars already encoded: no face is looked for and
+        no portrait encoded again."""
         import liveanim.pipeline.avatars as avatars
+        from liveanim.pipeline.animator import Animator
 
         detections: list[str] = []
         monkeypatch.setattr(avatars, "crop_portrait",
                             lambda *args, real=avatars.crop_portrait, **kwargs: (detections.append("x"),
                                                                                  real(*args, **kwargs))[1])
+        monkeypatch.setattr(Animator, "encode_avatar",
+                            lambda self, crop, real=Animator.encode_avatar: (detections.append("encode"),
+                                                                             real(self, crop))[1])
         window, log = streaming
         smirk = DIALS_BY_NAME["smirk"].index
         window.dials.dial_rows[smirk].spin.setValue(0.25)

@@ -1,8 +1,9 @@
 """The portraits the person added, kept apart from any live session.
 
-A `LiveSession` is started once; a new engine or input means a new session, which must get
-every avatar again. The library keeps the pictures (and the crops the gallery shows) so
-that each new session can be filled from it, in the same order.
+A `LiveSession` is started once; a new engine or input means a new session. The library
+keeps the pictures and their crops (the gallery shows them) so that a session for a new engine
+can be filled from it, in the same order, without looking for the faces again; a new input on the
+same engine gets the last session's encoded avatars (the controller's AvatarBank) as they are.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import LiveAnimError
 from liveanim.motion.controller import Dials
 from liveanim.pipeline.animator import Animator
+from liveanim.pipeline.avatars import AvatarBank
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.offline import Written
@@ -81,6 +82,7 @@ class SessionController(QObject):
         self._engine_info: EngineInfo | None = None
         self._session: LiveSession | None = None
         self._library = AvatarLibrary()
+        self._bank: AvatarBank | None = None  # the library encoded by self._animator, for the next session
         self._dials = Dials(smoothing=config.motion.smoothing)  # outlives sessions: each new one gets it whole
         self._source: SourceSpec | None = None
         self._vcam = config.vcam
@@ -249,7 +251,7 @@ class SessionController(QObject):
         animator = Animator(create_engine(config))
         old = self._animator
         restart = self._stop_session()
-        self._animator = animator
+        self._animator, self._bank = animator, None  # the old engine's encodings go with it
         if restart:
             self._open_session()
         if old is not None and not self._offline.active:
@@ -272,12 +274,13 @@ class SessionController(QObject):
     def _open_session(self) -> None:
         animator = self._require_animator()
         config = dataclasses.replace(self.config, vcam=self._vcam)
-        session = LiveSession(config, animator, self._source.open(), self._on_event)
-        avatars = self._library.entries
-        for avatar in avatars:
-            session.add_avatar(avatar.image, avatar.name, (avatar.crop, avatar.box))
-        if avatars:
-            session.select_avatar(min(self._library.selected, len(avatars) - 1))
+        session = LiveSession(config, animator, self._source.open(), self._on_event, avatars=self._bank)
+        if self._bank is None:  # a new engine, or avatars changed while stopped: encode them for it
+            for avatar in self._library.entries:
+                session.add_avatar(avatar.image, avatar.name, (avatar.crop, avatar.box))
+            self._bank = session.avatars
+        if len(session.avatars):
+            session.select_avatar(min(self._library.selected, len(session.avatars) - 1))
         with self._lock:
             session.set_dials(self._dials)
             self._session = session
@@ -306,6 +309,8 @@ class SessionController(QObject):
         session = self._session
         if session is not None:
             session.add_avatar(entry.image, entry.name, (entry.crop, entry.box))
+        else:
+            self._bank = None
         self._library.append(entry)
         return entry
 
@@ -314,6 +319,8 @@ class SessionController(QObject):
         session = self._session
         if session is not None:
             session.remove_avatar(index)
+        else:
+            self._bank = None
         return index, self._library.remove(index)
 
     def _require_animator(self) -> Animator:
