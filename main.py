@@ -2,7 +2,7 @@
 
 import sys
 
-from liveanim.cli import main
+from liveanim.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 What a person can do often depends on where they are: on the command line they pass an
 option, in the window they pick a menu or a list. Such advice is a `Fix`, kept apart from
 the message and worded by the front end that shows the error: `str(error)` in the command
-line's words, `ui.messages.window_text(error)` in the window's. Internal contracts (tensor
+line's words, `liveanim.app.ui.messages.window_text(error)` in the window's. Internal contracts (tensor
 shapes, programming errors) use asserts instead.
 """
 
@@ -14,7 +14,7 @@ from enum import Enum
 
 class Fix(Enum):
     """A way out of an error that each front end words its own way. The values are the command
-    line's words; the window's are in `ui.messages.WINDOW_FIXES`."""
+    line's words; the window's are in `liveanim.app.ui.messages.WINDOW_FIXES`."""
 
     WEIGHTS_FILE = "If you have the weights file elsewhere, pass it with --weights PATH."
     NO_CROP = "If the picture is already cropped around the face, pass --no-crop."

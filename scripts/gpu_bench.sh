@@ -42,7 +42,7 @@ from liveanim.errors import LiveAnimError
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 command = sys.argv[1]
 parser = argparse.ArgumentParser(prog="main.py")
-importlib.import_module(f"liveanim.cli.{command.replace('-', '_')}").register(parser.add_subparsers())
+importlib.import_module(f"liveanim.app.cli.{command.replace('-', '_')}").register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])
 try:
     sys.exit(args.run(args))

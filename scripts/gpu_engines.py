@@ -63,7 +63,7 @@ def cli(*argv: str) -> int:
     from liveanim.errors import LiveAnimError
 
     parser = argparse.ArgumentParser(prog="main.py")
-    importlib.import_module(f"liveanim.cli.{argv[0].replace('-', '_')}").register(parser.add_subparsers())
+    importlib.import_module(f"liveanim.app.cli.{argv[0].replace('-', '_')}").register(parser.add_subparsers())
     args = parser.parse_args(list(argv))
     log.info("main.py %s", " ".join(argv))
     try:
@@ -99,8 +99,8 @@ def env() -> None:
 
 
 def export() -> None:
-    from engines import EngineConfig, export_folder
-    from export import read_manifest
+    from liveanim.engines import EngineConfig, export_folder
+    from liveanim.export import read_manifest
 
     for precision in os.environ.get("EXPORT_PRECISIONS", "fp16").split():
         started = time.perf_counter()
@@ -141,7 +141,7 @@ def _engine_sizes() -> dict[str, float]:
 def rtx_refuse() -> None:
     import torch
 
-    from engines import EngineConfig, create_engine
+    from liveanim.engines import EngineConfig, create_engine
     from liveanim.errors import LiveAnimError
 
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(),
@@ -153,10 +153,10 @@ def rtx_refuse() -> None:
     except LiveAnimError as error:
         report["explicit"] = f"{type(error).__name__}: {error}"
     records = _Lines()
-    logging.getLogger("engines").addHandler(records)
+    logging.getLogger("liveanim.engines").addHandler(records)
     engine = create_engine(EngineConfig(device="cuda", precision="fp16", seeded=True, width=0.125, cache_dir=CACHE,
                                         compile=False, cuda_graphs=False))
-    logging.getLogger("engines").removeHandler(records)
+    logging.getLogger("liveanim.engines").removeHandler(records)
     report["auto"] = {"picked": engine.describe(), "log": records.messages}
     engine.close()
     report["library"] = _load_here()

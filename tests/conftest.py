@@ -86,7 +86,7 @@ def seeded_fp16_export(tmp_path_factory) -> Path:
     """README's `main.py export --out DIR --precision fp16` at width 0.125 with seeded weights (the
     export checks itself: onnx.checker, then ONNX Runtime against PyTorch fp32). Shared by the
     export and engine tests: exporting takes a minute on the CPU."""
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     folder = tmp_path_factory.mktemp("seeded-fp16")
     assert main(["export", "--seeded", "0.125", "--out", str(folder), "--precision", "fp16"]) == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engines import EngineConfig
-from engines.torch_engine import TorchEngine
+from liveanim.engines import EngineConfig
+from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.frames import to_uint8
 from tests.conftest import assert_image_close

@@ -21,18 +21,20 @@ from typing import Iterator
 import pytest
 import torch
 
-import export
-from engines import BACKENDS, EngineConfig, auto_order, build_for_targets, create_engine, export_folder
-from engines.base import FEATURE_NAMES, Engine, Tensors
-from engines.bench import BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table, run_bench
-from engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
-                           seeded_fingerprint, stale_reason)
-from engines.devices import Gpu, cuda_gpu
-from engines.onnxruntime_engine import PROVIDER_NAMES
-from engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
-from engines.torch_engine import TorchEngine
-from export.verify import TOLERANCES, Tolerance, errors, within
+from liveanim import export
+from liveanim.contract import FEATURE_NAMES, Tensors
+from liveanim.engines import BACKENDS, EngineConfig, auto_order, build_for_targets, create_engine, export_folder
+from liveanim.engines.base import Engine
+from liveanim.engines.bench import (BenchConfig, CaseResult, _accuracy, _Inputs, _run_frames, case_config, format_table,
+                                    run_bench)
+from liveanim.engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
+                                    seeded_fingerprint, stale_reason)
+from liveanim.engines.devices import Gpu, cuda_gpu
+from liveanim.engines.onnxruntime_engine import PROVIDER_NAMES
+from liveanim.engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
+from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
+from liveanim.export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.pipeline.animator import Animator
 from tests.conftest import assert_image_close
 
@@ -107,7 +109,7 @@ def test_onnxruntime_outputs_by_name_float32(golden_engine, golden_model):
 @pytest.fixture
 def no_nvidia_driver(monkeypatch):
     """This machine as it is: no NVIDIA driver (also on a developer's GPU machine)."""
-    monkeypatch.setattr("engines.devices.nvidia_driver_present", lambda: False)
+    monkeypatch.setattr("liveanim.engines.devices.nvidia_driver_present", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
@@ -124,7 +126,7 @@ def fake_gpu(monkeypatch):
 
 def test_auto_on_a_cpu_machine_says_in_one_line_why_torch(caplog, tiny_model, no_nvidia_driver):
     """No per-backend chatter and no install that cannot help on a machine without a GPU."""
-    with caplog.at_level(logging.INFO, logger="engines"):
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
         engine = create_engine(EngineConfig(device="auto", seeded=True, width=0.125), model=tiny_model)
     assert isinstance(engine, TorchEngine) and engine.device.type == "cpu"
     log = caplog.text
@@ -147,7 +149,7 @@ def test_device_cuda_advice_follows_what_the_machine_has(monkeypatch, no_nvidia_
     with pytest.raises(BackendUnavailable) as raised:
         create_engine(EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125))
     assert "no NVIDIA GPU" in str(raised.value) and "install" not in str(raised.value).lower()
-    monkeypatch.setattr("engines.devices.nvidia_driver_present", lambda: True)
+    monkeypatch.setattr("liveanim.engines.devices.nvidia_driver_present", lambda: True)
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(BackendUnavailable, match=r"CPU build: install a CUDA build .*pytorch.org"):
         create_engine(EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125))
@@ -227,8 +229,9 @@ def test_auto_on_a_datacenter_gpu_logs_each_skip_once_and_falls_back(caplog, mon
     once, at INFO, saying why; TensorRT for RTX's message is the fallback, not an install."""
     fake_gpu("NVIDIA H200", (9, 0))
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    monkeypatch.setattr("engines.torch_engine.TorchEngine", lambda config, device, model: _ConstantEngine())
-    with caplog.at_level(logging.INFO, logger="engines"):
+    monkeypatch.setattr("liveanim.engines.torch_engine.backend.TorchEngine",
+                        lambda config, device, model: _ConstantEngine())
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
         engine = create_engine(EngineConfig(seeded=True, width=0.125), model=tiny_model)
     assert engine.name == "constant"
     skips = [r for r in caplog.records if "engine auto: skipping" in r.getMessage()]
@@ -257,8 +260,8 @@ def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precisi
 
 
 def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
-    from liveanim.cli import build_parser
-    from ui.engine_selector import EngineSelector
+    from liveanim.app.cli import build_parser
+    from liveanim.app.ui.engine_selector import EngineSelector
 
     parser = build_parser()
     for backend in BACKENDS:
@@ -268,6 +271,27 @@ def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
     qtbot.addWidget(selector)
     assert [selector.backend.itemText(i) for i in range(selector.backend.count())] == ["auto", *BACKENDS]
     assert selector.choice() == ("tensorrt-rtx", "fp16")
+
+
+def test_library_command_line_and_first_window_start_on_the_same_engine(qtbot, tmp_path):
+    """EngineConfig(), a command without engine options and a window run for the first time pick the
+    same backend, device and precision ('auto': fp16 on CUDA, fp32 elsewhere), from the same choices."""
+    from liveanim.app.cli import build_parser
+    from liveanim.app.ui.engine_selector import EngineSelector
+    from liveanim.app.ui.settings import AppSettings
+
+    parser = build_parser()
+    library, args = EngineConfig(), parser.parse_args(["live"])
+    settings = AppSettings.at(tmp_path / "settings.ini")
+    assert (library.backend, library.device, library.precision) == (args.engine, args.device, args.precision)
+    assert (settings.backend, settings.precision) == (library.backend, library.precision)
+    selector = EngineSelector(settings.backend, settings.precision)
+    qtbot.addWidget(selector)
+    offered = [selector.precision.itemText(i) for i in range(selector.precision.count())]
+    assert offered == ["auto", "fp32", "fp16", "bf16"]
+    assert [parser.parse_args(["live", "--precision", p]).precision for p in offered] == offered
+    for device in ("auto", "cuda", "cpu", "mps"):
+        assert parser.parse_args(["live", "--device", device]).device == parser.parse_args(["bench", "--device", device]).device
 
 
 def test_unknown_backend_is_a_usage_error():
@@ -379,7 +403,7 @@ def test_runtime_cache_is_loaded_at_start_and_written_at_close(tmp_path, caplog)
     again, engine = _RuntimeCache(path), _FakeEngine(compatible=True)
     again.context(engine)
     assert engine.cache.loaded == b"kernels for nothing yet"
-    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.tensorrt_engine"):
         _RuntimeCache(path).context(_FakeEngine(compatible=False))
     assert "does not fit this GPU, driver or library; compiling anew" in caplog.text
 
@@ -402,8 +426,8 @@ def test_tensorrt_rtx_builds_engines_for_named_gpus_without_a_gpu(rtx_cache, cap
     them; an engine of another library version is rebuilt, with a message."""
     import tensorrt_rtx
 
-    from engines import tensorrt_engine
-    from liveanim.cli import main
+    from liveanim.engines import tensorrt_engine
+    from liveanim.app.cli import main
 
     with caplog.at_level(logging.INFO):
         assert main(["build-engines", "--engine", "tensorrt-rtx", "--gpu-target", "8.6", "--precision", "fp16",
@@ -425,7 +449,7 @@ def test_tensorrt_rtx_builds_engines_for_named_gpus_without_a_gpu(rtx_cache, cap
         build_for_targets(config, ("8.6",))
     key_file.write_text(dataclasses.replace(key, trt_version="1.0.0").to_json())
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.tensorrt_engine"):
         build_for_targets(config, ("8.6",))
     assert f"built for another setup: trt version '1.0.0' -> '{tensorrt_rtx.__version__}'" in caplog.text
     assert caplog.text.count("building the TensorRT for RTX") == 1, "only the stale engine is rebuilt"
@@ -441,8 +465,8 @@ def test_tensorrt_rtx_names_what_it_could_not_parse(tmp_path):
     from onnx import helper
 
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
-    from engines.tensorrt_engine import TensorRTOptions, _Builder
-    from export.contract import GraphSpec, TensorSpec
+    from liveanim.engines.tensorrt_engine import TensorRTOptions, _Builder
+    from liveanim.contract import GraphSpec, TensorSpec
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
@@ -491,7 +515,7 @@ class _ConstantEngine(Engine):
 
 
 def test_bench_reports_every_case(monkeypatch, tiny_model):
-    monkeypatch.setattr("engines.bench.create_engine", lambda config, model: _ConstantEngine())
+    monkeypatch.setattr("liveanim.engines.bench.create_engine", lambda config, model: _ConstantEngine())
     bench = BenchConfig(engines=("torch", "onnxruntime:cpu"), precisions=("fp32", "fp16"), frames=5, warmup=2)
     report = run_bench(EngineConfig(device="cpu"), bench, tiny_model)
     results = {(r["engine"], r["precision"]): r for r in report["results"]}
@@ -537,7 +561,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an 
 
 @pytest.fixture(scope="module")
 def tiny_inputs() -> dict[str, torch.Tensor]:
-    from export.graphs import smooth_images
+    from liveanim.export.graphs import smooth_images
 
     images = smooth_images(3, seed=5)
     return {"source": images[:1], "driving": images[1:]}
@@ -581,7 +605,8 @@ def test_switching_sources_renders_each_source(tiny_model, tiny_inputs, device):
     CUDA graphs read): switching avatars back and forth must render the avatar passed each time."""
     import copy
 
-    engine = TorchEngine(EngineConfig(backend="torch", device=device), torch.device(device), copy.deepcopy(tiny_model))
+    engine = TorchEngine(EngineConfig(backend="torch", device=device, precision="fp32"), torch.device(device),
+                         copy.deepcopy(tiny_model))
     images = (tiny_inputs["source"], tiny_inputs["driving"][:1])
     sources = [engine.encode_source({"image": image.to(device)}) for image in images]
 
@@ -600,10 +625,10 @@ def test_switching_sources_renders_each_source(tiny_model, tiny_inputs, device):
 def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
     import copy
 
-    from export.verify import exact_fp32
+    from liveanim.export.verify import exact_fp32
 
-    config = EngineConfig(backend="torch", device="cuda", cuda_graphs=True, compile=compile_)
-    eager_config = EngineConfig(backend="torch", device="cuda", cuda_graphs=False, compile=False)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", cuda_graphs=True, compile=compile_)
+    eager_config = dataclasses.replace(config, cuda_graphs=False, compile=False)
     # TF32 rounding, amplified by random weights, would swamp the comparison, and cuDNN's
     # atomics-based transposed-conv algorithms differ run to run: ask for exact, repeatable math
     with exact_fp32(), deterministic_cudnn():
@@ -621,7 +646,7 @@ def test_torch_cuda_graphs_match_eager(tiny_model, tiny_inputs, compile_):
 _GRAPHS_REPLAYED_AT_ONCE = """
 import sys, threading, torch
 sys.path.insert(0, ".")
-from engines.torch_engine import GraphReplay
+from liveanim.engines.torch_engine.cuda_graphs import GraphReplay
 torch.manual_seed(0)
 device = torch.device("cuda")
 x = torch.randn(64, 9216, device=device, dtype=torch.half)  # products cuBLAS splits over K
@@ -666,9 +691,10 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
     ones, and both the same within fp32 rounding."""
     import copy
 
-    from export.verify import exact_fp32
+    from liveanim.export.verify import exact_fp32
 
-    config = EngineConfig(backend="torch", device="cuda", compile=True, cuda_graphs=True, compile_in_background=True)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", compile=True, cuda_graphs=True,
+                          compile_in_background=True)
     with exact_fp32(), deterministic_cudnn():
         engine = TorchEngine(config, torch.device("cuda"), model=copy.deepcopy(tiny_model))
         _pipeline(engine, tiny_inputs)  # the first call of each graph: its interim capture
@@ -681,7 +707,7 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
 def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     """A compile that takes minutes must not hold up the caller: the interim graph answers until
     the compiled one is ready for that shape; one that fails to compile leaves it interim."""
-    from engines.torch_engine import BackgroundCompiler, CompiledWhenReady
+    from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 
     compiling = threading.Event()
     served: list[str] = []
@@ -710,7 +736,7 @@ def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
     served.clear()
     torch.testing.assert_close(graph(x), x * 2)
     assert served == ["compiled"]
-    with caplog.at_level(logging.WARNING, logger="engines.torch_engine"):
+    with caplog.at_level(logging.WARNING, logger="liveanim.engines.torch_engine.compiler"):
         graph(torch.ones(3))
         graph(torch.ones(3))
         assert compiler.wait(timeout=30)
@@ -741,7 +767,7 @@ def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_refere
     ort = pytest.importorskip("onnxruntime")
     if PROVIDER_NAMES[provider] not in ort.get_available_providers():
         pytest.skip(f"onnxruntime has no {PROVIDER_NAMES[provider]} here")
-    config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", seeded=True, width=0.125,
+    config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", precision="fp32", seeded=True, width=0.125,
                           cache_dir=tmp_path)
     engine = create_engine(config, model=tiny_model)
     _assert_close(_pipeline(engine, tiny_inputs), cpu_reference, TOLERANCES["fp32"])
@@ -757,7 +783,7 @@ def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(backend, precisio
         pytest.skip(f"{library.title} runs on an NVIDIA GPU")
     if not library.runs(cuda_gpu(torch.device("cuda"))):
         pytest.skip(f"{library.title} does not run on {torch.cuda.get_device_name()}")
-    from engines import tensorrt_engine
+    from liveanim.engines import tensorrt_engine
 
     cpu_reference = request.getfixturevalue("cpu_reference")
     config = EngineConfig(backend=backend, device="cuda", precision=precision, seeded=True, width=0.125,
@@ -772,7 +798,7 @@ def test_tensorrt_engine_builds_caches_and_rebuilds_when_stale(backend, precisio
         create_engine(config, model=tiny_model).close()
     key_file = next((tmp_path / backend).rglob("renderer-*.json"))
     key_file.write_text(key_file.read_text().replace('"trt_version": "', '"trt_version": "0.'))
-    with caplog.at_level(logging.INFO, logger="engines.tensorrt_engine"):
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.tensorrt_engine"):
         engine = create_engine(config, model=tiny_model)
     assert "built for another setup" in caplog.text and "trt version" in caplog.text
     batch = engine.encode_motion({"image": torch.zeros(6, 3, 512, 512, device="cuda")})["alpha"]
@@ -790,7 +816,7 @@ def test_auto_precision_and_graphs_follow_the_device(tiny_model):
 def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
     """Each new batch size would compile for minutes: other batches are split and padded, and
     every real item comes back unchanged and in order."""
-    from engines.torch_engine import BatchBuckets
+    from liveanim.engines.torch_engine.batching import BatchBuckets
 
     seen: list[int] = []
 
@@ -812,7 +838,7 @@ def test_compiled_graphs_only_ever_see_batch_1_or_the_bucket():
 def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_driver):
     """`build-engines` on a machine without a GPU: the torch engine auto picks, in fp32, with no
     install suggested (it used to fail asking for TensorRT)."""
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     with caplog.at_level(logging.INFO):
         assert main(["build-engines", "--seeded", "0.125"]) == 0

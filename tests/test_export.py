@@ -14,15 +14,15 @@ import onnx
 import pytest
 import torch
 
-from engines.base import FEATURE_NAMES, EngineConfig
-from engines.loading import load_model
-from export import DIRECTIONS_FILE, ExportConfig, export_model, read_manifest, state_dict_sha256
-from export.contract import BATCH, GRAPH_NAMES, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, concat_batches, graph_specs, split_batch
-from export.graphs import smooth_images
-from export.onnx_export import module_path
-from export.precision import half_model, keeps_fp32
-from export.verify import TOLERANCES, compare_outputs, run_onnx_cpu
+from liveanim.contract import BATCH, FEATURE_NAMES, GRAPH_NAMES, MOTION_ENCODER, RENDERER, SOURCE_ENCODER, concat_batches, graph_specs, split_batch
+from liveanim.engines.base import EngineConfig
+from liveanim.engines.loading import load_model
 from liveanim.errors import EngineError
+from liveanim.export import DIRECTIONS_FILE, ExportConfig, export_model, read_manifest, state_dict_sha256
+from liveanim.export.graphs import smooth_images
+from liveanim.export.onnx_export import module_path
+from liveanim.export.precision import half_model, keeps_fp32
+from liveanim.export.verify import TOLERANCES, compare_outputs, run_onnx_cpu
 from liveanim.model.decoder import ToFlow
 
 TINY_FEATURES = [(64, 8, 8), (64, 16, 16), (64, 32, 32), (64, 64, 64), (32, 128, 128), (16, 256, 256), (8, 512, 512)]
@@ -239,7 +239,7 @@ def test_a_graph_the_checker_rejects_is_an_engine_error(tmp_path):
     error, naming the file, not a traceback."""
     from onnx import helper
 
-    from export.verify import check_onnx
+    from liveanim.export.verify import check_onnx
 
     a = helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT16, [1, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [1, 4])

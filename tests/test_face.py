@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from liveanim.cli import main
+from liveanim.app.cli import main
 from liveanim.errors import FaceDetectionUnavailable, NoFaceError
 from liveanim.face import (
     FACE_MODEL_ENV,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 
-from liveanim.cli import main
+from liveanim.app.cli import main
 
 
 def test_exactly_one_opencv_is_installed() -> None:

@@ -29,10 +29,10 @@ import pyvirtualcam
 import torch
 from skimage import data
 
-from engines import EngineConfig, create_engine
-from liveanim.cli import live as live_cli
-from liveanim.cli import main
-from liveanim.cli import options as cli_options
+from liveanim.app.cli import live as live_cli
+from liveanim.app.cli import main
+from liveanim.app.cli import options as cli_options
+from liveanim.engines import EngineConfig, create_engine
 from liveanim.errors import CameraError
 from liveanim.face import CropBox, FaceTracker, crop_image, paste_back
 from liveanim.motion.controller import MotionConfig
@@ -115,7 +115,7 @@ def wait_for(condition, timeout_s: float = TIMEOUT_S, what: str = "") -> None:
         time.sleep(0.1)
 
 
-def start_cli(*arguments: str, code: str = "from liveanim.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
+def start_cli(*arguments: str, code: str = "from liveanim.app.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
               ) -> subprocess.Popen:
     """`main.py` in a process of its own (run by `code`), on the tiny seeded model."""
     return subprocess.Popen([sys.executable, "-c", code, *arguments, *TINY], cwd=REPO, text=True,
@@ -680,7 +680,8 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
     graphs: up to 8 of 255, 0.1 on average), so each frame is compared with every frame's
     reference: its own must be the nearest, and near.
     """
-    config = EngineConfig(backend="torch", device="cuda", seeded=True, width=0.125, compile=False, cuda_graphs=True)
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", seeded=True, width=0.125, compile=False,
+                          cuda_graphs=True)
     animator = Animator(create_engine(config))
     source = ScriptedSource(live=False)  # every frame is rendered and checked
     delivered: queue.Queue[LiveFrame] = queue.Queue()
@@ -784,7 +785,7 @@ def test_a_recording_write_error_ends_the_cli_with_exit_2_naming_the_file(tmp_pa
     limit_once_it_plays = f"""
 import os, resource, signal, sys, threading, time
 import av
-from liveanim.cli import main
+from liveanim.app.cli import main
 
 def plays(path: str) -> bool:
     try:

@@ -116,7 +116,7 @@ def test_fast_forms_and_folded_weights_meet_golden_tolerance(golden_state, golde
     """The GPU's fast path (stencil filters, small-map convs as matrix products, upsampling convs
     in phases, scales and demodulation energies folded into the weights) is as exact as the
     reference forms."""
-    from engines.torch_engine import GPU_FORMS
+    from liveanim.engines.torch_engine.backend import GPU_FORMS
     from liveanim.model.folding import fold_for_inference
 
     model = LIAX(0.5).eval()

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from liveanim.motion.controller import MotionConfig, MotionController
+from liveanim.motion.controller import Dials, MotionConfig, MotionController
 from liveanim.motion.dials import DIALS_BY_NAME, check_intensity, direction_index, edit_vector
 from liveanim.motion.filters import OneEuroConfig, OneEuroFilter, SmoothingRange
 from liveanim.motion.neutral import NeutralConfig, NeutralReference
@@ -143,6 +143,28 @@ def test_edit_travels_beside_the_motion():
     np.testing.assert_array_equal(ctrl.edit, edit)
     with pytest.raises(ValueError, match="40 numbers"):
         ctrl.set_edit(np.zeros(3))
+
+
+def test_dials_apply_as_one_value_and_a_bad_one_changes_none_of_them():
+    """What a new session is handed: edit, intensities and smoothing together."""
+    ctrl = controller()
+    edit = edit_vector({"smirk": 0.3})
+    ctrl.set_dials(Dials(edit=edit, intensity={"head": 0.0}, smoothing=0.0))
+    assert ctrl.dials.smoothing == 0.0 and ctrl.intensity["head"] == 0.0 and ctrl.intensity["mouth"] == 1.0
+    np.testing.assert_array_equal(ctrl.edit, edit)
+    head = [d.index for d in DIALS_BY_NAME.values() if d.group == "head"]
+    ctrl.update(np.zeros(DIM, np.float32), 0.0)
+    ctrl.update(np.zeros(DIM, np.float32), 1 / FPS)  # the neutral pose is captured
+    turned = np.full(DIM, 0.5, np.float32)
+    motion = ctrl.update(turned, 2 / FPS)
+    np.testing.assert_array_equal(motion[head], 0.0)
+    np.testing.assert_allclose(np.delete(motion, head), 0.5, atol=1e-6)  # smoothing 0: raw
+    before = ctrl.dials
+    with pytest.raises(ValueError, match="head intensity"):
+        ctrl.set_dials(Dials(edit=np.zeros(DIM, np.float32), intensity={"head": float("nan")}, smoothing=0.9))
+    assert ctrl.dials is before
+    with pytest.raises(ValueError):
+        before.edit[0] = 1.0  # a frozen value: its edit vector cannot be changed in place
 
 
 # --- the one rule for values that move the avatar (liveanim.motion.limits) ---------------

@@ -23,8 +23,8 @@ import pytest
 import torch
 from skimage import data
 
-from engines import EngineConfig, create_engine
-from liveanim.cli import main
+from liveanim.app.cli import main
+from liveanim.engines import EngineConfig, create_engine
 from liveanim.motion.dials import edit_vector
 from liveanim.pipeline import offline
 from liveanim.pipeline.animator import Animator, Avatar

@@ -25,18 +25,18 @@ from PyQt6.QtGui import QDropEvent, QImage, QPixmap  # noqa: E402
 from PyQt6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from skimage import data  # noqa: E402
 
+from liveanim.app.ui import main_window  # noqa: E402
+from liveanim.app.ui.avatar_gallery import AvatarList  # noqa: E402
+from liveanim.app.ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
+from liveanim.app.ui.main_window import MainWindow, WindowDeps  # noqa: E402
+from liveanim.app.ui.model_source import ModelSource  # noqa: E402
+from liveanim.app.ui.presets import PresetStore  # noqa: E402
+from liveanim.app.ui.settings import AppSettings  # noqa: E402
+from liveanim.app.ui.source_picker import SourceSpec  # noqa: E402
 from liveanim.face import CropBox  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME, MOTION_DIM  # noqa: E402
 from liveanim.pipeline.live import LiveFrame  # noqa: E402
 from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image  # noqa: E402
-from ui import main_window  # noqa: E402
-from ui.avatar_gallery import AvatarList  # noqa: E402
-from ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
-from ui.main_window import MainWindow, WindowDeps  # noqa: E402
-from ui.model_source import ModelSource  # noqa: E402
-from ui.presets import PresetStore  # noqa: E402
-from ui.settings import AppSettings  # noqa: E402
-from ui.source_picker import SourceSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = ModelSource(seeded_width=0.125)
@@ -223,6 +223,37 @@ class TestStreaming:
         boxes[-1].close()
         seen = len(log.frames)
         qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)  # the stream goes on
+
+    def test_a_new_input_starts_with_the_dials_and_avatars_already_made(self, streaming, qtbot, tmp_path,
+                                                                       monkeypatch):
+        """The window keeps one Dials value and hands it whole to each session it opens; with the
+        same engine the new session shows the avatars already encoded: no face is looked for and
+        no portrait encoded again."""
+        import liveanim.pipeline.avatars as avatars
+        from liveanim.pipeline.animator import Animator
+
+        detections: list[str] = []
+        monkeypatch.setattr(avatars, "crop_portrait",
+                            lambda *args, real=avatars.crop_portrait, **kwargs: (detections.append("x"),
+                                                                                 real(*args, **kwargs))[1])
+        monkeypatch.setattr(Animator, "encode_avatar",
+                            lambda self, crop, real=Animator.encode_avatar: (detections.append("encode"),
+                                                                             real(self, crop))[1])
+        window, log = streaming
+        smirk = DIALS_BY_NAME["smirk"].index
+        window.dials.dial_rows[smirk].spin.setValue(0.25)
+        window.dials.intensity_rows["eyes"].spin.setValue(0.5)
+        window.dials.smoothing_row.spin.setValue(0.8)
+        first = window.controller.session
+        window.sources.select(SourceSpec.file(driving_video(tmp_path / "other.mp4", frames=6)))
+        qtbot.waitUntil(lambda: window.controller.session not in (None, first), timeout=STREAM_TIMEOUT_MS)
+        dials = window.controller.session.dials
+        assert dials.edit[smirk] == pytest.approx(0.25) and dials.intensity["eyes"] == pytest.approx(0.5)
+        assert dials.smoothing == pytest.approx(0.8)
+        seen = len(log.frames)
+        qtbot.waitUntil(lambda: any(f.edit[smirk] == pytest.approx(0.25) for f in log.after(seen)),
+                        timeout=STREAM_TIMEOUT_MS)
+        assert detections == []
 
     @pytest.mark.skipif(os.environ.get("LIVEANIM_SCREENSHOT") != "1", reason="set LIVEANIM_SCREENSHOT=1 to rewrite it")
     def test_save_screenshot(self, streaming, qtbot):

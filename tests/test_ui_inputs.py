@@ -31,12 +31,12 @@ from liveanim.pipeline.video import write_image  # noqa: E402
 from tests.test_offline import cut_short  # noqa: E402
 from tests.test_ui import REPO, STREAM_TIMEOUT_MS, make_deps, open_window, ready_window  # noqa: E402, F401
 from tests.test_video import driving_frames  # noqa: E402
-from ui.dials_panel import DialsPanel  # noqa: E402
-from ui.main_window import MainWindow  # noqa: E402
-from ui.messages import WINDOW_FIXES  # noqa: E402
-from ui.model_source import ModelSource  # noqa: E402
-from ui.presets import PresetStore  # noqa: E402
-from ui.settings import AppSettings  # noqa: E402
+from liveanim.app.ui.dials_panel import DialsPanel  # noqa: E402
+from liveanim.app.ui.main_window import MainWindow  # noqa: E402
+from liveanim.app.ui.messages import WINDOW_FIXES  # noqa: E402
+from liveanim.app.ui.model_source import ModelSource  # noqa: E402
+from liveanim.app.ui.presets import PresetStore  # noqa: E402
+from liveanim.app.ui.settings import AppSettings  # noqa: E402
 
 YAW = DIALS_BY_NAME["yaw1"].index
 
@@ -116,7 +116,7 @@ def test_bad_saved_settings_fall_back_to_defaults_with_a_warning(qtbot, tmp_path
     for key, value in BAD_SETTINGS.items():
         settings._store.setValue(key, value)
     settings.sync()
-    with caplog.at_level(logging.WARNING, logger="ui.settings"):
+    with caplog.at_level(logging.WARNING, logger="liveanim.app.ui.settings"):
         window = open_window(make_deps(tmp_path))
     qtbot.addWidget(window)
     assert not window.dials.offsets().any()

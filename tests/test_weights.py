@@ -570,7 +570,7 @@ def test_cache_failure_only_warns(tmp_path, monkeypatch, caplog, breakage, tiny_
 
 
 def test_weights_command_checks_a_local_file(small_pt, caplog):
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     with caplog.at_level(logging.INFO, logger="liveanim"):
         assert main(["weights", "--weights", str(small_pt)]) == 0
@@ -578,7 +578,7 @@ def test_weights_command_checks_a_local_file(small_pt, caplog):
 
 
 def test_weights_command_offline_says_what_to_do(monkeypatch, caplog):
-    from liveanim.cli import main
+    from liveanim.app.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)

@@ -4,7 +4,8 @@ Importing this package does not import mediapipe; its landmarkers start on first
 the face model they load is downloaded once (liveanim.face.model).
 """
 
-from liveanim.face.crop import CropBox, CropConfig, crop_box, crop_image, crop_portrait, paste_back, resize_square
+from liveanim.face.crop import (CropBox, CropConfig, centre_square, crop_box, crop_image, crop_portrait, paste_back,
+                                resize_square)
 from liveanim.face.detector import DetectorConfig, FaceBox, FaceDetector, FaceLandmarks
 from liveanim.face.model import FACE_LANDMARKER, FACE_MODEL_ENV, resolve_face_model
 from liveanim.face.tracker import FaceTracker, TrackerConfig, TrackResult
@@ -21,6 +22,7 @@ __all__ = [
     "FaceTracker",
     "TrackResult",
     "TrackerConfig",
+    "centre_square",
     "crop_box",
     "crop_image",
     "crop_portrait",

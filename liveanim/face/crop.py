@@ -104,6 +104,13 @@ def _square_within(left: int, top: int, width: int, height: int, frame_w: int, f
     return CropBox(square_left, square_top, side)
 
 
+def centre_square(frame_shape: tuple[int, ...]) -> CropBox:
+    """The largest square in the middle of a frame: the crop where no face is looked for."""
+    height, width = frame_shape[:2]
+    side = min(height, width)
+    return CropBox((width - side) // 2, (height - side) // 2, side)
+
+
 def crop_image(image: np.ndarray, box: CropBox, size: int = CropConfig.size) -> np.ndarray:
     """The box's pixels of an (H, W, C) image, resized to (size, size, C)."""
     assert box.inside(image.shape), f"{box} does not lie inside an image of shape {image.shape}"

@@ -1,4 +1,4 @@
-"""The Sparse Motion Dictionary: D(alpha) = alpha @ Q.T, Q orthonormal (QR of a learned matrix)."""
+"""The Sparse Motion Dictionary: Q orthonormal (QR of a learned matrix); a latent moves by D(alpha) = alpha @ Q.T."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ class MotionDictionary(nn.Module):
             self._cache = (key, q.to(w.device, w.dtype))
         return self._cache[1]
 
-    def forward(self, alpha: torch.Tensor) -> torch.Tensor:
-        """alpha: (B, motion_dim) -> latent offsets (B, L)."""
-        return alpha @ self.basis().t()
+
+def moved_latent(z: torch.Tensor, code: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The renderer's input z_target = z + code @ Q.T: the one place it is written (the model, every
+    engine and so every mode use it). D is linear, so one product serves the whole sum
+    code = a_s + a_d - a_0 + e.
+
+    z:     (1 or B, L) the source latent.
+    code:  (1 or B, motion_dim) the summed motion code.
+    basis: Q, (L, motion_dim).
+    """
+    return z + code @ basis.t()

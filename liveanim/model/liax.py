@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from liveanim.model.decoder import Decoder
+from liveanim.model.dictionary import moved_latent
 from liveanim.model.encoder import Encoder
+from liveanim.motion.dials import MOTION_DIM
 
 RESOLUTION = 512
 RELEASED_WIDTH = 2.0
-MOTION_DIM = 40
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class LIAX(nn.Module):
         if alpha_drive is not None:
             start = torch.zeros_like(alpha_drive[:1]) if alpha_start is None else alpha_start
             code = code + (alpha_drive - start)
-        return source.z + self.dec.direction(code)
+        return moved_latent(source.z, code, self.directions())
 
     def decode(self, z_target: torch.Tensor, feats: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
         """z_target: (B, L); feats: the source's 7 maps -> image (B, 3, 512, 512), not clamped."""

@@ -11,11 +11,13 @@ frame made from a crop without a face.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
-from liveanim.motion.dials import GROUPS, MOTION_DIM, group_scale
+from liveanim.motion.dials import MOTION_DIM, full_intensity, group_scale
 from liveanim.motion.filters import OneEuroFilter, SmoothingRange
 from liveanim.motion.neutral import NeutralConfig, NeutralReference
 
@@ -43,6 +45,37 @@ class MotionConfig:
         self.range.at(self.smoothing)  # validates the amount
 
 
+@dataclass(frozen=True, eq=False)
+class Dials:
+    """What the person sets while the avatar moves, as one value: the window keeps one and hands
+    it whole to every session it opens (another camera, another engine), which applies it at once.
+
+    edit:      (motion_dim,) offsets e of the dictionary directions, kept as a read-only float32 copy.
+    intensity: {'head' | 'mouth' | 'eyes': factor}; 1 follows the performer (a group not given), 0 freezes it.
+    smoothing: 0 passes the motion through raw, 1 smooths it heavily.
+    The values are checked where they are applied (`MotionController.set_dials`).
+    """
+
+    edit: np.ndarray = field(default_factory=lambda: np.zeros(MOTION_DIM, dtype=np.float32))
+    intensity: Mapping[str, float] = field(default_factory=full_intensity)
+    smoothing: float = MotionConfig.smoothing
+
+    def __post_init__(self) -> None:
+        edit = np.array(self.edit, dtype=np.float32)
+        edit.flags.writeable = False
+        object.__setattr__(self, "edit", edit)
+        object.__setattr__(self, "intensity", MappingProxyType({**full_intensity(), **self.intensity}))
+
+    def with_edit(self, edit: np.ndarray) -> Dials:
+        return replace(self, edit=edit)
+
+    def with_intensity(self, group: str, value: float) -> Dials:
+        return replace(self, intensity={**self.intensity, group: value})
+
+    def with_smoothing(self, amount: float) -> Dials:
+        return replace(self, smoothing=amount)
+
+
 def _ease_out(progress: float) -> float:
     """1 -> 0 smoothly (zero slope at both ends) as progress goes 0 -> 1."""
     x = min(max(progress, 0.0), 1.0)
@@ -59,43 +92,51 @@ class MotionController:
         self.config = config
         self._neutral = NeutralReference(config.neutral)
         self._filter = OneEuroFilter(config.range.at(config.smoothing))
-        self._intensity = {group: 1.0 for group in GROUPS}
+        self._dials = Dials(edit=np.zeros(motion_dim, dtype=np.float32), smoothing=config.smoothing)
         self._scale = np.ones(motion_dim, dtype=np.float32)
-        self._edit = np.zeros(motion_dim, dtype=np.float32)
         self._last = np.zeros(motion_dim, dtype=np.float32)  # the last motion, before intensity
         self._last_time: float | None = None
         self._lost_since: float | None = None
         self._held = self._last
 
     @property
+    def dials(self) -> Dials:
+        return self._dials
+
+    @property
     def edit(self) -> np.ndarray:
         """The dials' offsets e (motion_dim,), added to the avatar's own code."""
-        return self._edit.copy()
+        return self._dials.edit.copy()
 
     @property
     def intensity(self) -> dict[str, float]:
-        return dict(self._intensity)
+        return dict(self._dials.intensity)
 
     @property
     def neutral(self) -> np.ndarray | None:
         """The reference code a_0, or None before a face was seen."""
         return self._neutral.value
 
+    def set_dials(self, dials: Dials) -> None:
+        """All the dials at once, checked first: a ValueError changes none of them. Smoothing
+        takes effect at once, without a jump."""
+        if dials.edit.shape != self._scale.shape:
+            raise ValueError(f"the edit vector needs {self._scale.shape[0]} numbers, got shape {dials.edit.shape}")
+        scale = group_scale(dials.intensity, self._scale.shape[0])  # raises on an unknown group or value
+        smoothing = self.config.range.at(dials.smoothing)
+        self._filter.configure(smoothing)
+        self._scale, self._dials = scale, dials
+
     def set_edit(self, edit: np.ndarray) -> None:
-        edit = np.asarray(edit, dtype=np.float32)
-        if edit.shape != self._edit.shape:
-            raise ValueError(f"the edit vector needs {self._edit.shape[0]} numbers, got shape {edit.shape}")
-        self._edit = edit.copy()
+        self.set_dials(self._dials.with_edit(edit))
 
     def set_intensity(self, group: str, value: float) -> None:
         """Scale the motion of one dial group ('head', 'mouth', 'eyes'); 0 freezes it."""
-        intensity = {**self._intensity, group: float(value)}
-        self._scale = group_scale(intensity, self._scale.shape[0])  # raises on an unknown group
-        self._intensity = intensity
+        self.set_dials(self._dials.with_intensity(group, float(value)))
 
     def set_smoothing(self, amount: float) -> None:
-        """0 = raw codes, 1 = heavy smoothing; takes effect at once, without a jump."""
-        self._filter.configure(self.config.range.at(amount))
+        """0 = raw codes, 1 = heavy smoothing."""
+        self.set_dials(self._dials.with_smoothing(amount))
 
     def calibrate(self) -> None:
         """Take the neutral pose again from the next still frames."""

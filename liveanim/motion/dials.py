@@ -15,7 +15,7 @@ import numpy as np
 
 from liveanim.motion.limits import LIMITS
 
-MOTION_DIM = 40
+MOTION_DIM = 40  # the dictionary's size; the model's too (liveanim/model/liax.py reads it here)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,12 @@ DIALS: tuple[Dial, ...] = (
 DIALS_BY_NAME: dict[str, Dial] = {dial.name: dial for dial in DIALS}
 DIALS_BY_INDEX: dict[int, Dial] = {dial.index: dial for dial in DIALS}
 GROUPS: tuple[str, ...] = ("head", "mouth", "eyes")
+FOLLOW = 1.0  # a group's default intensity: the avatar follows the performer as performed
+
+
+def full_intensity() -> dict[str, float]:
+    """Every group at its default intensity, as a fresh dict the caller may change."""
+    return {group: FOLLOW for group in GROUPS}
 
 
 def edit_vector(

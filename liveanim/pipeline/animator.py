@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engines import FEATURE_NAMES, Engine, Tensors
+from liveanim.contract import FEATURE_NAMES, Tensors
+from liveanim.engines import Engine
 from liveanim.pipeline.frames import to_model_input
 
 

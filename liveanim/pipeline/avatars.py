@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from liveanim.errors import UsageError
-from liveanim.face import CropBox, CropConfig, crop_image, crop_portrait, paste_back
+from liveanim.face import CropBox, CropConfig, centre_square, crop_image, crop_portrait, paste_back
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.frames import to_uint8
 
@@ -54,6 +54,21 @@ class AvatarConfig:
     crop_only: bool = False
     feather: float = 0.1
     output_size: Size | None = None
+
+
+def crop_avatar(image: np.ndarray, name: str, config: AvatarConfig) -> tuple[np.ndarray, CropBox]:
+    """The model crop of a portrait and where in the picture it was taken (slow with `auto_crop`:
+    face detection); a picture without a face is a NoFaceError, and FaceDetectionUnavailable
+    says what to install where faces cannot be looked for."""
+    if config.auto_crop:
+        return crop_portrait(image, config=config.crop, source_name=name)
+    return centre_crop(image, config.crop)
+
+
+def centre_crop(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, CropBox]:
+    """The picture's centre square as the model crop, with no face looked for."""
+    box = centre_square(image.shape)
+    return crop_image(image, box, config.size), box
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,16 +128,15 @@ class AvatarBank:
         with self._lock:
             return self._avatars[self._selected]
 
-    def add(self, image: np.ndarray, name: str, centre_square: bool = False) -> int:
+    def add(self, image: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
         """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index.
 
-        centre_square: take the picture's centre square as the crop whatever `auto_crop` says
-                       (when faces cannot be found: FaceDetectionUnavailable otherwise).
+        cropped: its `crop_avatar` by this bank's config, where already made (no second face detection).
         """
         key = _digest(image)
         with self._lock:
             known = next((a.encoded for a in self._avatars if a.key == key), None)
-        crop, box = self._crop(image, name, centre_square)
+        crop, box = cropped if cropped is not None else crop_avatar(image, name, self.config)
         encoded = known if known is not None else self._encode(crop, name)
         if self._output_size is None:
             self._output_size = _even(crop.shape[1::-1] if self.config.crop_only else image.shape[1::-1])
@@ -157,15 +171,6 @@ class AvatarBank:
     def _check(self, index: int) -> None:
         if not 0 <= index < len(self._avatars):
             raise UsageError(f"there is no avatar {index}; the avatars are 0..{len(self._avatars) - 1}")
-
-    def _crop(self, image: np.ndarray, name: str, centre_square: bool) -> tuple[np.ndarray, CropBox]:
-        """The model crop of a picture and where in the picture it was taken."""
-        if self.config.auto_crop and not centre_square:
-            return crop_portrait(image, config=self.config.crop, source_name=name)
-        height, width = image.shape[:2]
-        side = min(height, width)
-        box = CropBox((width - side) // 2, (height - side) // 2, side)
-        return crop_image(image, box, self.config.crop.size), box
 
     def _encode(self, crop: np.ndarray, name: str) -> Avatar:
         encoded = self.animator.encode_avatar(crop)

@@ -52,10 +52,11 @@ import numpy as np
 import torch
 
 from liveanim.errors import FaceDetectionUnavailable, LiveAnimError, UsageError
-from liveanim.face import CropBox, FaceTracker, TrackerConfig, crop_image
-from liveanim.motion.controller import MotionConfig, MotionController
+from liveanim.face import CropBox, FaceTracker, TrackerConfig, centre_square, crop_image
+from liveanim.motion.controller import Dials, MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, default_avatar
+from liveanim.pipeline.avatars import (AvatarBank, AvatarConfig, BankedAvatar, centre_crop, crop_avatar,
+                                       default_avatar)
 from liveanim.pipeline.events import (AvatarUncropped, Calibrating, EnginePreparing, EventCallback, FrameDelivered,
                                       FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
                                       log_event)
@@ -321,6 +322,16 @@ class LiveSession:
     def avatars(self) -> AvatarBank:
         return self._bank
 
+    @property
+    def dials(self) -> Dials:
+        with self._lock:
+            return self._controller.dials
+
+    def set_dials(self, dials: Dials) -> None:
+        """Every dial at once (a session opened for dials set before it); a ValueError changes none."""
+        with self._lock:
+            self._controller.set_dials(dials)
+
     def set_edit(self, edit: np.ndarray) -> None:
         """The dials' (40,) offsets e."""
         with self._lock:
@@ -340,14 +351,17 @@ class LiveSession:
             self._controller.calibrate()
         self._emit(Calibrating())
 
-    def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
-        """Crop and encode a portrait (takes a while; the loop goes on meanwhile); its index.
-        Where faces cannot be found, its centre square is used as it is (and AvatarUncropped told)."""
-        try:
-            return self._bank.add(image_rgb, name)
-        except FaceDetectionUnavailable as error:
-            self._emit(AvatarUncropped(name, error.message))
-            return self._bank.add(image_rgb, name, centre_square=True)
+    def add_avatar(self, image_rgb: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
+        """Crop (unless `cropped` by `crop_avatar` already) and encode a portrait (takes a while; the
+        loop goes on meanwhile); its index. Where faces cannot be found, its centre square is used
+        as it is (and AvatarUncropped told)."""
+        if cropped is None:
+            try:
+                cropped = crop_avatar(image_rgb, name, self._bank.config)
+            except FaceDetectionUnavailable as error:
+                self._emit(AvatarUncropped(name, error.message))
+                cropped = centre_crop(image_rgb, self._bank.config.crop)
+        return self._bank.add(image_rgb, name, cropped)
 
     def remove_avatar(self, index: int) -> None:
         self._bank.remove(index)
@@ -421,9 +435,7 @@ class LiveSession:
                 if track is None or track.shape != frame.shape:
                     return None, False
                 return track.box, track.found
-        height, width = frame.shape[:2]
-        side = min(height, width)
-        return CropBox((width - side) // 2, (height - side) // 2, side), True
+        return centre_square(frame.shape), True
 
     def _unchanged_render(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> torch.Tensor | None:
         """The last rendered image if it was made from the same avatar, motion and edit (a held

@@ -1,0 +1,430 @@
+"""The one object between the window and the live pipeline.
+
+It owns the engine, the `LiveSession` and the avatars, and does everything slow on worker
+threads: building engines, opening inputs, encoding portraits, stopping sessions. Those run
+one after another on a single worker, so they never race each other; the cheap setters
+(dials, avatar switch) go straight to the session, which is thread-safe. Frames and the
+session's typed events come back as Qt signals. The window never touches the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PyQt6.QtCore import QObject, QTimer, pyqtSignal
+
+from liveanim.app.ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
+from liveanim.app.ui.messages import window_text
+from liveanim.app.ui.offline_tasks import AnimateJob, run_animate, run_edit_image
+from liveanim.app.ui.source_picker import SourceSpec
+from liveanim.app.ui.workers import Task, TaskContext, TaskRunner
+from liveanim.engines import EngineConfig, create_engine
+from liveanim.errors import LiveAnimError
+from liveanim.motion.controller import Dials
+from liveanim.pipeline.animator import Animator
+from liveanim.pipeline.avatars import AvatarBank
+from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
+from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
+from liveanim.pipeline.offline import Written
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_MS = 250
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the status bar and the selectors show about the engine in use.
+
+    description: backend and device, e.g. 'torch on cuda:0'.
+    backend:     the backend asked for ('auto' included), for the selector.
+    precision:   'fp32', 'fp16' or 'bf16'.
+    """
+
+    description: str
+    backend: str
+    precision: str
+
+
+class SessionController(QObject):
+    """Runs the live pipeline for the window.
+
+    seeded: the engines use seeded weights (said in the engine's description).
+    config: the settings every live session starts with.
+    """
+
+    frame_ready = pyqtSignal(object)  # LiveFrame, emitted from the session's output thread
+    session_event = pyqtSignal(object)  # every other SessionEvent (recording, virtual camera, source, errors)
+    stats_changed = pyqtSignal(object)  # LiveStats, a few times a second while running
+    running_changed = pyqtSignal(bool)
+    engine_changed = pyqtSignal(object)  # EngineInfo
+    busy_changed = pyqtSignal(str)  # what runs in the background; '' when nothing does
+    error = pyqtSignal(str)
+    avatar_added = pyqtSignal(str, object)  # name, crop
+    avatar_removed = pyqtSignal(int)
+    avatar_selected = pyqtSignal(int)
+
+    def __init__(self, seeded: bool = False, config: LiveConfig = LiveConfig(),
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.config = config
+        self._seeded = seeded
+        self._serial = TaskRunner(self, max_threads=1)
+        self._offline = TaskRunner(self, max_threads=2)
+        self._lock = threading.Lock()  # guards the fields below that both threads touch
+        self._animator: Animator | None = None
+        self._engine_info: EngineInfo | None = None
+        self._session: LiveSession | None = None
+        self._library = AvatarLibrary()
+        self._bank: AvatarBank | None = None  # the library encoded by self._animator, for the next session
+        self._dials = Dials(smoothing=config.motion.smoothing)  # outlives sessions: each new one gets it whole
+        self._source: SourceSpec | None = None
+        self._vcam = config.vcam
+        self._running = False
+        self._busy: list[str] = []
+        self._frame_pending = False
+        self.frame_ready.connect(self._frame_taken)
+        self._poll = QTimer(self, interval=STATS_INTERVAL_MS, timeout=self._poll_session)
+
+    # ----- state the window reads ----------------------------------------------------------
+
+    @property
+    def session(self) -> LiveSession | None:
+        """The running session, if any (for status and tests; the window uses the methods)."""
+        return self._session
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def has_engine(self) -> bool:
+        return self._animator is not None
+
+    @property
+    def avatars(self) -> list[AvatarEntry]:
+        return self._library.entries
+
+    @property
+    def selected(self) -> int:
+        return self._library.selected
+
+    @property
+    def vcam_requested(self) -> bool:
+        return self._vcam
+
+    # ----- engine and session ----------------------------------------------------------------
+
+    def build_engine(self, config: EngineConfig) -> None:
+        """(Re)create the engine in the background; a running stream moves over to it."""
+        label = f"Preparing the engine ({config.backend}, {config.precision})"
+        self._run(lambda context: self._swap_engine(config), label, self._engine_ready, self._engine_failed)
+
+    def set_source(self, spec: SourceSpec) -> None:
+        """The input the next start uses; a running stream restarts on it."""
+        if spec == self._source:
+            return
+        self._source = spec
+        if self._running:
+            self._run(lambda context: self._restart(), "Switching the input", self._started)
+
+    def start(self) -> None:
+        if self._source is None:
+            self.error.emit("Pick a camera or a video file first.")
+            return
+        self._run(lambda context: self._start_session(), "Starting the stream", self._started)
+
+    def stop(self) -> None:
+        self._run(lambda context: self._stop_session(), "Stopping the stream", lambda _: self._stopped())
+
+    def toggle(self) -> None:
+        if self._running:
+            self.stop()
+        else:
+            self.start()
+
+    # ----- dials ---------------------------------------------------------------------------
+
+    @property
+    def dials(self) -> Dials:
+        return self._dials
+
+    def set_edit(self, edit: np.ndarray) -> None:
+        with self._lock:
+            self._dials = self._dials.with_edit(edit)
+            if self._session is not None:
+                self._session.set_edit(self._dials.edit)
+
+    def set_intensity(self, group: str, value: float) -> None:
+        with self._lock:
+            self._dials = self._dials.with_intensity(group, value)
+            if self._session is not None:
+                self._session.set_intensity(group, value)
+
+    def set_smoothing(self, amount: float) -> None:
+        with self._lock:
+            self._dials = self._dials.with_smoothing(amount)
+            if self._session is not None:
+                self._session.set_smoothing(amount)
+
+    def calibrate(self) -> None:
+        """Take the performer's neutral pose from the next still frames."""
+        if self._session is None:
+            self.error.emit("Start the stream first: calibration takes your neutral pose from the camera.")
+            return
+        self._session.calibrate()
+
+    # ----- avatars -------------------------------------------------------------------------
+
+    def add_avatars(self, origins: list[str], select: int | None = None) -> None:
+        """Read, crop and encode portraits (file paths or DEFAULT_AVATAR) in the background.
+
+        select: the avatar to show afterwards; by default the first one added. A file that
+                cannot be used (no face, not an image) is reported and skipped.
+        """
+        self._run(lambda context: self._add_all(origins), "Adding avatars",
+                  lambda result: self._avatars_added(result, select))
+
+    def remove_avatar(self, index: int) -> None:
+        self._run(lambda context: self._remove(index), "Removing an avatar", self._avatar_removed)
+
+    def select_avatar(self, index: int) -> None:
+        """Switch at once (also mid-stream); encoding happened when the avatar was added."""
+        if not self._library.select(index):
+            return
+        session = self._session
+        if session is not None and index < len(session.avatars):
+            session.select_avatar(index)
+        self.avatar_selected.emit(index)
+
+    # ----- outputs -------------------------------------------------------------------------
+
+    def set_vcam(self, enabled: bool) -> None:
+        """Send the output to the virtual camera (now, or from the next start)."""
+        self._vcam = enabled
+        if self._session is not None:
+            self._session.set_vcam(enabled)
+
+    def set_recording(self, path: Path | None) -> bool:
+        """Record the output into `path`, or stop with None; False when nothing is streaming.
+        The outcome comes as RecordingStarted/Stopped/Failed events."""
+        if self._session is None:
+            if path is not None:
+                self.error.emit("Start the stream first, then record.")
+            return False
+        self._session.set_recording(path)
+        return True
+
+    # ----- beyond live ---------------------------------------------------------------------
+
+    def edit_still(self, source: Path, edit: np.ndarray, out: Path | None,
+                   on_done: Callable[[np.ndarray], None], on_error: Callable[[str], None]) -> Task:
+        """Edit the portrait in `source` with `edit` (saved to `out` if given) in the background."""
+        return self._offline.start(lambda context: run_edit_image(self._require_animator(), source, edit, out),
+                                   "Editing the portrait", on_done, on_error)
+
+    def animate_video(self, job: AnimateJob, on_done: Callable[[Written], None],
+                      on_error: Callable[[str], None]) -> Task:
+        """Animate a portrait from a video file in the background, with progress and cancel."""
+        return self._offline.start(lambda context: run_animate(self._require_animator(), job, context),
+                                   "Animating the video", on_done, on_error)
+
+    def shutdown(self) -> None:
+        """Stop everything and wait for the workers (the window is closing)."""
+        self._poll.stop()
+        self._offline.shutdown()
+        self._serial.shutdown()
+        self._stop_session()
+        if self._animator is not None:
+            self._animator.engine.close()
+            self._animator = None
+
+    # ----- work done on the serial worker ------------------------------------------------
+
+    def _swap_engine(self, config: EngineConfig) -> EngineInfo:
+        animator = Animator(create_engine(config))
+        old = self._animator
+        restart = self._stop_session()
+        self._animator, self._bank = animator, None  # the old engine's encodings go with it
+        if restart:
+            self._open_session()
+        if old is not None and not self._offline.active:
+            old.engine.close()
+        engine = animator.engine
+        description = f"{engine.name} on {engine.device}" + (" (seeded weights)" if self._seeded else "")
+        return EngineInfo(description, config.backend, engine.precision)  # 'auto' resolved
+
+    def _start_session(self) -> bool:
+        if self._session is not None:
+            return True
+        self._open_session()
+        return True
+
+    def _restart(self) -> bool:
+        self._stop_session()
+        self._open_session()
+        return True
+
+    def _open_session(self) -> None:
+        animator = self._require_animator()
+        config = dataclasses.replace(self.config, vcam=self._vcam)
+        session = LiveSession(config, animator, self._source.open(), self._on_event, avatars=self._bank)
+        if self._bank is None:  # a new engine, or avatars changed while stopped: encode them for it
+            for avatar in self._library.entries:
+                session.add_avatar(avatar.image, avatar.name, (avatar.crop, avatar.box))
+            self._bank = session.avatars
+        if len(session.avatars):
+            session.select_avatar(min(self._library.selected, len(session.avatars) - 1))
+        with self._lock:
+            session.set_dials(self._dials)
+            self._session = session
+        session.start()
+
+    def _stop_session(self) -> bool:
+        """Stop the session if there is one; whether there was."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is None:
+            return False
+        session.stop()
+        return True
+
+    def _add_all(self, origins: list[str]) -> tuple[list[AvatarEntry], list[str]]:
+        added, errors = [], []
+        for origin in origins:
+            try:
+                added.append(self._add(origin))
+            except LiveAnimError as error:
+                errors.append(window_text(error))
+        return added, errors
+
+    def _add(self, origin: str) -> AvatarEntry:
+        entry = load_avatar(origin, self.config.avatars)
+        session = self._session
+        if session is not None:
+            session.add_avatar(entry.image, entry.name, (entry.crop, entry.box))
+        else:
+            self._bank = None
+        self._library.append(entry)
+        return entry
+
+    def _remove(self, index: int) -> tuple[int, int]:
+        self._library.check_removable()
+        session = self._session
+        if session is not None:
+            session.remove_avatar(index)
+        else:
+            self._bank = None
+        return index, self._library.remove(index)
+
+    def _require_animator(self) -> Animator:
+        if self._animator is None:
+            raise LiveAnimError("There is no engine yet: wait until it is ready, or fix the problem shown "
+                                "(e.g. get the weights with File > Get the LIA-X weights...).")
+        return self._animator
+
+    # ----- called from the session's threads ----------------------------------------------
+
+    def _on_event(self, event: SessionEvent) -> None:
+        """Frames to `frame_ready`, every other event (logged) to `session_event`."""
+        if isinstance(event, FrameDelivered):
+            self._on_frame(event.frame)
+            return
+        log_event(log, event)
+        if isinstance(event, VirtualCameraFailed):
+            self._vcam = False  # not asked for again at the next start
+        self.session_event.emit(event)
+
+    def _on_frame(self, frame: LiveFrame) -> None:
+        """Hand the frame to the GUI, unless the GUI has not shown the previous one yet: a slow
+        window then skips frames instead of queueing them up (and falling behind)."""
+        with self._lock:
+            busy, self._frame_pending = self._frame_pending, True
+        if not busy:
+            self.frame_ready.emit(frame)
+
+    # ----- GUI-thread bookkeeping ------------------------------------------------------------
+
+    def _run(self, fn: Callable[[TaskContext], Any], label: str, on_done: Callable[[Any], None],
+             on_error: Callable[[str], None] | None = None) -> None:
+        """Queue `fn` on the serial worker and show `label` as busy until it ends."""
+        self._busy.append(label)
+        self.busy_changed.emit(label)
+        task = self._serial.start(fn, label, on_done, on_error or self._failed)
+        task.on_end(lambda: self._unbusy(label))
+
+    def _unbusy(self, label: str) -> None:
+        self._busy.remove(label)
+        self.busy_changed.emit(self._busy[-1] if self._busy else "")
+
+    def _failed(self, message: str) -> None:
+        if self._running and self._session is None:
+            self._stopped()
+        self.error.emit(message)
+
+    def _frame_taken(self, frame: LiveFrame) -> None:
+        with self._lock:
+            self._frame_pending = False
+
+    def _engine_ready(self, info: EngineInfo) -> None:
+        switched = self._engine_info is not None and self._session is not None  # the stream moved over
+        self._engine_info = info
+        self.engine_changed.emit(info)
+        if switched:
+            self._on_event(EngineSwitched(info.description))
+        self._set_running(self._session is not None)
+
+    def _engine_failed(self, message: str) -> None:
+        """Say why, and show the engine that is still in use (if any) again."""
+        self.error.emit(message)
+        if self._engine_info is not None:
+            self.engine_changed.emit(self._engine_info)
+
+    def _started(self, _: bool) -> None:
+        self._set_running(True)
+
+    def _stopped(self) -> None:
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        if running:
+            self._poll.start()
+        else:
+            self._poll.stop()
+        if running != self._running:
+            self._running = running
+            self.running_changed.emit(running)
+
+    def _avatars_added(self, result: tuple[list[AvatarEntry], list[str]], select: int | None) -> None:
+        added, errors = result
+        for entry in added:
+            self.avatar_added.emit(entry.name, entry.crop)
+        if added:
+            first_new = len(self.avatars) - len(added)
+            self.select_avatar(min(first_new if select is None else select, len(self.avatars) - 1))
+        if errors:
+            self.error.emit("\n".join(errors))
+
+    def _avatar_removed(self, result: tuple[int, int]) -> None:
+        removed, selected = result
+        self.avatar_removed.emit(removed)
+        self.avatar_selected.emit(selected)
+
+    def _poll_session(self) -> None:
+        """Publish the stats; notice a session that ended by itself (input over, camera lost: its
+        SessionFailed event says why)."""
+        session = self._session
+        if session is None:
+            return
+        self.stats_changed.emit(session.stats)
+        if session.wait(0):
+            with self._lock:
+                if self._session is session:
+                    self._session = None
+            self._run(lambda context: session.stop(), "Stopping the stream", lambda _: self._stopped())

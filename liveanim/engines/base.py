@@ -1,0 +1,111 @@
+"""The one interface every inference backend implements.
+
+Every engine takes and returns float32 torch tensors on `engine.device`, by name:
+
+    encode_source({"image": (1,3,512,512)})            -> {"z": (1,L), "alpha": (1,40), "feat0".."feat6"}
+    encode_motion({"image": (B,3,512,512)})            -> {"alpha": (B,40)}
+    render({"z_target": (B,L), "feat0".."feat6"})      -> {"image": (B,3,512,512)}
+
+Nothing outside `liveanim/engines/` knows which backend runs. The names are those of the exported
+ONNX graphs (liveanim/contract.py).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from liveanim.contract import Tensors
+from liveanim.engines.devices import resolve_precision
+from liveanim.model import RELEASED_WIDTH
+from liveanim.model.dictionary import moved_latent
+
+# The choices the command line, the window and the configs offer, each written once here.
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+ENGINE_CHOICES = ("auto", *BACKENDS)  # 'auto': the fastest backend this machine has
+DEVICES = ("auto", "cuda", "cpu", "mps")  # 'auto': CUDA, then MPS, then the CPU
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # 'auto': fp16 on CUDA, fp32 elsewhere
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to run and where.
+
+    backend:   one of BACKENDS ('auto' is resolved by `liveanim.engines.create_engine`).
+    device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
+    precision: 'auto' (fp16 on CUDA, fp32 elsewhere; resolved by `create_engine`), 'fp32', 'fp16' or
+               'bf16' (reduced precision on GPUs only).
+    weights:   checkpoint path; None means the released model, downloaded on first use.
+    seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
+    seeded:    use seeded random weights instead of a checkpoint.
+    width:     model width for seeded weights (2.0 = released size).
+    cache_dir: where exported graphs and built engines are kept.
+    compile:   torch backend: torch.compile the per-frame graphs; None turns it on wherever the
+               torch backend runs on CUDA (3x faster there; the first start compiles for minutes).
+    cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
+               wherever the torch backend runs on CUDA (they cost nothing to set up).
+    compile_in_background: torch backend, compiled: serve the first calls uncompiled while the
+               compiled graphs are prepared on a thread of their own (the live loop: frames
+               seconds after start, full speed once compiled); False waits for them.
+    """
+
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    weights: Path | None = None
+    seeded: bool = False
+    seed: int = 0
+    width: float = RELEASED_WIDTH
+    cache_dir: Path | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    compile_in_background: bool = False
+
+
+class Engine(ABC):
+    """An LIA-X runtime: the three graphs and the dictionary basis Q."""
+
+    name: str = "base"
+
+    def __init__(self, config: EngineConfig, device: torch.device):
+        self.config = replace(config, precision=resolve_precision(config.precision, device))
+        self.device = device
+
+    @property
+    def precision(self) -> str:
+        return self.config.precision
+
+    @property
+    @abstractmethod
+    def directions(self) -> torch.Tensor:
+        """Q: (L, 40) float32 on `device`, so that z_target = z + code @ Q.T needs no model."""
+
+    @abstractmethod
+    def encode_source(self, inputs: Tensors) -> Tensors:
+        """{"image"} -> {"z", "alpha", "feat0".."feat6"}; run once per avatar."""
+
+    @abstractmethod
+    def encode_motion(self, inputs: Tensors) -> Tensors:
+        """{"image"} -> {"alpha"}; run per driving frame."""
+
+    @abstractmethod
+    def render(self, inputs: Tensors) -> Tensors:
+        """{"z_target", "feat0".."feat6"} -> {"image"} (not clamped); run per frame."""
+
+    def target_latent(self, z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The renderer's input z_target = z + code @ Q.T, with this engine's Q.
+
+        z:    (1, L) the source latent.
+        code: (B or 1, 40) the summed motion code.
+        """
+        return moved_latent(z, code, self.directions)
+
+    def describe(self) -> str:
+        """What the user sees: backend, device and precision."""
+        return f"{self.name} on {self.device} ({self.precision})"
+
+    def close(self) -> None:
+        """Release GPU memory and handles."""

@@ -1,0 +1,174 @@
+"""The PyTorch backend: eager fp32 (TF32 allowed on CUDA), fp16 or bf16 on GPUs.
+
+The engine takes its model over: it moves it to the device and dtype and folds the constant
+weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
+per-frame graphs (motion encoder and renderer), from EngineConfig:
+- `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
+  compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
+  on CUDA channels-last weights, small-map convolutions as matrix products and large-map
+  upsampling convolutions in phases (docs/performance.md); only for a batch of 1 or
+  `COMPILED_BATCH` (batching.py);
+- `cuda_graphs` (cuda_graphs.py): each is captured once per input shape and replayed, which removes the
+  launch overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
+  Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
+- `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
+  graphs (captured in under a second) while a thread of the engine's own compiles the fast ones,
+  or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
+  The live loop starts this way: its first frames come seconds after the weights are read.
+The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
+from liveanim.engines.base import Engine, EngineConfig
+from liveanim.engines.devices import out_of_memory, resolve_dtype
+from liveanim.engines.loading import load_model
+from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
+from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
+from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
+from liveanim.errors import BackendUnavailable
+from liveanim.model import LIAX
+from liveanim.model.folding import fold_for_inference
+from liveanim.model.layers import REFERENCE_FORMS, KernelForms
+
+log = logging.getLogger(__name__)
+
+# Compiled, blur and upsampling are stencils that Inductor fuses. On CUDA also: size-preserving
+# convs on maps up to 32x32 as matrix products (cuDNN took 38-66 us for a 1024-channel 3x3 conv
+# at 8x8..32x32 on an H100, far from the weight-read bound); the encoders' 1x1 conv of the RGB
+# input as one pass of products with its activation; from 128x128 up, the upsampling convs in
+# phases (docs/performance.md).
+COMPILED_FORMS = KernelForms(filters="stencil")
+GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128)
+# Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
+# batches are padded or split, since each new shape would compile for minutes.
+COMPILED_BATCH = 8
+
+
+class TorchEngine(Engine):
+    """Runs our `LIAX` module directly; the reference every other backend is checked against."""
+
+    name = "torch"
+
+    def __init__(self, config: EngineConfig, device: torch.device, model: LIAX | None = None):
+        """model: an already loaded model, which the engine takes over (moved to `device` and the
+        precision's dtype, and folded for inference, in place: pass a copy to keep the original)."""
+        super().__init__(config, device)
+        self.dtype = resolve_dtype(self.config.precision, device)
+        self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+        self.compiled = config.compile if config.compile is not None else device.type == "cuda"
+        if self.graphs and device.type != "cuda":
+            raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
+        model = model if model is not None else load_model(config)
+        try:
+            self.model = model.to(device=device, dtype=self.dtype)
+        except torch.cuda.OutOfMemoryError:
+            raise out_of_memory(device, "loading the model") from None
+        self._directions = self.model.directions().float()
+        fast_gpu_path = self.compiled and device.type == "cuda"
+        forms = GPU_FORMS if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
+        fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
+        if fast_gpu_path:
+            log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "
+                     "and PyTorch, ~20 s later (Inductor's cache)",
+                     "in the background, uncompiled (slower) until then" if config.compile_in_background
+                     else "on their first frame")
+        self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
+        self._source = SourceMaps(device, self.dtype)
+        self._render_lock = threading.Lock()  # one source in the maps per call
+        self._motion = self._accelerated(self.model.encode_motion)
+        self._decode = self._accelerated(lambda z: self.model.decode(z, self._source.maps))
+
+    def _accelerated(self, fn: GraphFn) -> GraphFn:
+        replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
+        if not self.compiled:
+            return replay(fn)
+        # no freezing: the weights are folded already, and a graph without baked-in
+        # constants can come from Inductor's cache on the next start
+        def compiled() -> GraphFn:
+            return replay(torch.compile(fn, dynamic=False))
+
+        if self._compiler is not None:
+            return BatchBuckets(CompiledWhenReady(compiled, replay(fn), self._compiler), COMPILED_BATCH)
+        return BatchBuckets(compiled(), COMPILED_BATCH)
+
+    @property
+    def directions(self) -> torch.Tensor:
+        return self._directions
+
+    def wait_until_compiled(self, timeout: float | None = None) -> bool:
+        """With `compile_in_background`: wait until the graphs of every shape called so far run
+        compiled (or failed to compile, and stay uncompiled); False on timeout."""
+        return self._compiler.wait(timeout) if self._compiler is not None else True
+
+    @torch.inference_mode()
+    def encode_source(self, inputs: Tensors) -> Tensors:
+        state = self.model.encode_source(inputs["image"].to(self.device, self.dtype))
+        out = {"z": state.z, "alpha": state.alpha, **dict(zip(FEATURE_NAMES, state.feats))}
+        return {name: t.float() for name, t in out.items()}
+
+    @torch.inference_mode()
+    def encode_motion(self, inputs: Tensors) -> Tensors:
+        # compiled: one layout for every caller, so one compiled graph, found in the cache
+        layout = torch.channels_last if self.compiled else torch.preserve_format
+        image = inputs["image"].to(self.device, self.dtype, memory_format=layout)
+        return {"alpha": self._motion(image).float()}
+
+    @torch.inference_mode()
+    def render(self, inputs: Tensors) -> Tensors:
+        with self._render_lock:
+            self._source.hold([shared_source(inputs[name]) for name in FEATURE_NAMES])
+            image = self._decode(inputs["z_target"].to(self.device, self.dtype))
+        return {"image": image.float()}
+
+    def describe(self) -> str:
+        flags = (("compiled", self.compiled), ("CUDA graphs", self.graphs))
+        extras = [name for name, on in flags if on]
+        return super().describe() + (f" [{', '.join(extras)}]" if extras else "")
+
+    def close(self) -> None:
+        if self._compiler is not None:
+            self._compiler.close()
+        self.model = self._motion = self._decode = self._source = None
+        if self.device.type == "cuda":
+            release_cached_memory()
+
+
+class SourceMaps:
+    """The source feature maps in the engine's device, dtype and layout, in tensors that stay put.
+
+    A source is rendered for many frames: converting and copying its maps (~64 M values at full
+    width) on every frame took 0.3 ms of a 14.5 ms fp16 render on an H100. The maps are converted
+    when other maps are passed than the last ones (told apart by their memory, which stays held,
+    so no other tensor can take its place), into the same tensors every time, which captured CUDA
+    graphs read. Callers must not change maps in place once they have passed them.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self._device = device
+        self._dtype = dtype
+        self._held: list[torch.Tensor] = []
+        self.maps: tuple[torch.Tensor, ...] = ()
+
+    def hold(self, maps: list[torch.Tensor]) -> None:
+        """Make `self.maps` the values of `maps` (batch 1 each)."""
+        if len(maps) == len(self._held) and all(map(_same_memory, maps, self._held)):
+            return
+        if not self.maps:
+            # NCHW-contiguous, the layout grid sampling reads (it would copy any other per frame)
+            self.maps = tuple(torch.empty(m.shape, device=self._device, dtype=self._dtype) for m in maps)
+        for target, source in zip(self.maps, maps, strict=True):
+            if target.shape != source.shape:
+                raise ValueError(f"source map of shape {tuple(source.shape)} for a model that takes {tuple(target.shape)}")
+            target.copy_(source)
+        self._held = maps
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device) == (b.data_ptr(), b.shape, b.stride(), b.dtype, b.device)
