@@ -55,8 +55,7 @@ from liveanim.errors import FaceDetectionUnavailable, LiveAnimError, UsageError
 from liveanim.face import CropBox, FaceTracker, TrackerConfig, centre_square, crop_image
 from liveanim.motion.controller import Dials, MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import (AvatarBank, AvatarConfig, BankedAvatar, centre_crop, crop_avatar,
-                                       default_avatar)
+from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, centre_crop, default_avatar
 from liveanim.pipeline.events import (AvatarUncropped, Calibrating, EnginePreparing, EventCallback, FrameDelivered,
                                       FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
                                       log_event)
@@ -355,13 +354,11 @@ class LiveSession:
         """Crop (unless `cropped` by `crop_avatar` already) and encode a portrait (takes a while; the
         loop goes on meanwhile); its index. Where faces cannot be found, its centre square is used
         as it is (and AvatarUncropped told)."""
-        if cropped is None:
-            try:
-                cropped = crop_avatar(image_rgb, name, self._bank.config)
-            except FaceDetectionUnavailable as error:
-                self._emit(AvatarUncropped(name, error.message))
-                cropped = centre_crop(image_rgb, self._bank.config.crop)
-        return self._bank.add(image_rgb, name, cropped)
+        try:
+            return self._bank.add(image_rgb, name, cropped)
+        except FaceDetectionUnavailable as error:
+            self._emit(AvatarUncropped(name, error.message))
+            return self._bank.add(image_rgb, name, centre_crop(image_rgb, self._bank.config.crop))
 
     def remove_avatar(self, index: int) -> None:
         self._bank.remove(index)
@@ -431,7 +428,7 @@ class LiveSession:
         if not self._fixed_crop:
             track = self._tracks.wait(lambda track: track is not None and (
                 track.index >= index or (track.box is not None and track.shape == frame.shape)))
-            if not self._fixed_crop:
+            if not self._fixed_crop:  # it is set while waiting where the tracker finds faces cannot be found
                 if track is None or track.shape != frame.shape:
                     return None, False
                 return track.box, track.found
