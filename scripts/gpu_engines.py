@@ -17,7 +17,7 @@ partial run still yields data):
              width-0.125 model (each skip, then the engine it picks), and the library's own
              answer when asked to load an engine here (motion encoder of the first target set)
                                                                                       -> rtx-refuse.json
-  ort-cuda   main.py bench --engines onnxruntime:cuda --precisions fp32,fp16 --accuracy on the
+  ort-cuda   main.py bench --engines onnxruntime:cuda --precisions $ORT_PRECISIONS (fp32,fp16) --accuracy on the
              current export (needs onnxruntime-gpu; skipped with the reason otherwise) -> ort-cuda.json
 
 Environment: OUT (results; default out/gpu-engines), LIVEANIM_CACHE (default /tmp/liveanim-cache:
@@ -207,7 +207,7 @@ def ort_cuda() -> None:
                                       f"({onnxruntime.get_available_providers()}): carry onnxruntime-gpu"})
         return
     cli("bench", "--seeded", WIDTH, "--cache-dir", str(CACHE), "--device", "cuda", "--engines", "onnxruntime:cuda",
-        "--precisions", "fp32,fp16", "--frames", os.environ.get("FRAMES", "50"),
+        "--precisions", os.environ.get("ORT_PRECISIONS", "fp32,fp16"), "--frames", os.environ.get("FRAMES", "50"),
         "--warmup", os.environ.get("WARMUP", "10"), "--accuracy", "--json", str(OUT / "ort-cuda.json"))
 
 
