@@ -95,6 +95,10 @@ def env() -> None:
             report[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             report[package] = None
+    # CUDA libraries read these (ONNX Runtime's cublasCreate fails with CUBLAS_WORKSPACE_CONFIG set:
+    # microsoft/onnxruntime#16512), so a failure can be told apart from the machine's settings.
+    report["environment"] = {name: value for name, value in os.environ.items()
+                             if name.startswith(("CUDA", "CUBLAS", "CUDNN", "NVIDIA", "ORT_", "LD_LIBRARY"))}
     write("env", report)
 
 
