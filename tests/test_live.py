@@ -39,7 +39,9 @@ from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import DIALS_BY_NAME, edit_vector
 from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
+from liveanim.pipeline.avatar_list import AvatarList
+from liveanim.pipeline.avatars import AvatarConfig, prepare_portrait
+from liveanim.pipeline.canvas import AvatarCanvas, _device_canvas, _paste_on_device
 from liveanim.pipeline import sources
 from liveanim.pipeline.events import (AvatarUncropped, EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
                                       RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
@@ -481,7 +483,7 @@ def test_without_the_face_library_the_live_loop_goes_on_with_centre_crops(animat
     finally:
         session.stop()
     assert session.error is None, events
-    assert [event.name for event in events.of(AvatarUncropped)] == ["astronaut"]
+    assert [event.names for event in events.of(AvatarUncropped)] == [("astronaut",)]
     assert len(events.of(TrackingUnavailable)) == 1
     assert "sudo apt install libegl1" in events.of(TrackingUnavailable)[0].message
     assert all(frame.face_found and frame.face_box == CropBox(64, 0, 512) for frame in seen)  # the centre square
@@ -630,19 +632,21 @@ def test_live_recording_keeps_real_time(tmp_path):
 # ----- avatars ----------------------------------------------------------------------------
 
 def test_avatars_switch_and_paste_back_on_a_canvas_of_fixed_size(animator):
-    bank = AvatarBank(animator, AvatarConfig(auto_crop=False, output_size=(640, 360)))
+    config = AvatarConfig(auto_crop=False, output_size=(640, 360))
+    avatars = AvatarList()
+    canvas = AvatarCanvas(config, animator.device)
     photo = data.astronaut()
-    first = bank.add(photo, "astronaut")
-    second = bank.add(photo[:, :400], "narrow")
-    assert (first, second) == (0, 1) and bank.output_size == (640, 360)
-    same = bank.add(photo, "again")
-    assert bank._avatars[same].encoded is bank._avatars[first].encoded  # encoded once
-    bank.select(second)
-    rendered = torch.zeros(1, 3, 512, 512)
-    output = bank.compose(bank.current(), rendered)
-    assert output.shape == (360, 640, 3) and output.dtype == np.uint8
-    bank.remove(first)
-    assert bank.names == ["narrow", "again"] and bank.current().name == "narrow"
+    first = avatars.add(prepare_portrait(photo, "astronaut", config))
+    second = avatars.add(prepare_portrait(photo[:, :400], "narrow", config))
+    same = avatars.add(prepare_portrait(photo, "again", config))
+    assert (first, second, same) == (0, 1, 2)
+    encoded = [avatars.encoding(animator, portrait) for portrait in avatars.portraits]
+    assert encoded[same] is encoded[first]  # the same crop is encoded once
+    avatars.select(second)
+    output = canvas.compose(canvas.place(avatars.current(), encoded[second]), torch.zeros(1, 3, 512, 512))
+    assert output.shape == (360, 640, 3) and output.dtype == np.uint8 and canvas.output_size == (640, 360)
+    assert avatars.remove(first) == 0
+    assert [p.name for p in avatars.portraits] == ["narrow", "again"] and avatars.current().name == "narrow"
 
 
 def test_device_paste_back_matches_the_numpy_one():
@@ -699,8 +703,10 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
         session.stop()
     frames = list(delivered.queue)
     assert len(frames) == 40
-    avatar = session.avatars.current()
-    references = torch.stack([torch.from_numpy(session.avatars.compose(avatar, animator.render(
+    portrait = session.avatars.current()
+    canvas = AvatarCanvas(session.config.avatars, animator.device)
+    avatar = canvas.place(portrait, session.avatars.encoding(animator, portrait))
+    references = torch.stack([torch.from_numpy(canvas.compose(avatar, animator.render(
         avatar.encoded, torch.from_numpy(frame.motion)[None].cuda(), torch.from_numpy(frame.edit)[None].cuda())))
         for frame in frames]).float()
     for own, frame in enumerate(frames):

@@ -26,7 +26,7 @@ from PyQt6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from skimage import data  # noqa: E402
 
 from liveanim.app.ui import main_window  # noqa: E402
-from liveanim.app.ui.avatar_gallery import AvatarList  # noqa: E402
+from liveanim.app.ui.avatar_gallery import AvatarThumbnails  # noqa: E402
 from liveanim.app.ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
 from liveanim.app.ui.main_window import MainWindow, WindowDeps  # noqa: E402
 from liveanim.app.ui.model_source import ModelSource  # noqa: E402
@@ -457,7 +457,7 @@ def test_input_preview_marks_a_lost_face(qtbot):
 
 
 def test_dropping_files_and_folders_on_the_gallery(qtbot, tmp_path):
-    gallery = AvatarList()
+    gallery = AvatarThumbnails()
     qtbot.addWidget(gallery)
     folder = tmp_path / "portraits"
     folder.mkdir()
