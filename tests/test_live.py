@@ -649,6 +649,50 @@ def test_avatars_switch_and_paste_back_on_a_canvas_of_fixed_size(animator):
     assert [p.name for p in avatars.portraits] == ["narrow", "again"] and avatars.current().name == "narrow"
 
 
+class SourceEncoderRuns:
+    """How often a real engine's source encoder ran (once per avatar it encodes): its own method, counted."""
+
+    def __init__(self, animator: Animator, monkeypatch) -> None:
+        self.count = 0
+        real = animator.engine.encode_source
+
+        def counted(inputs):
+            self.count += 1
+            return real(inputs)
+
+        monkeypatch.setattr(animator.engine, "encode_source", counted)
+
+
+def start_and_stop(animator: Animator, avatars: AvatarList) -> None:
+    """A session over `avatars` until it has started (every avatar encoded, the engine warmed up)."""
+    events = Events()
+    session = LiveSession(LiveConfig(track=False), animator, ScriptedSource(), on_event=events, avatars=avatars)
+    session.start()
+    try:
+        wait_for(lambda: events.of(Started) or session.error, what="the session to start")
+    finally:
+        session.stop()
+    assert session.error is None, events
+
+
+def test_a_new_session_or_a_return_to_the_engine_before_encodes_no_avatar_again(monkeypatch):
+    """The window's avatar list outlives its sessions and keeps the encodings of the current and the
+    previous engine: a new input on the same engine, or a switch back to the engine before (made
+    anew, as the window does), encodes nothing; an engine older than that encodes again."""
+    config = AvatarConfig(auto_crop=False)
+    avatars = AvatarList()
+    for image, name in ((data.astronaut(), "astronaut"), (np.ascontiguousarray(data.astronaut()[:, ::-1]), "flipped")):
+        avatars.add(prepare_portrait(image, name, config))
+    runs = []
+    for seed in (0, 0, 1, 0, 2, 1):  # A, A (a new input), B, back to A, C, B (two engines ago)
+        animator = Animator(create_engine(EngineConfig(backend="torch", device="cpu", seeded=True, width=0.125,
+                                                       seed=seed)))
+        encoder = SourceEncoderRuns(animator, monkeypatch)
+        start_and_stop(animator, avatars)
+        runs.append(encoder.count)
+    assert runs == [2, 0, 2, 0, 2, 2]
+
+
 def test_device_paste_back_matches_the_numpy_one():
     """The GPU path, run here on the CPU: the same blend as `paste_back`, within resampling."""
     canvas = data.astronaut()

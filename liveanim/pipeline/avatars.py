@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable
 
 import numpy as np
@@ -153,10 +153,10 @@ class AvatarBank:
 
 
 def _engine_key(animator: Animator) -> Hashable:
-    """What makes two engines encode alike: the backend, the device and the config (weights,
-    precision, width, seed), so an engine made again from the same choice finds its encodings."""
+    """What makes two engines encode alike: their config (backend and precision as resolved, weights,
+    width, seed) on the same device, so an engine made again from the same choice finds its encodings."""
     engine = animator.engine
-    return engine.name, str(engine.device), engine.config
+    return replace(engine.config, device=str(engine.device))
 
 
 def _digest(image: np.ndarray) -> str:
