@@ -114,8 +114,8 @@ class AvatarBank:
     engines_kept: how many engines' encodings are kept, the most recently used first. Two, the
     current engine and the one before, make switching back and forth (comparing two backends or
     precisions) encode nothing the second time; more would keep, for every engine ever tried, the
-    source feature maps of every portrait on the GPU (tens of MB each at full width) until the
-    window closes.
+    source feature maps of every portrait on the GPU until the window closes: 257 MB a portrait
+    in float32 at full width (by the maps' shapes: 64 MB at width 0.5, linear in the width).
     """
 
     def __init__(self, engines_kept: int = 2) -> None:

@@ -281,7 +281,7 @@ class SessionController(QObject):
         animator = self._require_animator()
         config = dataclasses.replace(self.config, vcam=self._vcam)
         if not len(self._avatars):  # none could be loaded: the default one, shown in the gallery too
-            self._add(load_avatar(DEFAULT_AVATAR, self.config.avatars))
+            self._add_all([DEFAULT_AVATAR])
             self.avatars_changed.emit(self._avatars.portraits)
             self.avatar_selected.emit(self._avatars.selected)
         session = LiveSession(config, animator, self._source.open(), self._on_event, avatars=self._avatars)
