@@ -382,6 +382,29 @@ def test_select_remove_and_the_last_avatar_follow_one_rule_in_the_window_and_the
     assert refusals[0] == session_refusals[0]
 
 
+def test_a_stream_started_with_no_avatar_loaded_shows_the_default_one_in_the_gallery_too(qtbot, tmp_path):
+    """Every remembered portrait failed to load (no face in it): the stream shows the built-in
+    astronaut, and so do the gallery and the settings, so the gallery is the stream's list."""
+    write_image(tmp_path / "blank.png", np.full((300, 300, 3), 200, np.uint8))
+    deps = make_deps(tmp_path)
+    deps.settings.avatars = [str(tmp_path / "blank.png")]
+    window = MainWindow(deps)
+    qtbot.addWidget(window)
+    log = FrameLog(window)
+    window.show()
+    with qtbot.waitSignal(window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
+        window.start_up()
+    assert error.args[0].startswith("No face found in blank") and window.gallery.count() == 0
+    window.sources.select(SourceSpec.file(driving_video(tmp_path / "driving.mp4")))
+    qtbot.waitUntil(lambda: window.controller.has_engine, timeout=STREAM_TIMEOUT_MS)
+    window.start_action.trigger()
+    qtbot.waitUntil(lambda: len(log.frames) >= 1, timeout=STREAM_TIMEOUT_MS)
+    assert window.gallery.count() == 1 and window.gallery.current() == 0
+    assert [avatar.name for avatar in window.controller.avatars] == ["astronaut"]
+    window.close()
+    assert AppSettings.at(tmp_path / "settings.ini").avatars == [DEFAULT_AVATAR]
+
+
 def test_without_the_face_library_the_window_loads_avatars_uncropped_and_says_so(qtbot, tmp_path, monkeypatch, caplog):
     """As the command line does: where faces cannot be looked for, each portrait's centre square is
     animated as it is, and one status line says so (and what to install)."""
