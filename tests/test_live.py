@@ -39,7 +39,9 @@ from liveanim.motion.controller import MotionConfig
 from liveanim.motion.dials import DIALS_BY_NAME, edit_vector
 from liveanim.motion.neutral import NeutralConfig
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, _device_canvas, _paste_on_device
+from liveanim.pipeline.avatar_list import AvatarList
+from liveanim.pipeline.avatars import AvatarConfig, prepare_portrait
+from liveanim.pipeline.canvas import AvatarCanvas, _device_canvas, _paste_on_device
 from liveanim.pipeline import sources
 from liveanim.pipeline.events import (AvatarUncropped, EnginePreparing, FrameDelivered, RecordingFailed, RecordingStarted,
                                       RecordingStopped, SessionEvent, SourceLost, SourceReopened, Started, Stopped,
@@ -481,7 +483,7 @@ def test_without_the_face_library_the_live_loop_goes_on_with_centre_crops(animat
     finally:
         session.stop()
     assert session.error is None, events
-    assert [event.name for event in events.of(AvatarUncropped)] == ["astronaut"]
+    assert [event.names for event in events.of(AvatarUncropped)] == [("astronaut",)]
     assert len(events.of(TrackingUnavailable)) == 1
     assert "sudo apt install libegl1" in events.of(TrackingUnavailable)[0].message
     assert all(frame.face_found and frame.face_box == CropBox(64, 0, 512) for frame in seen)  # the centre square
@@ -631,19 +633,65 @@ def test_live_recording_keeps_real_time(tmp_path):
 # ----- avatars ----------------------------------------------------------------------------
 
 def test_avatars_switch_and_paste_back_on_a_canvas_of_fixed_size(animator):
-    bank = AvatarBank(animator, AvatarConfig(auto_crop=False, output_size=(640, 360)))
+    config = AvatarConfig(auto_crop=False, output_size=(640, 360))
+    avatars = AvatarList()
+    canvas = AvatarCanvas(config, animator.device)
     photo = data.astronaut()
-    first = bank.add(photo, "astronaut")
-    second = bank.add(photo[:, :400], "narrow")
-    assert (first, second) == (0, 1) and bank.output_size == (640, 360)
-    same = bank.add(photo, "again")
-    assert bank._avatars[same].encoded is bank._avatars[first].encoded  # encoded once
-    bank.select(second)
-    rendered = torch.zeros(1, 3, 512, 512)
-    output = bank.compose(bank.current(), rendered)
-    assert output.shape == (360, 640, 3) and output.dtype == np.uint8
-    bank.remove(first)
-    assert bank.names == ["narrow", "again"] and bank.current().name == "narrow"
+    first = avatars.add(prepare_portrait(photo, "astronaut", config))
+    second = avatars.add(prepare_portrait(photo[:, :400], "narrow", config))
+    same = avatars.add(prepare_portrait(photo, "again", config))
+    assert (first, second, same) == (0, 1, 2)
+    encoded = [avatars.encoding(animator, portrait) for portrait in avatars.portraits]
+    assert encoded[same] is encoded[first]  # the same crop is encoded once
+    avatars.select(second)
+    output = canvas.compose(canvas.place(avatars.current(), encoded[second]), torch.zeros(1, 3, 512, 512))
+    assert output.shape == (360, 640, 3) and output.dtype == np.uint8 and canvas.output_size == (640, 360)
+    assert avatars.remove(first) == 0
+    assert [p.name for p in avatars.portraits] == ["narrow", "again"] and avatars.current().name == "narrow"
+
+
+class SourceEncoderRuns:
+    """How often a real engine's source encoder ran (once per avatar it encodes): its own method, counted."""
+
+    def __init__(self, animator: Animator, monkeypatch) -> None:
+        self.count = 0
+        real = animator.engine.encode_source
+
+        def counted(inputs):
+            self.count += 1
+            return real(inputs)
+
+        monkeypatch.setattr(animator.engine, "encode_source", counted)
+
+
+def start_and_stop(animator: Animator, avatars: AvatarList) -> None:
+    """A session over `avatars` until it has started (every avatar encoded, the engine warmed up)."""
+    events = Events()
+    session = LiveSession(LiveConfig(track=False), animator, ScriptedSource(), on_event=events, avatars=avatars)
+    session.start()
+    try:
+        wait_for(lambda: events.of(Started) or session.error, what="the session to start")
+    finally:
+        session.stop()
+    assert session.error is None, events
+
+
+def test_a_new_session_or_a_return_to_the_engine_before_encodes_no_avatar_again(monkeypatch):
+    """The window's avatar list outlives its sessions and keeps the encodings of the current and the
+    previous engine: a new input on the same engine, or a switch back to the engine before (made
+    anew, as the window does), encodes nothing; an engine older than that encodes again."""
+    config = AvatarConfig(auto_crop=False)
+    avatars = AvatarList()
+    for image, name in ((data.astronaut(), "astronaut"), (np.ascontiguousarray(data.astronaut()[:, ::-1]), "flipped")):
+        avatars.add(prepare_portrait(image, name, config))
+    runs = []
+    for seed in (0, 0, 1, 0, 2, 1):  # A, A (a new input), B, back to A, C, B (two engines ago)
+        animator = Animator(create_engine(EngineConfig(backend="torch", device="cpu", seeded=True, width=0.125,
+                                                       seed=seed)))
+        encoder = SourceEncoderRuns(animator, monkeypatch)
+        start_and_stop(animator, avatars)
+        runs.append(encoder.count)
+    assert runs == [2, 0, 2, 0, 2, 2]
 
 
 def test_device_paste_back_matches_the_numpy_one():
@@ -700,8 +748,10 @@ def test_on_a_gpu_every_frame_is_pasted_back_from_its_own_finished_render():
         session.stop()
     frames = list(delivered.queue)
     assert len(frames) == 40
-    avatar = session.avatars.current()
-    references = torch.stack([torch.from_numpy(session.avatars.compose(avatar, animator.render(
+    portrait = session.avatars.current()
+    canvas = AvatarCanvas(session.config.avatars, animator.device)
+    avatar = canvas.place(portrait, session.avatars.encoding(animator, portrait))
+    references = torch.stack([torch.from_numpy(canvas.compose(avatar, animator.render(
         avatar.encoded, torch.from_numpy(frame.motion)[None].cuda(), torch.from_numpy(frame.edit)[None].cuda())))
         for frame in frames]).float()
     for own, frame in enumerate(frames):

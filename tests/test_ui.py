@@ -10,6 +10,8 @@ import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Iterator  # noqa: E402
@@ -26,17 +28,23 @@ from PyQt6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from skimage import data  # noqa: E402
 
 from liveanim.app.ui import main_window  # noqa: E402
-from liveanim.app.ui.avatar_gallery import AvatarList  # noqa: E402
+from liveanim.app.ui.avatar_library import DEFAULT_AVATAR  # noqa: E402
+from liveanim.app.ui.avatar_gallery import AvatarThumbnails  # noqa: E402
 from liveanim.app.ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
 from liveanim.app.ui.main_window import MainWindow, WindowDeps  # noqa: E402
 from liveanim.app.ui.model_source import ModelSource  # noqa: E402
 from liveanim.app.ui.presets import PresetStore  # noqa: E402
 from liveanim.app.ui.settings import AppSettings  # noqa: E402
 from liveanim.app.ui.source_picker import SourceSpec  # noqa: E402
+from liveanim.engines import EngineConfig, create_engine  # noqa: E402
+from liveanim.errors import LiveAnimError  # noqa: E402
 from liveanim.face import CropBox  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME, MOTION_DIM  # noqa: E402
-from liveanim.pipeline.live import LiveFrame  # noqa: E402
+from liveanim.pipeline.animator import Animator  # noqa: E402
+from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession  # noqa: E402
 from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image  # noqa: E402
+from tests.test_face import without_egl  # noqa: E402
+from tests.test_live import ScriptedSource  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = ModelSource(seeded_width=0.125)
@@ -255,6 +263,23 @@ class TestStreaming:
                         timeout=STREAM_TIMEOUT_MS)
         assert detections == []
 
+    def test_other_weights_and_back_encode_no_avatar_again(self, streaming, qtbot, monkeypatch):
+        """A switch of engine (here to other weights) moves the stream over and encodes every avatar
+        for the new engine; switching back encodes none again: the window's avatar list keeps the
+        encodings of the engine before."""
+        encoded: list[int] = []  # the seed of the engine each avatar was encoded by
+        monkeypatch.setattr(Animator, "encode_avatar",
+                            lambda self, crop, real=Animator.encode_avatar: (encoded.append(self.engine.config.seed),
+                                                                             real(self, crop))[1])
+        window, log = streaming
+        config = window.deps.model.engine_config(*window.engine_selector.choice(), window.settings.weights)
+        for seed in (1, 0):  # other weights, then the ones before
+            with qtbot.waitSignal(window.controller.engine_changed, timeout=STREAM_TIMEOUT_MS):
+                window.controller.build_engine(dataclasses.replace(config, seed=seed))
+            seen = len(log.frames)
+            qtbot.waitUntil(lambda: len(log.after(seen)) >= 1, timeout=STREAM_TIMEOUT_MS)
+        assert encoded == [1] * window.gallery.count()
+
     @pytest.mark.skipif(os.environ.get("LIVEANIM_SCREENSHOT") != "1", reason="set LIVEANIM_SCREENSHOT=1 to rewrite it")
     def test_save_screenshot(self, streaming, qtbot):
         window, log = streaming
@@ -302,6 +327,105 @@ def test_settings_persist_across_runs(qtbot, tmp_path):
     assert second.sources.current() == SourceSpec.file(video)
     qtbot.waitUntil(lambda: second.gallery.count() == 1, timeout=STREAM_TIMEOUT_MS)
     assert second.controller.avatars[0].name == "astronaut"
+
+
+def test_select_remove_and_the_last_avatar_follow_one_rule_in_the_window_and_the_cli_session(qtbot, tmp_path):
+    """The same choices in the window's gallery and on a command-line live session end alike: which
+    avatar is shown after each removal, and the refusal to remove the last one, in the same words."""
+    pictures = {"astronaut": data.astronaut(), "flipped": np.ascontiguousarray(data.astronaut()[:, ::-1]),
+                "shifted": np.ascontiguousarray(np.roll(data.astronaut(), 40, axis=1))}
+    for name, picture in pictures.items():
+        write_image(tmp_path / f"{name}.png", picture)
+    window = open_window(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    refusals: list[str] = []
+    window.controller.error.connect(refusals.append)
+    qtbot.waitUntil(lambda: window.gallery.count() == 1, timeout=STREAM_TIMEOUT_MS)  # the built-in astronaut
+    window.gallery.remove_requested.emit(0)  # replaced by the three files, in order
+    qtbot.waitUntil(lambda: len(refusals) == 1, timeout=STREAM_TIMEOUT_MS)
+    window.gallery.add_requested.emit([tmp_path / f"{name}.png" for name in pictures])
+    qtbot.waitUntil(lambda: window.gallery.count() == 4, timeout=STREAM_TIMEOUT_MS)
+    window.gallery.remove_requested.emit(0)
+    qtbot.waitUntil(lambda: window.gallery.count() == 3, timeout=STREAM_TIMEOUT_MS)
+
+    def shown_in_window() -> tuple[int, str]:
+        controller = window.controller
+        assert window.gallery.current() == controller.selected and window.gallery.count() == len(controller.avatars)
+        return controller.selected, controller.avatars[controller.selected].name
+
+    session = LiveSession(LiveConfig(), Animator(create_engine(EngineConfig(backend="torch", device="cpu", seeded=True,
+                                                                            width=0.125))), ScriptedSource())
+    for name, picture in pictures.items():
+        session.add_avatar(picture, name)
+    session_refusals: list[str] = []
+
+    def in_session(remove: int | None = None, select: int | None = None) -> tuple[int, str]:
+        try:
+            session.avatars.select(select) if select is not None else session.avatars.remove(remove)
+        except LiveAnimError as error:
+            session_refusals.append(str(error))
+        return session.avatars.selected, session.avatars.current().name
+
+    def in_window(remove: int | None = None, select: int | None = None) -> tuple[int, str]:
+        before = len(refusals), window.gallery.count()
+        if select is not None:
+            window.gallery.select_requested.emit(select)
+        else:
+            window.gallery.remove_requested.emit(remove)
+            qtbot.waitUntil(lambda: (len(refusals), window.gallery.count()) != before, timeout=STREAM_TIMEOUT_MS)
+        return shown_in_window()
+
+    steps = ({"select": 2}, {"remove": 2}, {"select": 0}, {"remove": 1}, {"remove": 0})
+    assert [in_window(**step) for step in steps] == [in_session(**step) for step in steps] == [
+        (2, "shifted"), (1, "flipped"), (0, "astronaut"), (0, "astronaut"), (0, "astronaut")]
+    assert refusals[1:] == session_refusals == ["The last avatar cannot be removed: add another one first."]
+    assert refusals[0] == session_refusals[0]
+
+
+def test_a_stream_started_with_no_avatar_loaded_shows_the_default_one_in_the_gallery_too(qtbot, tmp_path):
+    """Every remembered portrait failed to load (no face in it): the stream shows the built-in
+    astronaut, and so do the gallery and the settings, so the gallery is the stream's list."""
+    write_image(tmp_path / "blank.png", np.full((300, 300, 3), 200, np.uint8))
+    deps = make_deps(tmp_path)
+    deps.settings.avatars = [str(tmp_path / "blank.png")]
+    window = MainWindow(deps)
+    qtbot.addWidget(window)
+    log = FrameLog(window)
+    window.show()
+    with qtbot.waitSignal(window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
+        window.start_up()
+    assert error.args[0].startswith("No face found in blank") and window.gallery.count() == 0
+    window.sources.select(SourceSpec.file(driving_video(tmp_path / "driving.mp4")))
+    qtbot.waitUntil(lambda: window.controller.has_engine, timeout=STREAM_TIMEOUT_MS)
+    window.start_action.trigger()
+    qtbot.waitUntil(lambda: len(log.frames) >= 1, timeout=STREAM_TIMEOUT_MS)
+    assert window.gallery.count() == 1 and window.gallery.current() == 0
+    assert [avatar.name for avatar in window.controller.avatars] == ["astronaut"]
+    window.close()
+    assert AppSettings.at(tmp_path / "settings.ini").avatars == [DEFAULT_AVATAR]
+
+
+def test_without_the_face_library_the_window_loads_avatars_uncropped_and_says_so(qtbot, tmp_path, monkeypatch, caplog):
+    """As the command line does: where faces cannot be looked for, each portrait's centre square is
+    animated as it is, and one status line says so (and what to install)."""
+    without_egl(monkeypatch)
+    write_image(tmp_path / "me.png", data.astronaut())
+    deps = make_deps(tmp_path)
+    deps.settings.avatars = [DEFAULT_AVATAR, str(tmp_path / "me.png")]
+    window = MainWindow(deps)
+    qtbot.addWidget(window)
+    messages: list[str] = []
+    window.status.messageChanged.connect(messages.append)
+    errors: list[str] = []
+    window.controller.error.connect(errors.append)
+    window.show()
+    with caplog.at_level(logging.WARNING):
+        window.start_up()
+        qtbot.waitUntil(lambda: window.gallery.count() == 2 or bool(errors), timeout=STREAM_TIMEOUT_MS)
+    assert not errors and [avatar.box for avatar in window.controller.avatars] == [CropBox(0, 0, 512)] * 2
+    said = [m for m in messages if "face library is unavailable" in m]
+    assert len(said) == 1 and "astronaut, me" in said[0] and "sudo apt install libegl1" in said[0], messages
+    assert [r.getMessage() for r in caplog.records if "face library is unavailable" in r.getMessage()] == said
 
 
 def test_shortcuts_are_bound(qtbot, tmp_path):
@@ -457,7 +581,7 @@ def test_input_preview_marks_a_lost_face(qtbot):
 
 
 def test_dropping_files_and_folders_on_the_gallery(qtbot, tmp_path):
-    gallery = AvatarList()
+    gallery = AvatarThumbnails()
     qtbot.addWidget(gallery)
     folder = tmp_path / "portraits"
     folder.mkdir()

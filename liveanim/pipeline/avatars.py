@@ -1,10 +1,9 @@
-"""The portraits a live session can show, ready to switch between without a pause.
+"""How a picture becomes an avatar: its crop (the one crop rule, for the window and the command
+line alike) and its encodings, cached per engine.
 
-Each avatar is cropped the LIA-X way and encoded once when added (the source encoder costs
-as much as a frame); switching is then a pointer change. The rendered 512x512 face is
-pasted back into the full picture through a feathered edge (or shown alone), on a canvas of
-the session's fixed output size: a virtual camera cannot change its size mid-call, so every
-picture is letterboxed into it once, when added.
+The source encoder costs as much as a frame, and face detection more, so each portrait is
+cropped once when added (`prepare_portrait`) and encoded once per engine (`AvatarBank`); a new
+session, or a return to the engine used just before, encodes nothing again.
 """
 
 from __future__ import annotations
@@ -12,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Hashable
 
-import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from liveanim.errors import UsageError
-from liveanim.face import CropBox, CropConfig, centre_square, crop_image, crop_portrait, paste_back
+from liveanim.errors import FaceDetectionUnavailable
+from liveanim.face import CropBox, CropConfig, centre_square, crop_image, crop_portrait
 from liveanim.pipeline.animator import Animator, Avatar
-from liveanim.pipeline.frames import to_uint8
+from liveanim.pipeline.events import AvatarUncropped
 
 log = logging.getLogger(__name__)
 
@@ -56,187 +54,111 @@ class AvatarConfig:
     output_size: Size | None = None
 
 
-def crop_avatar(image: np.ndarray, name: str, config: AvatarConfig) -> tuple[np.ndarray, CropBox]:
-    """The model crop of a portrait and where in the picture it was taken (slow with `auto_crop`:
-    face detection); a picture without a face is a NoFaceError, and FaceDetectionUnavailable
-    says what to install where faces cannot be looked for."""
-    if config.auto_crop:
-        return crop_portrait(image, config=config.crop, source_name=name)
-    return centre_crop(image, config.crop)
-
-
-def centre_crop(image: np.ndarray, config: CropConfig) -> tuple[np.ndarray, CropBox]:
-    """The picture's centre square as the model crop, with no face looked for."""
-    box = centre_square(image.shape)
-    return crop_image(image, box, config.size), box
-
-
 @dataclass(frozen=True, eq=False)
-class BankedAvatar:
-    """One prepared avatar.
+class Portrait:
+    """One portrait, cropped and ready to encode.
 
-    name:       what the GUI lists.
-    key:        a digest of the picture, so adding the same picture twice encodes it once.
-    encoded:    the model's encoding of its crop.
-    canvas:     uint8 RGB at the output size: the picture letterboxed (black with `crop_only`).
-    box:        where on `canvas` the rendered crop goes.
-    feather:    soft edge of the paste-back there.
-    on_device:  canvas and blend weights on the engine's GPU, or None on the CPU.
+    name:      what the gallery and the log show.
+    image:     the whole picture, uint8 RGB.
+    crop:      the 512x512 crop the model animates.
+    box:       where in `image` the crop was taken.
+    digest:    a content hash of `crop`: its encodings are kept under it, so the same crop is
+               encoded once per engine however often it is added.
+    origin:    where it came from (a file, or a name the front end knows): what settings remember.
+    uncropped: why faces could not be looked for, where the centre square was taken instead.
     """
 
     name: str
-    key: str
-    encoded: Avatar
-    canvas: np.ndarray
+    image: np.ndarray
+    crop: np.ndarray
     box: CropBox
-    feather: float
-    on_device: tuple[torch.Tensor, torch.Tensor] | None
+    digest: str
+    origin: str
+    uncropped: str | None = None
+
+
+def prepare_portrait(image: np.ndarray, name: str, config: AvatarConfig, origin: str | None = None) -> Portrait:
+    """Crop a uint8 RGB picture the LIA-X way (slow with `auto_crop`: face detection).
+
+    A picture without a face is a NoFaceError. Where faces cannot be looked for at all (mediapipe
+    missing or unable to load) the centre square is taken as it is and `uncropped` says why:
+    the avatar still works, framed by hand.
+    origin: what `Portrait.origin` holds; by default the name.
+    """
+    uncropped = None
+    try:
+        crop, box = _crop(image, name, config)
+    except FaceDetectionUnavailable as error:
+        box = centre_square(image.shape)
+        crop, uncropped = crop_image(image, box, config.crop.size), error.message
+    return Portrait(name, image, crop, box, _digest(crop), origin if origin is not None else name, uncropped)
+
+
+def uncropped_event(portraits: list[Portrait]) -> AvatarUncropped | None:
+    """One event for the portraits taken uncropped (faces cannot be looked for); None if none was."""
+    names = tuple(portrait.name for portrait in portraits if portrait.uncropped is not None)
+    reason = next((portrait.uncropped for portrait in portraits if portrait.uncropped is not None), None)
+    return AvatarUncropped(names, reason) if reason is not None else None
+
+
+def _crop(image: np.ndarray, name: str, config: AvatarConfig) -> tuple[np.ndarray, CropBox]:
+    if config.auto_crop:
+        return crop_portrait(image, config=config.crop, source_name=name)
+    box = centre_square(image.shape)
+    return crop_image(image, box, config.crop.size), box
 
 
 class AvatarBank:
-    """The session's avatars and which one is shown; safe to change from another thread."""
+    """Encodings of portraits, per engine, by the digest of their crop; safe to use from any thread.
 
-    def __init__(self, animator: Animator, config: AvatarConfig = AvatarConfig()) -> None:
-        self.animator = animator
-        self.config = config
-        self._output_size = config.output_size
-        self._avatars: list[BankedAvatar] = []
-        self._selected = 0
+    engines_kept: how many engines' encodings are kept, the most recently used first. Two, the
+    current engine and the one before, make switching back and forth (comparing two backends or
+    precisions) encode nothing the second time; more would keep, for every engine ever tried, the
+    source feature maps of every portrait on the GPU until the window closes: 257 MB a portrait
+    in float32 at full width (by the maps' shapes: 64 MB at width 0.5, linear in the width).
+    """
+
+    def __init__(self, engines_kept: int = 2) -> None:
+        if engines_kept < 1:
+            raise ValueError(f"need engines_kept >= 1, got {engines_kept}")
+        self._engines_kept = engines_kept
+        self._engines: OrderedDict[Hashable, dict[str, Avatar]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
+    def encoding(self, animator: Animator, portrait: Portrait) -> Avatar:
+        """The portrait's encoding by `animator`'s engine: kept, or made now (slow: a source encoder run)."""
+        key = _engine_key(animator)
         with self._lock:
-            return len(self._avatars)
-
-    @property
-    def names(self) -> list[str]:
+            known = self._encodings(key).get(portrait.digest)
+        if known is not None:
+            return known
+        encoded = animator.encode_avatar(portrait.crop)
+        log.info("avatar %r encoded", portrait.name)
         with self._lock:
-            return [avatar.name for avatar in self._avatars]
+            return self._encodings(key).setdefault(portrait.digest, encoded)
 
-    @property
-    def output_size(self) -> Size:
-        """(width, height) of every output frame; fixed by the config or the first avatar."""
-        if self._output_size is None:
-            raise UsageError("no avatar has been added yet, so the output size is not known")
-        return self._output_size
-
-    @property
-    def selected(self) -> int:
-        return self._selected
-
-    def current(self) -> BankedAvatar:
+    def forget(self, digest: str) -> None:
+        """Drop a crop's encodings (its portrait was removed): their GPU memory is freed."""
         with self._lock:
-            return self._avatars[self._selected]
+            for encodings in self._engines.values():
+                encodings.pop(digest, None)
 
-    def add(self, image: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
-        """Crop and encode a uint8 RGB picture (slow: do it before or beside the loop); its index.
+    def _encodings(self, key: Hashable) -> dict[str, Avatar]:
+        """The encodings of one engine, now the most recently used; the oldest engine's go beyond the bound."""
+        encodings = self._engines.setdefault(key, {})
+        self._engines.move_to_end(key)
+        while len(self._engines) > self._engines_kept:
+            self._engines.popitem(last=False)
+        return encodings
 
-        cropped: its `crop_avatar` by this bank's config, where already made (no second face detection).
-        """
-        key = _digest(image)
-        with self._lock:
-            known = next((a.encoded for a in self._avatars if a.key == key), None)
-        crop, box = cropped if cropped is not None else crop_avatar(image, name, self.config)
-        encoded = known if known is not None else self._encode(crop, name)
-        if self._output_size is None:
-            self._output_size = _even(crop.shape[1::-1] if self.config.crop_only else image.shape[1::-1])
-        avatar = self._place(name, key, image, crop, box, encoded)
-        with self._lock:
-            self._avatars.append(avatar)
-            return len(self._avatars) - 1
 
-    def remove(self, index: int) -> None:
-        """Forget an avatar (its GPU memory is freed); the last one cannot be removed."""
-        with self._lock:
-            self._check(index)
-            if len(self._avatars) == 1:
-                raise UsageError("the last avatar cannot be removed: add another one first")
-            del self._avatars[index]
-            if self._selected > index or self._selected == len(self._avatars):
-                self._selected -= 1
-
-    def select(self, index: int) -> None:
-        with self._lock:
-            self._check(index)
-            self._selected = index
-            name = self._avatars[index].name
-        log.info("showing avatar %d: %s", index, name)
-
-    def compose(self, avatar: BankedAvatar, rendered: torch.Tensor) -> np.ndarray:
-        """The output frame: rendered (1, 3, 512, 512) [-1, 1] pasted onto the avatar's canvas."""
-        if avatar.on_device is None:
-            return paste_back(avatar.canvas, to_uint8(rendered)[0], avatar.box, avatar.feather)
-        return _paste_on_device(avatar.on_device, rendered, avatar.box)
-
-    def _check(self, index: int) -> None:
-        if not 0 <= index < len(self._avatars):
-            raise UsageError(f"there is no avatar {index}; the avatars are 0..{len(self._avatars) - 1}")
-
-    def _encode(self, crop: np.ndarray, name: str) -> Avatar:
-        encoded = self.animator.encode_avatar(crop)
-        log.info("avatar %r encoded", name)
-        return encoded
-
-    def _place(self, name: str, key: str, image: np.ndarray, crop: np.ndarray, box: CropBox,
-               encoded: Avatar) -> BankedAvatar:
-        """Letterbox the picture (or the crop alone) into the output size."""
-        if self.config.crop_only:
-            canvas, placed = _letterbox(crop, CropBox(0, 0, crop.shape[0]), self.output_size)
-            feather = 0.0
-        else:
-            canvas, placed = _letterbox(image, box, self.output_size)
-            feather = self.config.feather
-        device = self.animator.device
-        on_device = None if device.type == "cpu" else _device_canvas(canvas, placed, feather, device)
-        return BankedAvatar(name, key, encoded, canvas, placed, feather, on_device)
+def _engine_key(animator: Animator) -> Hashable:
+    """What makes two engines encode alike: their config (backend and precision as resolved, weights,
+    width, seed) on the same device, so an engine made again from the same choice finds its encodings."""
+    engine = animator.engine
+    return replace(engine.config, device=str(engine.device))
 
 
 def _digest(image: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes() + repr(image.shape).encode(),
                            digest_size=16).hexdigest()
-
-
-def _even(size: tuple[int, int]) -> Size:
-    width, height = size
-    return width - width % 2, height - height % 2
-
-
-def _letterbox(image: np.ndarray, box: CropBox, size: Size) -> tuple[np.ndarray, CropBox]:
-    """The picture scaled to fit `size` and centred on black, and `box` moved along with it."""
-    width, height = size
-    scale = min(width / image.shape[1], height / image.shape[0])
-    fitted_w, fitted_h = round(image.shape[1] * scale), round(image.shape[0] * scale)
-    left, top = (width - fitted_w) // 2, (height - fitted_h) // 2
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    canvas[top:top + fitted_h, left:left + fitted_w] = cv2.resize(image, (fitted_w, fitted_h),
-                                                                  interpolation=interpolation)
-    scaled = box.scaled(scale)
-    return canvas, CropBox(scaled.left + left, scaled.top + top, scaled.size)
-
-
-def _device_canvas(canvas: np.ndarray, box: CropBox, feather: float,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canvas (H, W, 3) uint8 and blend weights (1, S, S) on the GPU, so frames never leave it
-    before paste-back. The weights are those of `paste_back` itself (a white crop pasted on black).
-    """
-    white = np.full((box.size, box.size, 1), 255, dtype=np.uint8)
-    weights = paste_back(np.zeros((*canvas.shape[:2], 1), dtype=np.uint8), white, box, feather)[box.slices]
-    weights_t = torch.from_numpy(weights[..., 0].astype(np.float32) / 255.0)[None].to(device)
-    return torch.from_numpy(canvas).to(device), weights_t
-
-
-def _paste_on_device(on_device: tuple[torch.Tensor, torch.Tensor], rendered: torch.Tensor,
-                     box: CropBox) -> np.ndarray:
-    """`paste_back` on the GPU: resize, blend, and bring back only the finished frame."""
-    canvas, weights = on_device
-    shrink = box.size < rendered.shape[-1]
-    patch = F.interpolate(rendered.clamp(-1.0, 1.0), size=(box.size, box.size), align_corners=False,
-                          mode="bilinear" if shrink else "bicubic", antialias=shrink)
-    patch = patch[0].add(1.0).mul(127.5)
-    rows, cols = box.slices
-    under = canvas[rows, cols].permute(2, 0, 1).float()
-    blended = (under + weights * (patch - under)).round_().clamp_(0, 255).to(torch.uint8)
-    out = canvas.clone()
-    out[rows, cols] = blended.permute(1, 2, 0)
-    return out.cpu().numpy()

@@ -105,19 +105,21 @@ class TrackingUnavailable(SessionEvent):
 
 @dataclass(frozen=True)
 class AvatarUncropped(SessionEvent):
-    """Faces cannot be found, so a portrait's centre square is animated as it is, uncropped.
+    """Faces cannot be found, so portraits' centre squares are animated as they are, uncropped.
 
-    name:   the portrait.
+    names:  the portraits.
     reason: why faces cannot be found, and what to install.
     """
 
     level: ClassVar[int] = logging.WARNING
-    name: str
+    names: tuple[str, ...]
     reason: str
 
     @property
     def message(self) -> str:
-        return f"the face in {self.name} cannot be looked for, so its centre square is used as it is: {self.reason}"
+        squares = "square is used as it is" if len(self.names) == 1 else "squares are used as they are"
+        return (f"the face library is unavailable, so the centre {squares} for {', '.join(self.names)}: "
+                f"{self.reason}")
 
 
 @dataclass(frozen=True)

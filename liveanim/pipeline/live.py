@@ -55,8 +55,10 @@ from liveanim.errors import FaceDetectionUnavailable, LiveAnimError, UsageError
 from liveanim.face import CropBox, FaceTracker, TrackerConfig, centre_square, crop_image
 from liveanim.motion.controller import Dials, MotionConfig, MotionController
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import AvatarBank, AvatarConfig, BankedAvatar, centre_crop, default_avatar
-from liveanim.pipeline.events import (AvatarUncropped, Calibrating, EnginePreparing, EventCallback, FrameDelivered,
+from liveanim.pipeline.avatar_list import AvatarList
+from liveanim.pipeline.avatars import AvatarConfig, Portrait, default_avatar, prepare_portrait, uncropped_event
+from liveanim.pipeline.canvas import AvatarCanvas, ShownAvatar
+from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered,
                                       FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
                                       log_event)
 from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
@@ -146,7 +148,7 @@ class _Rendered:
     """A rendered frame, before paste-back, and what it was rendered from."""
 
     coded: _Coded
-    avatar: BankedAvatar
+    avatar: ShownAvatar
     motion: np.ndarray
     edit: np.ndarray
     image: torch.Tensor  # (1, 3, 512, 512) on the engine's device, finished
@@ -238,11 +240,12 @@ class LiveSession:
     is safe to call from any thread, before or during the run."""
 
     def __init__(self, config: LiveConfig, animator: Animator, source: FrameSource,
-                 on_event: EventCallback | None = None, avatars: AvatarBank | None = None) -> None:
+                 on_event: EventCallback | None = None, avatars: AvatarList | None = None) -> None:
         """on_event: gets every event (each delivered frame as `FrameDelivered`, on the output
                   thread, after every output), on the session's threads; by default they are logged.
-        avatars:  a bank to share with an earlier session (e.g. after a camera change), so its
-                  avatars are not encoded again; by default a new one made with `config.avatars`.
+        avatars:  the avatars to show, shared with the sessions before and after this one (the
+                  window's): its order and selection are followed as they change, and the
+                  encodings it keeps are used; by default a list of this session's own.
         """
         self.config = config
         self.animator = animator
@@ -251,7 +254,10 @@ class LiveSession:
         self._event_failures = 0
         self._metrics = Metrics(config.metrics)
         self._controller = MotionController(config.motion)
-        self._bank = avatars if avatars is not None else AvatarBank(animator, config.avatars)
+        self._avatars = avatars if avatars is not None else AvatarList()
+        self._canvas = AvatarCanvas(config.avatars, animator.device)
+        self._shown: dict[Portrait, ShownAvatar] = {}  # each portrait as placed on this session's canvas
+        self._shown_lock = threading.Lock()
         self._lock = threading.Lock()  # serializes the controller's setters with its per-frame update
         self._inbox = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
         self._coded = _FrameQueue(config.queue_size, source.live, self._metrics.dropped)
@@ -278,9 +284,13 @@ class LiveSession:
     # ----- public API -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the five threads and return; the default avatar is added if none was."""
+        """Start the five threads and return; the default avatar is added (on the render thread) if
+        none was. Avatars listed before (a shared list's) are encoded first, where this engine has
+        no encodings of them yet, and the first one fixes the output size."""
         if self._threads:
             raise UsageError("this live session has already been started; make a new one")
+        for portrait in self._avatars.portraits:
+            self._show(portrait)
         for name, loop in (("capture", self._capture_loop), ("track", self._track_loop),
                            ("motion", self._motion_loop), ("render", self._render_loop),
                            ("output", self._output_loop)):
@@ -318,8 +328,9 @@ class LiveSession:
         return self._metrics.snapshot()
 
     @property
-    def avatars(self) -> AvatarBank:
-        return self._bank
+    def avatars(self) -> AvatarList:
+        """The avatars shown: select or remove through it, also mid-stream."""
+        return self._avatars
 
     @property
     def dials(self) -> Dials:
@@ -350,21 +361,21 @@ class LiveSession:
             self._controller.calibrate()
         self._emit(Calibrating())
 
-    def add_avatar(self, image_rgb: np.ndarray, name: str, cropped: tuple[np.ndarray, CropBox] | None = None) -> int:
-        """Crop (unless `cropped` by `crop_avatar` already) and encode a portrait (takes a while; the
-        loop goes on meanwhile); its index. Where faces cannot be found, its centre square is used
-        as it is (and AvatarUncropped told)."""
-        try:
-            return self._bank.add(image_rgb, name, cropped)
-        except FaceDetectionUnavailable as error:
-            self._emit(AvatarUncropped(name, error.message))
-            return self._bank.add(image_rgb, name, centre_crop(image_rgb, self._bank.config.crop))
+    def add_avatar(self, image_rgb: np.ndarray, name: str) -> int:
+        """Crop and encode a uint8 RGB portrait and append it (takes a while; the loop goes on
+        meanwhile); its index. Where faces cannot be looked for, its centre square is used as it
+        is (and AvatarUncropped told)."""
+        portrait = prepare_portrait(image_rgb, name, self.config.avatars)
+        uncropped = uncropped_event([portrait])
+        if uncropped is not None:
+            self._emit(uncropped)
+        return self.add_portrait(portrait)
 
-    def remove_avatar(self, index: int) -> None:
-        self._bank.remove(index)
-
-    def select_avatar(self, index: int) -> None:
-        self._bank.select(index)
+    def add_portrait(self, portrait: Portrait) -> int:
+        """Append a prepared portrait, encoded for this session's engine first (slow: do it beside the
+        loop), so the loop never waits for it; its index."""
+        self._show(portrait)
+        return self._avatars.add(portrait)
 
     def set_vcam(self, enabled: bool) -> None:
         """Start or stop the virtual camera; it reports back as VirtualCameraOn/Off/Failed."""
@@ -395,7 +406,7 @@ class LiveSession:
         with self._lock:
             motion = self._controller.update(coded.code, coded.captured_at)
             edit = self._controller.edit
-        avatar = self._bank.current()
+        avatar = self._show(self._avatars.current())
         image = self._unchanged_render(avatar, motion, edit)
         if image is None:
             with self._metrics.stage("render"):
@@ -413,7 +424,7 @@ class LiveSession:
         else:
             with self._metrics.stage("compose"):
                 _used_on_this_stream(rendered.image)
-                output = self._bank.compose(rendered.avatar, rendered.image)
+                output = self._canvas.compose(rendered.avatar, rendered.image)
             output.flags.writeable = False  # may be shown again while the face is held
             self._last_output = (rendered.image, output)
         coded = rendered.coded
@@ -434,7 +445,20 @@ class LiveSession:
                 return track.box, track.found
         return centre_square(frame.shape), True
 
-    def _unchanged_render(self, avatar: BankedAvatar, motion: np.ndarray, edit: np.ndarray) -> torch.Tensor | None:
+    def _show(self, portrait: Portrait) -> ShownAvatar:
+        """The portrait as this session shows it: encoded (or its kept encoding) and placed on the
+        canvas, once. Portraits no longer in the list are dropped then, with their canvases."""
+        with self._shown_lock:
+            shown = self._shown.get(portrait)
+        if shown is not None:
+            return shown
+        shown = self._canvas.place(portrait, self._avatars.encoding(self.animator, portrait))
+        listed = set(self._avatars.portraits)
+        with self._shown_lock:
+            self._shown = {kept: placed for kept, placed in self._shown.items() if kept in listed}
+            return self._shown.setdefault(portrait, shown)
+
+    def _unchanged_render(self, avatar: ShownAvatar, motion: np.ndarray, edit: np.ndarray) -> torch.Tensor | None:
         """The last rendered image if it was made from the same avatar, motion and edit (a held
         or rested face): the renderer is deterministic, so it need not run again."""
         last = self._last_render
@@ -540,7 +564,7 @@ class LiveSession:
 
     def _render_loop(self) -> None:
         try:
-            if len(self._bank) == 0:
+            if len(self._avatars) == 0:
                 self.add_avatar(*default_avatar())
             self._warm_up()
             while (item := self._coded.get()) is not None and item is not _END:
@@ -555,7 +579,7 @@ class LiveSession:
     def _warm_up(self) -> None:
         """Run the per-frame graphs once before the first real frame: compilation, CUDA-graph
         capture and cuDNN autotuning happen here, not as a stall (and dropped frames) mid-stream."""
-        encoded = self._bank.current().encoded
+        encoded = self._show(self._avatars.current()).encoded
         rest = self._on_device(np.zeros(encoded.alpha.shape[1], dtype=np.float32))
         self._emit(EnginePreparing())
         started = time.monotonic()

@@ -1,7 +1,8 @@
-"""The avatar gallery: thumbnails of the encoded portraits, add (files, folder, drag and
-drop), remove, switch, and the crop the model sees for the current one.
+"""The avatar gallery: thumbnails of the portraits, add (files, folder, drag and drop),
+remove, switch, and the crop the model sees for the current one.
 
-The gallery only shows what the session holds; it asks for changes through its signals.
+The gallery only shows what the avatar list holds (the controller's `AvatarList`); it asks for
+changes through its signals.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PyQt6.QtWidgets import (
 )
 
 from liveanim.app.ui.frame_view import FrameView, to_pixmap
+from liveanim.pipeline.avatars import Portrait
 from liveanim.pipeline.sources import IMAGE_SUFFIXES
 
 THUMBNAIL = 88
@@ -39,7 +41,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-class AvatarList(QListWidget):
+class AvatarThumbnails(QListWidget):
     """Thumbnails in a wrapping row; accepts image files and folders dropped on it."""
 
     files_dropped = pyqtSignal(list)  # list[Path]
@@ -73,7 +75,7 @@ class AvatarList(QListWidget):
 
 
 class AvatarGallery(QWidget):
-    """The gallery panel; index i is the session's avatar i."""
+    """The gallery panel; index i is the avatar list's avatar i."""
 
     add_requested = pyqtSignal(list)  # list[Path]
     remove_requested = pyqtSignal(int)
@@ -81,7 +83,7 @@ class AvatarGallery(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.list = AvatarList()
+        self.list = AvatarThumbnails()
         self.list.files_dropped.connect(self.add_requested)
         self.list.currentRowChanged.connect(self._row_changed)
         self.crop_view = FrameView("No avatar", minimum=96, preferred=160)
@@ -114,16 +116,17 @@ class AvatarGallery(QWidget):
     def current(self) -> int:
         return self.list.currentRow()
 
-    def add_avatar(self, name: str, crop: np.ndarray) -> None:
-        """Show a newly encoded avatar (appended, like the session's list)."""
-        item = QListWidgetItem(QIcon(to_pixmap(crop)), name)
-        item.setToolTip(name)
-        self._crops.append(crop)
-        self.list.addItem(item)
-
-    def remove_avatar(self, index: int) -> None:
-        del self._crops[index]
-        self.list.takeItem(index)
+    def show_avatars(self, portraits: list[Portrait]) -> None:
+        """Show the avatar list as it now is (after avatars were added or removed); which one is
+        current comes next, through `show_current`."""
+        self.list.blockSignals(True)
+        self.list.clear()
+        for portrait in portraits:
+            item = QListWidgetItem(QIcon(to_pixmap(portrait.crop)), portrait.name)
+            item.setToolTip(portrait.name)
+            self.list.addItem(item)
+        self.list.blockSignals(False)
+        self._crops = [portrait.crop for portrait in portraits]
         if not self._crops:
             self.crop_view.clear()
 

@@ -19,16 +19,17 @@ from typing import Any, Callable
 import numpy as np
 from PyQt6.QtCore import QObject, QTimer, pyqtSignal
 
-from liveanim.app.ui.avatar_library import AvatarEntry, AvatarLibrary, load_avatar
+from liveanim.app.ui.avatar_library import DEFAULT_AVATAR, load_avatar
 from liveanim.app.ui.messages import window_text
 from liveanim.app.ui.offline_tasks import AnimateJob, run_animate, run_edit_image
 from liveanim.app.ui.source_picker import SourceSpec
 from liveanim.app.ui.workers import Task, TaskContext, TaskRunner
 from liveanim.engines import EngineConfig, create_engine
-from liveanim.errors import LiveAnimError
+from liveanim.errors import LiveAnimError, UsageError
 from liveanim.motion.controller import Dials
 from liveanim.pipeline.animator import Animator
-from liveanim.pipeline.avatars import AvatarBank
+from liveanim.pipeline.avatar_list import AvatarList
+from liveanim.pipeline.avatars import Portrait, uncropped_event
 from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.offline import Written
@@ -66,8 +67,7 @@ class SessionController(QObject):
     engine_changed = pyqtSignal(object)  # EngineInfo
     busy_changed = pyqtSignal(str)  # what runs in the background; '' when nothing does
     error = pyqtSignal(str)
-    avatar_added = pyqtSignal(str, object)  # name, crop
-    avatar_removed = pyqtSignal(int)
+    avatars_changed = pyqtSignal(object)  # list[Portrait], after avatars were added or removed
     avatar_selected = pyqtSignal(int)
 
     def __init__(self, seeded: bool = False, config: LiveConfig = LiveConfig(),
@@ -81,8 +81,7 @@ class SessionController(QObject):
         self._animator: Animator | None = None
         self._engine_info: EngineInfo | None = None
         self._session: LiveSession | None = None
-        self._library = AvatarLibrary()
-        self._bank: AvatarBank | None = None  # the library encoded by self._animator, for the next session
+        self._avatars = AvatarList()  # outlives sessions: each new one shows it and uses its encodings
         self._dials = Dials(smoothing=config.motion.smoothing)  # outlives sessions: each new one gets it whole
         self._source: SourceSpec | None = None
         self._vcam = config.vcam
@@ -108,12 +107,12 @@ class SessionController(QObject):
         return self._animator is not None
 
     @property
-    def avatars(self) -> list[AvatarEntry]:
-        return self._library.entries
+    def avatars(self) -> list[Portrait]:
+        return self._avatars.portraits
 
     @property
     def selected(self) -> int:
-        return self._library.selected
+        return self._avatars.selected
 
     @property
     def vcam_requested(self) -> bool:
@@ -192,15 +191,22 @@ class SessionController(QObject):
                   lambda result: self._avatars_added(result, select))
 
     def remove_avatar(self, index: int) -> None:
-        self._run(lambda context: self._remove(index), "Removing an avatar", self._avatar_removed)
+        """Remove at once (also mid-stream); the last avatar cannot be removed (said as an error)."""
+        try:
+            selected = self._avatars.remove(index)
+        except UsageError as error:
+            self.error.emit(window_text(error))
+            return
+        self.avatars_changed.emit(self._avatars.portraits)
+        self.avatar_selected.emit(selected)
 
     def select_avatar(self, index: int) -> None:
-        """Switch at once (also mid-stream); encoding happened when the avatar was added."""
-        if not self._library.select(index):
+        """Switch at once (also mid-stream, from the next frame); encoding happened when the avatar was added."""
+        try:
+            self._avatars.select(index)
+        except UsageError as error:
+            self.error.emit(window_text(error))
             return
-        session = self._session
-        if session is not None and index < len(session.avatars):
-            session.select_avatar(index)
         self.avatar_selected.emit(index)
 
     # ----- outputs -------------------------------------------------------------------------
@@ -251,7 +257,7 @@ class SessionController(QObject):
         animator = Animator(create_engine(config))
         old = self._animator
         restart = self._stop_session()
-        self._animator, self._bank = animator, None  # the old engine's encodings go with it
+        self._animator = animator  # the avatars keep the old engine's encodings, for a switch back
         if restart:
             self._open_session()
         if old is not None and not self._offline.active:
@@ -274,13 +280,11 @@ class SessionController(QObject):
     def _open_session(self) -> None:
         animator = self._require_animator()
         config = dataclasses.replace(self.config, vcam=self._vcam)
-        session = LiveSession(config, animator, self._source.open(), self._on_event, avatars=self._bank)
-        if self._bank is None:  # a new engine, or avatars changed while stopped: encode them for it
-            for avatar in self._library.entries:
-                session.add_avatar(avatar.image, avatar.name, (avatar.crop, avatar.box))
-            self._bank = session.avatars
-        if len(session.avatars):
-            session.select_avatar(min(self._library.selected, len(session.avatars) - 1))
+        if not len(self._avatars):  # none could be loaded: the default one, shown in the gallery too
+            self._add_all([DEFAULT_AVATAR])
+            self.avatars_changed.emit(self._avatars.portraits)
+            self.avatar_selected.emit(self._avatars.selected)
+        session = LiveSession(config, animator, self._source.open(), self._on_event, avatars=self._avatars)
         with self._lock:
             session.set_dials(self._dials)
             self._session = session
@@ -295,33 +299,29 @@ class SessionController(QObject):
         session.stop()
         return True
 
-    def _add_all(self, origins: list[str]) -> tuple[list[AvatarEntry], list[str]]:
+    def _add_all(self, origins: list[str]) -> tuple[list[Portrait], list[str]]:
+        """Load and add each portrait; those taken uncropped (no face library) are told in one line."""
         added, errors = [], []
         for origin in origins:
             try:
-                added.append(self._add(origin))
+                portrait = load_avatar(origin, self.config.avatars)
+                self._add(portrait)
             except LiveAnimError as error:
                 errors.append(window_text(error))
+            else:
+                added.append(portrait)
+        uncropped = uncropped_event(added)
+        if uncropped is not None:
+            self._on_event(uncropped)
         return added, errors
 
-    def _add(self, origin: str) -> AvatarEntry:
-        entry = load_avatar(origin, self.config.avatars)
+    def _add(self, portrait: Portrait) -> None:
+        """Into the list; encoded first by a running session's engine, so the stream never waits for it."""
         session = self._session
         if session is not None:
-            session.add_avatar(entry.image, entry.name, (entry.crop, entry.box))
+            session.add_portrait(portrait)
         else:
-            self._bank = None
-        self._library.append(entry)
-        return entry
-
-    def _remove(self, index: int) -> tuple[int, int]:
-        self._library.check_removable()
-        session = self._session
-        if session is not None:
-            session.remove_avatar(index)
-        else:
-            self._bank = None
-        return index, self._library.remove(index)
+            self._avatars.add(portrait)
 
     def _require_animator(self) -> Animator:
         if self._animator is None:
@@ -401,20 +401,15 @@ class SessionController(QObject):
             self._running = running
             self.running_changed.emit(running)
 
-    def _avatars_added(self, result: tuple[list[AvatarEntry], list[str]], select: int | None) -> None:
+    def _avatars_added(self, result: tuple[list[Portrait], list[str]], select: int | None) -> None:
         added, errors = result
-        for entry in added:
-            self.avatar_added.emit(entry.name, entry.crop)
         if added:
-            first_new = len(self.avatars) - len(added)
-            self.select_avatar(min(first_new if select is None else select, len(self.avatars) - 1))
+            portraits = self._avatars.portraits
+            self.avatars_changed.emit(portraits)
+            first_new = len(portraits) - len(added)
+            self.select_avatar(min(first_new if select is None else select, len(portraits) - 1))
         if errors:
             self.error.emit("\n".join(errors))
-
-    def _avatar_removed(self, result: tuple[int, int]) -> None:
-        removed, selected = result
-        self.avatar_removed.emit(removed)
-        self.avatar_selected.emit(selected)
 
     def _poll_session(self) -> None:
         """Publish the stats; notice a session that ended by itself (input over, camera lost: its
