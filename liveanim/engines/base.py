@@ -44,7 +44,8 @@ class EngineConfig:
     width:     model width for seeded weights (2.0 = released size).
     cache_dir: where exported graphs and built engines are kept.
     compile:   torch backend: torch.compile the per-frame graphs; None turns it on wherever the
-               torch backend runs on CUDA (3x faster there; the first start compiles for minutes).
+               torch backend runs on CUDA with Triton (3x faster there; the first start compiles for
+               minutes); without Triton (Windows, macOS) it stays off, and True is an error.
     cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
                wherever the torch backend runs on CUDA (they cost nothing to set up).
     compile_in_background: torch backend, compiled: serve the first calls uncompiled while the

@@ -3,9 +3,9 @@
 The engine takes its model over: it moves it to the device and dtype and folds the constant
 weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
 per-frame graphs (motion encoder and renderer), from EngineConfig:
-- `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
-  compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
-  on CUDA channels-last weights, small-map convolutions as matrix products and large-map
+- `compile` (default on CUDA where Triton runs: `compile_decision`): torch.compile, compiled lazily
+  on the first call of each shape, with the compiler's forms (`KernelForms`): blur and upsampling
+  as stencils, which Inductor fuses, and on CUDA channels-last weights, small-map convolutions as matrix products and large-map
   upsampling convolutions in phases (docs/performance.md); only for a batch of 1 or
   `COMPILED_BATCH` (batching.py);
 - `cuda_graphs` (cuda_graphs.py): each is captured once per input shape and replayed, which removes the
@@ -27,12 +27,12 @@ import torch
 
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
 from liveanim.engines.base import Engine, EngineConfig
-from liveanim.engines.devices import out_of_memory, resolve_dtype
+from liveanim.engines.devices import gpu_compiler_missing, out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
-from liveanim.errors import BackendUnavailable
+from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
@@ -62,7 +62,7 @@ class TorchEngine(Engine):
         super().__init__(config, device)
         self.dtype = resolve_dtype(self.config.precision, device)
         self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
-        self.compiled = config.compile if config.compile is not None else device.type == "cuda"
+        self.compiled = compile_decision(config.compile, device)
         if self.graphs and device.type != "cuda":
             raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
         model = model if model is not None else load_model(config)
@@ -138,6 +138,23 @@ class TorchEngine(Engine):
         self.model = self._motion = self._decode = self._source = None
         if self.device.type == "cuda":
             release_cached_memory()
+
+
+def compile_decision(asked: bool | None, device: torch.device) -> bool:
+    """Whether to torch.compile the per-frame graphs: as asked, and by default on CUDA, where it is
+    3x faster, wherever Triton can make the kernels; without it the uncompiled graphs run (CUDA
+    graphs still on). Compiling asked for where it cannot run is an error, not a quiet fallback:
+    a run (or a benchmark) that asked for compiled graphs would otherwise report the slow ones."""
+    if asked is False or device.type != "cuda":
+        return bool(asked)  # the CPU compiles with a C++ compiler, MPS with Metal: no Triton needed
+    missing = gpu_compiler_missing(device)
+    if missing is None:
+        return True
+    if asked:
+        raise BackendUnavailable(f"--compile cannot run here: {missing}.", fix=Fix.NO_COMPILE)
+    log.info("the per-frame graphs are not compiled on this machine: %s; they run uncompiled (slower)",
+             missing)
+    return False
 
 
 class SourceMaps:
