@@ -14,7 +14,8 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
 - `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
   graphs (captured in under a second) while a thread of the engine's own compiles the fast ones,
   or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
-  The live loop starts this way: its first frames come seconds after the weights are read.
+  The live loop starts this way: its first frames come seconds after the weights are read, and it
+  shows `optimizing()`'s progress, timed against the last start (compile_times.py).
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
 """
 
@@ -26,10 +27,12 @@ import threading
 import torch
 
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
-from liveanim.engines.base import Engine, EngineConfig
+from liveanim.engines.base import Engine, EngineConfig, OptimizingProgress
+from liveanim.engines.cache import cache_root
 from liveanim.engines.devices import gpu_compiler_missing, out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
+from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
 from liveanim.errors import BackendUnavailable, Fix
@@ -79,13 +82,16 @@ class TorchEngine(Engine):
                      "and PyTorch, ~20 s later (Inductor's cache)",
                      "in the background, uncompiled (slower) until then" if config.compile_in_background
                      else "on their first frame")
-        self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
+        self._compiler = None
+        if self.compiled and config.compile_in_background:
+            key = compile_key(device, self.precision, self.model.width, forms)
+            self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
-        self._motion = self._accelerated(self.model.encode_motion)
-        self._decode = self._accelerated(lambda z: self.model.decode(z, self._source.maps))
+        self._motion = self._accelerated("motion encoder", self.model.encode_motion)
+        self._decode = self._accelerated("renderer", lambda z: self.model.decode(z, self._source.maps))
 
-    def _accelerated(self, fn: GraphFn) -> GraphFn:
+    def _accelerated(self, name: str, fn: GraphFn) -> GraphFn:
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
         if not self.compiled:
             return replay(fn)
@@ -95,7 +101,7 @@ class TorchEngine(Engine):
             return replay(torch.compile(fn, dynamic=False))
 
         if self._compiler is not None:
-            return BatchBuckets(CompiledWhenReady(compiled, replay(fn), self._compiler), COMPILED_BATCH)
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler), COMPILED_BATCH)
         return BatchBuckets(compiled(), COMPILED_BATCH)
 
     @property
@@ -106,6 +112,10 @@ class TorchEngine(Engine):
         """With `compile_in_background`: wait until the graphs of every shape called so far run
         compiled (or failed to compile, and stay uncompiled); False on timeout."""
         return self._compiler.wait(timeout) if self._compiler is not None else True
+
+    def optimizing(self) -> OptimizingProgress | None:
+        """With `compile_in_background`: how far the compiler thread is."""
+        return self._compiler.progress() if self._compiler is not None else None
 
     @torch.inference_mode()
     def encode_source(self, inputs: Tensors) -> Tensors:
