@@ -25,6 +25,7 @@ class Fix(Enum):
     TORCH_ENGINE = "Use --engine torch."
     OTHER_ENGINE = "Or use --engine onnxruntime or --engine torch."
     BUILD_FOR_OTHER_GPUS = "build-engines --engine tensorrt-rtx --gpu-target CC builds engines for other machines."
+    NO_COMPILE = "Leave out --compile: the engine then runs uncompiled, with CUDA graphs."
     TENSORRT_OR_TORCH = ("Use --engine tensorrt or torch on this GPU; build-engines --gpu-target CC still builds "
                          "engines for others here.")
 

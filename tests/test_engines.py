@@ -32,7 +32,7 @@ from liveanim.engines.cache import (EngineFiles, EngineKey, export_dir, file_fin
 from liveanim.engines.devices import Gpu, cuda_gpu
 from liveanim.engines.onnxruntime_engine import PROVIDER_NAMES
 from liveanim.engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
-from liveanim.engines.torch_engine.backend import TorchEngine
+from liveanim.engines.torch_engine.backend import TorchEngine, compile_decision
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
 from liveanim.export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.pipeline.animator import Animator
@@ -302,6 +302,49 @@ def test_unknown_backend_is_a_usage_error():
 def test_cuda_graphs_need_a_gpu(tiny_model):
     with pytest.raises(BackendUnavailable, match="CUDA graphs"):
         TorchEngine(EngineConfig(backend="torch", cuda_graphs=True), torch.device("cpu"), model=tiny_model)
+
+
+@pytest.fixture
+def without_triton(monkeypatch):
+    """Triton is not installed (Windows, macOS); the one probe is all that changes."""
+    monkeypatch.setattr("liveanim.engines.devices.triton_installed", lambda: False)
+
+
+def test_without_triton_a_gpu_runs_uncompiled_by_default_and_says_why_once(caplog, fake_gpu, without_triton):
+    fake_gpu("NVIDIA GeForce RTX 4090", (8, 9))
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
+        assert compile_decision(None, torch.device("cuda")) is False
+    lines = [r for r in caplog.records if "not compiled" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "Triton is not installed" in lines[0].getMessage()
+
+
+def test_without_triton_an_explicit_compile_says_what_to_do(fake_gpu, without_triton):
+    """Asked for, compiling is not quietly dropped: a benchmark would report uncompiled speed as compiled."""
+    fake_gpu("NVIDIA GeForce RTX 4090", (8, 9))
+    with pytest.raises(BackendUnavailable) as raised:
+        compile_decision(True, torch.device("cuda"))
+    assert "needs Triton" in str(raised.value) and "Leave out --compile" in str(raised.value)
+    assert compile_decision(False, torch.device("cuda")) is False
+
+
+def test_a_gpu_older_than_triton_supports_runs_uncompiled(caplog, fake_gpu, monkeypatch):
+    monkeypatch.setattr("liveanim.engines.devices.triton_installed", lambda: True)
+    fake_gpu("NVIDIA GeForce GTX 1080", (6, 1))
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
+        assert compile_decision(None, torch.device("cuda")) is False
+    assert "GTX 1080 (compute capability 6.1; Triton needs 7.0 or newer)" in caplog.text
+    fake_gpu("NVIDIA H200", (9, 0))
+    assert compile_decision(None, torch.device("cuda")) is True
+
+
+def test_without_triton_the_cpu_path_is_unchanged(tiny_model, without_triton, caplog):
+    """The CPU compiles with a C++ compiler: off by default, on when asked, and nothing said about Triton."""
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
+        assert compile_decision(None, torch.device("cpu")) is False
+        assert compile_decision(True, torch.device("cpu")) is True
+        engine = TorchEngine(EngineConfig(backend="torch", compile=True), torch.device("cpu"), model=tiny_model)
+    assert engine.compiled and "Triton" not in caplog.text
 
 
 def test_export_folder_is_named_by_the_weights(tmp_path):
@@ -724,7 +767,7 @@ def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
         return x * 2
 
     compiler = BackgroundCompiler(torch.device("cpu"))
-    graph = CompiledWhenReady(lambda: compiled, interim, compiler)
+    graph = CompiledWhenReady("doubler", lambda: compiled, interim, compiler)
     x = torch.arange(4.0)
     torch.testing.assert_close(graph(x), x * 2)
     assert compiler.wait(timeout=0.1), "the first call (the warm-up) is left alone"

@@ -41,6 +41,7 @@ from liveanim.errors import LiveAnimError  # noqa: E402
 from liveanim.face import CropBox  # noqa: E402
 from liveanim.motion.dials import DIALS_BY_NAME, MOTION_DIM  # noqa: E402
 from liveanim.pipeline.animator import Animator  # noqa: E402
+from liveanim.pipeline.events import Optimized, Optimizing  # noqa: E402
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession  # noqa: E402
 from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image  # noqa: E402
 from tests.test_face import without_egl  # noqa: E402
@@ -436,6 +437,22 @@ def test_shortcuts_are_bound(qtbot, tmp_path):
     window.dials.dial_rows[DIALS_BY_NAME["pitch"].index].spin.setValue(0.2)
     window.reset_action.trigger()
     assert not window.dials.offsets().any()
+
+
+def test_status_bar_shows_the_engine_optimizing_and_clears_it_when_done(qtbot, tmp_path):
+    """The session's events reach the status bar as the controller hands them to the window."""
+    window = MainWindow(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    window.controller.session_event.emit(Optimizing(2, 3, 38.0, False))
+    assert window.status.optimizing.text() == "Optimizing for this GPU: 2 of 3, about 40 s left"
+    assert window.status.optimizing.isVisibleTo(window)
+    window.controller.session_event.emit(Optimized())
+    assert not window.status.optimizing.isVisibleTo(window)
+    assert window.status.currentMessage() == "Optimized for this GPU: full speed from now on"
+    window.controller.session_event.emit(Optimizing(1, 2, None, True))
+    assert window.status.optimizing.text().endswith("1 of 2, first time on this GPU: a few minutes")
+    window.status.show_idle()  # the session stopped: the next one reports again
+    assert not window.status.optimizing.isVisibleTo(window)
 
 
 def test_missing_weights_offline_says_what_to_do(qtbot, tmp_path, monkeypatch):

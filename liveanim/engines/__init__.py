@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from liveanim.engines.base import BACKENDS, DEVICES, ENGINE_CHOICES, PRECISIONS, Engine, EngineConfig
+from liveanim.engines.cache import cache_root
 from liveanim.engines.devices import Gpu, cuda_gpu, no_cuda_reason, resolve_device, resolve_dtype, resolve_precision
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.model import LIAX
@@ -69,7 +70,7 @@ def export_folder(config: EngineConfig, precision: str) -> Path:
     """Where engines look for the export of `config`'s weights in `precision` (it may not exist yet)."""
     from liveanim.engines.cache import export_dir
 
-    return export_dir(_cache_root(config), _Weights(config, None).fingerprint(), precision)
+    return export_dir(cache_root(config.cache_dir), _Weights(config, None).fingerprint(), precision)
 
 
 class _Weights:
@@ -163,7 +164,7 @@ def _onnxruntime(config: EngineConfig, device: torch.device, provider: str, weig
     else:
         provider = best_provider(ort, device)
     _check_exported_precision(config.precision, device)
-    root = _cache_root(config)
+    root = cache_root(config.cache_dir)
     folder = _exported(weights, config.precision, root)
     return OnnxRuntimeEngine(config, device, folder, provider, root / ORT_TENSORRT_DIR / folder.name)
 
@@ -182,7 +183,7 @@ def _tensorrt(backend: str, config: EngineConfig, weights: _Weights) -> Engine:
     library.check_gpu(cuda_gpu(device))
     trt = import_library(library)
     _check_exported_precision(config.precision, device)
-    root = _cache_root(config)
+    root = cache_root(config.cache_dir)
     folder = _exported(weights, onnx_precision(trt, config.precision), root)
     return TensorRTEngine(library, config, device, folder, engine_dir(root, backend, folder))
 
@@ -202,7 +203,7 @@ def build_for_targets(config: EngineConfig, targets: tuple[str, ...]) -> dict[st
     check_targets(library, targets)
     import_library(library)
     _check_exported_precision(config.precision, torch.device("cuda"))
-    root = _cache_root(config)
+    root = cache_root(config.cache_dir)
     folder = _exported(_Weights(config, None), config.precision, root)
     return build_engine_files(library, folder, engine_dir(root, config.backend, folder), TensorRTOptions(targets=targets))
 
@@ -215,14 +216,6 @@ def _check_exported_precision(precision: str, device: torch.device) -> None:
     if precision not in EXPORT_PRECISIONS:
         raise BackendUnavailable(f"{precision} runs on the torch engine only; exported engines are "
                                  f"{' or '.join(EXPORT_PRECISIONS)}.", fix=Fix.TORCH_ENGINE)
-
-
-def _cache_root(config: EngineConfig) -> Path:
-    if config.cache_dir is not None:
-        return config.cache_dir
-    from liveanim.weights import default_cache_dir
-
-    return default_cache_dir()
 
 
 def _exported(weights: _Weights, precision: str, cache_root: Path) -> Path:

@@ -44,7 +44,8 @@ class EngineConfig:
     width:     model width for seeded weights (2.0 = released size).
     cache_dir: where exported graphs and built engines are kept.
     compile:   torch backend: torch.compile the per-frame graphs; None turns it on wherever the
-               torch backend runs on CUDA (3x faster there; the first start compiles for minutes).
+               torch backend runs on CUDA with Triton (3x faster there; the first start compiles for
+               minutes); without Triton (Windows, macOS) it stays off, and True is an error.
     cuda_graphs: torch backend: replay the per-frame graphs as CUDA graphs; None turns them on
                wherever the torch backend runs on CUDA (they cost nothing to set up).
     compile_in_background: torch backend, compiled: serve the first calls uncompiled while the
@@ -63,6 +64,30 @@ class EngineConfig:
     compile: bool | None = None
     cuda_graphs: bool | None = None
     compile_in_background: bool = False
+
+
+@dataclass(frozen=True)
+class OptimizingProgress:
+    """How far an engine is with the work it does in the background to run faster on this machine
+    (the torch engine: compiling its per-frame graphs), one job at a time.
+
+    finished:    jobs ended (failed ones included).
+    jobs:        jobs asked for so far (more may come: one per new input shape).
+    failed:      jobs that failed (their graphs keep running the slower way).
+    remaining_s: seconds until every job asked for has ended, estimated from how long each took the
+                 last time on this machine; None where one was never measured.
+    first_time:  no job was ever measured on this machine (GPU, PyTorch, precision, model).
+    """
+
+    finished: int
+    jobs: int
+    failed: int = 0
+    remaining_s: float | None = None
+    first_time: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finished == self.jobs
 
 
 class Engine(ABC):
@@ -102,6 +127,11 @@ class Engine(ABC):
         code: (B or 1, 40) the summed motion code.
         """
         return moved_latent(z, code, self.directions)
+
+    def optimizing(self) -> OptimizingProgress | None:
+        """The background work that makes this engine faster, while frames are served the slower
+        way; None where the engine does none. Cheap: callers poll it once per frame."""
+        return None
 
     def describe(self) -> str:
         """What the user sees: backend, device and precision."""

@@ -7,6 +7,8 @@
     <cache>/tensorrt-rtx/<export>/<graph>-<precision>.runtime-<digest>.cache  kernels compiled just in
                                                                            time on one GPU (TensorRT for RTX)
     <cache>/onnxruntime-tensorrt/<export folder name>/                     ONNX Runtime's TensorRT provider
+    <cache>/torch/compile_times.json                                       how long the torch engine's
+                                                                           graphs took to compile, for estimates
 
 <library> is 'tensorrt' or 'tensorrt-rtx'. A TensorRT engine only runs on the GPU model and
 TensorRT version it was built with, so its key holds those next to the ONNX file's hash, the
@@ -24,6 +26,15 @@ from pathlib import Path
 
 ONNX_DIR = "onnx"
 ORT_TENSORRT_DIR = "onnxruntime-tensorrt"
+
+
+def cache_root(cache_dir: Path | None) -> Path:
+    """The cache folder: `cache_dir` (EngineConfig's), by default the user's cache."""
+    if cache_dir is not None:
+        return cache_dir
+    from liveanim.weights import default_cache_dir
+
+    return default_cache_dir()
 
 
 def seeded_fingerprint(width: float, seed: int) -> str:

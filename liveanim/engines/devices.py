@@ -3,6 +3,7 @@ running out of GPU memory means."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from liveanim.errors import BackendUnavailable, EngineError, Fix
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
+TRITON_MIN_CAPABILITY = (7, 0)  # Triton's oldest GPU generation (Volta); Inductor refuses older ones
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,27 @@ def no_cuda_reason() -> str:
                 "driver (https://pytorch.org/get-started/locally/)")
     return (f"PyTorch (CUDA {torch.version.cuda}) sees no GPU although an NVIDIA driver is installed: "
             "`nvidia-smi` shows whether the driver works and which CUDA version it supports")
+
+
+def triton_installed() -> bool:
+    """Whether the Triton package is here (Linux builds of PyTorch bring it; Windows and macOS ones do
+    not). Looked up without importing it: that takes a second, and the compiler thread does it anyway."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def gpu_compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile cannot make kernels for this CUDA device here, or None where it can: its
+    compiler (Inductor) writes every GPU kernel in Triton, so it needs the Triton package and a GPU
+    that Triton supports."""
+    if not triton_installed():
+        return ("torch.compile needs Triton to make kernels for NVIDIA GPUs, and Triton is not installed "
+                "(PyTorch brings it on Linux only)")
+    gpu = cuda_gpu(device)
+    if tuple(map(int, gpu.compute_capability.split("."))) < TRITON_MIN_CAPABILITY:
+        return (f"torch.compile makes its GPU kernels with Triton, which does not support the {gpu.name} "
+                f"(compute capability {gpu.compute_capability}; Triton needs "
+                f"{'.'.join(map(str, TRITON_MIN_CAPABILITY))} or newer)")
+    return None
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -12,11 +12,13 @@ its own thread first.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 if TYPE_CHECKING:
+    from liveanim.engines.base import OptimizingProgress
     from liveanim.errors import LiveAnimError
     from liveanim.pipeline.metrics import LiveStats
     from liveanim.pipeline.sinks import LiveFrame
@@ -60,6 +62,79 @@ class Started(SessionEvent):
     @property
     def message(self) -> str:
         return f"live: {self.source} -> {self.engine}, engine ready in {self.warm_up_s:.0f} s"
+
+
+@dataclass(frozen=True)
+class Optimizing(SessionEvent):
+    """The engine makes faster graphs for this GPU in the background (compiling them); frames come
+    more slowly until it is done.
+
+    job:         the job under way, counted from 1.
+    jobs:        of this many asked for so far.
+    remaining_s: seconds left, estimated from the last time on this GPU; None where not measured.
+    first_time:  nothing was ever measured on this GPU (with this PyTorch, precision and model).
+    """
+
+    job: int
+    jobs: int
+    remaining_s: float | None
+    first_time: bool
+
+    @property
+    def message(self) -> str:
+        if self.remaining_s is not None:
+            left = f", {_duration(self.remaining_s)} left"
+        else:
+            left = ", first time on this GPU: a few minutes" if self.first_time else ""
+        return f"optimizing for this GPU: {self.job} of {self.jobs}{left}"
+
+
+@dataclass(frozen=True)
+class Optimized(SessionEvent):
+    """The engine's background optimizing has ended: full speed, except for graphs that failed.
+
+    failed: jobs that failed (their graphs keep running the slower way; the log says why).
+    """
+
+    failed: int = 0
+
+    @property
+    def message(self) -> str:
+        if self.failed:
+            return (f"optimizing for this GPU ended, but {self.failed} graph(s) could not be compiled and "
+                    "run more slowly (the log says why)")
+        return "optimized for this GPU: full speed from now on"
+
+
+def _duration(seconds: float) -> str:
+    """'a few seconds', 'about 40 s' (in steps of 5 s), 'about 3 min': a countdown that changes
+    every few seconds, not on every frame."""
+    if seconds < 10:
+        return "a few seconds"
+    if seconds < 90:
+        return f"about {5 * math.ceil(seconds / 5)} s"
+    return f"about {round(seconds / 60)} min"
+
+
+class OptimizingReports:
+    """Turns the engine's optimizing progress, polled once per frame, into events: `Optimizing`
+    whenever its line changes, `Optimized` once when the work has ended; nothing where there is none."""
+
+    def __init__(self) -> None:
+        self._shown: Optimizing | None = None
+
+    def update(self, progress: OptimizingProgress | None) -> SessionEvent | None:
+        """The event to emit for `progress`, if it changes what was said last."""
+        if progress is None or (progress.done and self._shown is None):
+            return None
+        if progress.done:
+            self._shown = None
+            return Optimized(progress.failed)
+        event = Optimizing(progress.finished + 1, progress.jobs, progress.remaining_s, progress.first_time)
+        if self._shown is not None and event.message == self._shown.message:
+            return None
+        self._shown = event
+        return event
 
 
 @dataclass(frozen=True, eq=False)

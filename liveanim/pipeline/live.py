@@ -33,7 +33,7 @@ processed losslessly instead. Nothing in the loop is fatal except losing the sou
 good: a failed frame is skipped, a failed output is switched off and reported.
 
 Everything the session has to tell (started, each frame, an output on, off or failed, the
-source lost, an error) goes to one callback as typed events (`liveanim.pipeline.events`).
+source lost, the engine's progress while it optimizes, an error) goes to one callback as typed events (`liveanim.pipeline.events`).
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatar_list import AvatarList
 from liveanim.pipeline.avatars import AvatarConfig, Portrait, default_avatar, prepare_portrait, uncropped_event
 from liveanim.pipeline.canvas import AvatarCanvas, ShownAvatar
-from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered,
-                                      FrameFailed, SessionEvent, SessionFailed, Started, Stopped, TrackingUnavailable,
-                                      log_event)
+from liveanim.pipeline.events import (Calibrating, EnginePreparing, EventCallback, FrameDelivered, FrameFailed,
+                                      OptimizingReports, SessionEvent, SessionFailed, Started, Stopped,
+                                      TrackingUnavailable, log_event)
 from liveanim.pipeline.metrics import LiveStats, Metrics, MetricsConfig
 from liveanim.pipeline.sinks import (LiveFrame, MotionRecorder, RecorderSink, Sink, VirtualCameraConfig,
                                      VirtualCameraSink, recording_failed_to_start, virtual_camera_failed_to_start)
@@ -280,6 +280,7 @@ class LiveSession:
         self._last_render: _Rendered | None = None  # on the render thread
         self._last_output: tuple[torch.Tensor, np.ndarray] | None = None  # on the output thread
         self._frame_failures = 0
+        self._optimizing = OptimizingReports()  # on the render thread
 
     # ----- public API -------------------------------------------------------------------
 
@@ -570,6 +571,7 @@ class LiveSession:
             while (item := self._coded.get()) is not None and item is not _END:
                 self._asked.update(lambda asked: dataclasses.replace(asked, rendered=asked.rendered + 1))
                 rendered = self._safely(self._render_frame, item)
+                self._report_optimizing()
                 if rendered is not None and not self._outbox.put(rendered):
                     return
         finally:
@@ -588,6 +590,12 @@ class LiveSession:
             self.animator.render(encoded, rest, rest)
         self._emit(Started(self.source.describe(), self.animator.engine.describe(), time.monotonic() - started))
         self._ready.set()
+
+    def _report_optimizing(self) -> None:
+        """Say how far the engine's background optimizing is, when that changes (polled per frame: cheap)."""
+        event = self._optimizing.update(self.animator.engine.optimizing())
+        if event is not None:
+            self._emit(event)
 
     def _safely(self, step: Callable[..., Any], *args: Any) -> Any | None:
         """`step(*args)`, with a failed frame skipped and reported (the first, then every 100th)."""

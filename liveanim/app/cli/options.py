@@ -30,8 +30,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default=EngineConfig.precision, choices=PRECISIONS,
                        help="fp16/bf16 need a GPU (default: fp16 on CUDA, fp32 elsewhere)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch: compile the per-frame graphs (default: on with CUDA, 3x faster; the first "
-                            "start compiles for a few minutes, later starts reuse the compiled code)")
+                       help="torch: compile the per-frame graphs (default: on with CUDA and Triton, 3x faster; "
+                            "the first start compiles for a few minutes, later starts reuse the compiled code)")
     group.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                        help="torch: replay the per-frame graphs as CUDA graphs (default: on with CUDA)")
     group.add_argument("--seeded", type=float, default=None, metavar="WIDTH",

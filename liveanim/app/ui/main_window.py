@@ -40,8 +40,9 @@ from liveanim.app.ui.source_picker import CameraLister, SourcePicker, SourceSpec
 from liveanim.app.ui.status_bar import LiveStatusBar
 from liveanim.app.ui.weights_dialog import WeightsDialog, missing_weights
 from liveanim.app.ui.workers import TaskRunner
-from liveanim.pipeline.events import (RecordingFailed, RecordingStarted, RecordingStopped, SessionEvent,
-                                      SessionFailed, VirtualCameraFailed, VirtualCameraOff, VirtualCameraOn)
+from liveanim.pipeline.events import (Optimized, Optimizing, RecordingFailed, RecordingStarted, RecordingStopped,
+                                      SessionEvent, SessionFailed, VirtualCameraFailed, VirtualCameraOff,
+                                      VirtualCameraOn)
 from liveanim.pipeline.live import LiveConfig, LiveFrame
 from liveanim.weights import default_cache_dir
 
@@ -330,6 +331,8 @@ class MainWindow(QMainWindow):
             _set_checked(self.vcam_action, False)
             self.status.show_vcam(False, False)
             show_warning(self, "Virtual camera unavailable", event.message)
+        elif isinstance(event, (Optimizing, Optimized)):
+            self.status.show_optimizing(event)
         elif isinstance(event, SessionFailed):
             show_warning(self, "LiveAnim", window_text(event.error))
         else:

@@ -1,4 +1,5 @@
-"""The status bar: engine, precision, FPS, latency, recording, virtual camera, and background work."""
+"""The status bar: engine, precision, FPS, latency, recording, virtual camera, and background work
+(the window's tasks, and the engine optimizing itself for this GPU)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from PyQt6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
 
 from liveanim.app.ui.session_controller import EngineInfo
+from liveanim.pipeline.events import Optimized, Optimizing
 from liveanim.pipeline.metrics import LiveStats
 
 MESSAGE_MS = 8000
@@ -20,6 +22,9 @@ class LiveStatusBar(QStatusBar):
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.setVisible(False)
+        self.optimizing = QLabel("")
+        self.optimizing.setVisible(False)
+        self.optimizing.setToolTip("Frames come more slowly until this is done; later starts on this GPU are faster")
         self.engine = QLabel("Engine: none")
         self.precision = QLabel("")
         self.fps = QLabel("-- fps")
@@ -30,7 +35,7 @@ class LiveStatusBar(QStatusBar):
         self.fps.setToolTip("Frames delivered per second")
         self.latency.setToolTip("Camera to output, median (95th percentile)")
         self.addPermanentWidget(self.busy)
-        for label in (self.engine, self.precision, self.fps, self.latency, self.recording, self.vcam):
+        for label in (self.optimizing, self.engine, self.precision, self.fps, self.latency, self.recording, self.vcam):
             self.addPermanentWidget(label)
 
     def show_engine(self, info: EngineInfo) -> None:
@@ -44,8 +49,20 @@ class LiveStatusBar(QStatusBar):
         self.fps.setToolTip(f"{stats.frames} frames, {stats.dropped} dropped; {stages}")
 
     def show_idle(self) -> None:
+        """No session: no numbers, and no optimizing shown (the next session reports it again)."""
         self.fps.setText("-- fps")
         self.latency.setText("latency --")
+        self.optimizing.setVisible(False)
+
+    def show_optimizing(self, event: Optimizing | Optimized) -> None:
+        """The engine's progress while it optimizes for this GPU; at the end the field goes and
+        the outcome passes as a message."""
+        if isinstance(event, Optimizing):
+            self.optimizing.setText(_sentence(event.message))
+            self.optimizing.setVisible(True)
+        else:
+            self.optimizing.setVisible(False)
+            self.show_message(_sentence(event.message))
 
     def show_recording(self, path: Path | None) -> None:
         """'Recording' with the file as its tooltip while a recording runs; nothing otherwise."""
@@ -68,3 +85,8 @@ class LiveStatusBar(QStatusBar):
 
     def show_message(self, text: str) -> None:
         self.showMessage(text, MESSAGE_MS)
+
+
+def _sentence(message: str) -> str:
+    """An event's message (lower case, for the log) as the window's sentence."""
+    return message[:1].upper() + message[1:]

@@ -3,18 +3,19 @@
 The engine takes its model over: it moves it to the device and dtype and folds the constant
 weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
 per-frame graphs (motion encoder and renderer), from EngineConfig:
-- `compile` (default on CUDA): torch.compile, compiled lazily on the first call of each shape, with the
-  compiler's forms (`KernelForms`): blur and upsampling as stencils, which Inductor fuses, and
-  on CUDA channels-last weights, small-map convolutions as matrix products and large-map
-  upsampling convolutions in phases (docs/performance.md); only for a batch of 1 or
-  `COMPILED_BATCH` (batching.py);
+- `compile` (default on CUDA where Triton runs: `compile_decision`): torch.compile, compiled lazily
+  on the first call of each shape, with the compiler's forms (`KernelForms`): blur and upsampling
+  as stencils, which Inductor fuses, and on CUDA channels-last weights, small-map convolutions as
+  matrix products and large-map upsampling convolutions in phases (docs/performance.md); only
+  for a batch of 1 or `COMPILED_BATCH` (batching.py);
 - `cuda_graphs` (cuda_graphs.py): each is captured once per input shape and replayed, which removes the
   launch overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
 - `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
   graphs (captured in under a second) while a thread of the engine's own compiles the fast ones,
   or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
-  The live loop starts this way: its first frames come seconds after the weights are read.
+  The live loop starts this way: its first frames come seconds after the weights are read, and it
+  shows `optimizing()`'s progress, timed against the last start (compile_times.py).
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
 """
 
@@ -26,13 +27,15 @@ import threading
 import torch
 
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
-from liveanim.engines.base import Engine, EngineConfig
-from liveanim.engines.devices import out_of_memory, resolve_dtype
+from liveanim.engines.base import Engine, EngineConfig, OptimizingProgress
+from liveanim.engines.cache import cache_root
+from liveanim.engines.devices import gpu_compiler_missing, out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
+from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
-from liveanim.errors import BackendUnavailable
+from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
@@ -62,7 +65,7 @@ class TorchEngine(Engine):
         super().__init__(config, device)
         self.dtype = resolve_dtype(self.config.precision, device)
         self.graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
-        self.compiled = config.compile if config.compile is not None else device.type == "cuda"
+        self.compiled = compile_decision(config.compile, device)
         if self.graphs and device.type != "cuda":
             raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
         model = model if model is not None else load_model(config)
@@ -79,13 +82,16 @@ class TorchEngine(Engine):
                      "and PyTorch, ~20 s later (Inductor's cache)",
                      "in the background, uncompiled (slower) until then" if config.compile_in_background
                      else "on their first frame")
-        self._compiler = BackgroundCompiler(device) if self.compiled and config.compile_in_background else None
+        self._compiler = None
+        if self.compiled and config.compile_in_background:
+            key = compile_key(device, self.precision, self.model.width, forms)
+            self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
-        self._motion = self._accelerated(self.model.encode_motion)
-        self._decode = self._accelerated(lambda z: self.model.decode(z, self._source.maps))
+        self._motion = self._accelerated("motion encoder", self.model.encode_motion)
+        self._decode = self._accelerated("renderer", lambda z: self.model.decode(z, self._source.maps))
 
-    def _accelerated(self, fn: GraphFn) -> GraphFn:
+    def _accelerated(self, name: str, fn: GraphFn) -> GraphFn:
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
         if not self.compiled:
             return replay(fn)
@@ -95,7 +101,7 @@ class TorchEngine(Engine):
             return replay(torch.compile(fn, dynamic=False))
 
         if self._compiler is not None:
-            return BatchBuckets(CompiledWhenReady(compiled, replay(fn), self._compiler), COMPILED_BATCH)
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler), COMPILED_BATCH)
         return BatchBuckets(compiled(), COMPILED_BATCH)
 
     @property
@@ -106,6 +112,10 @@ class TorchEngine(Engine):
         """With `compile_in_background`: wait until the graphs of every shape called so far run
         compiled (or failed to compile, and stay uncompiled); False on timeout."""
         return self._compiler.wait(timeout) if self._compiler is not None else True
+
+    def optimizing(self) -> OptimizingProgress | None:
+        """With `compile_in_background`: how far the compiler thread is."""
+        return self._compiler.progress() if self._compiler is not None else None
 
     @torch.inference_mode()
     def encode_source(self, inputs: Tensors) -> Tensors:
@@ -138,6 +148,23 @@ class TorchEngine(Engine):
         self.model = self._motion = self._decode = self._source = None
         if self.device.type == "cuda":
             release_cached_memory()
+
+
+def compile_decision(asked: bool | None, device: torch.device) -> bool:
+    """Whether to torch.compile the per-frame graphs: as asked, and by default on CUDA, where it is
+    3x faster, wherever Triton can make the kernels; without it the uncompiled graphs run (CUDA
+    graphs still on). Compiling asked for where it cannot run is an error, not a quiet fallback:
+    a run (or a benchmark) that asked for compiled graphs would otherwise report the slow ones."""
+    if asked is False or device.type != "cuda":
+        return bool(asked)  # the CPU compiles with a C++ compiler, MPS with Metal: no Triton needed
+    missing = gpu_compiler_missing(device)
+    if missing is None:
+        return True
+    if asked:
+        raise BackendUnavailable(f"--compile cannot run here: {missing}.", fix=Fix.NO_COMPILE)
+    log.info("the per-frame graphs are not compiled on this machine: %s; they run uncompiled (slower)",
+             missing)
+    return False
 
 
 class SourceMaps:

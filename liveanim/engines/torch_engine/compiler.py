@@ -12,7 +12,9 @@ from typing import Callable
 
 import torch
 
+from liveanim.engines.base import OptimizingProgress
 from liveanim.engines.torch_engine.batching import GraphFn, ShapeKey, shape_key
+from liveanim.engines.torch_engine.compile_times import CompileTimes
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay
 
 log = logging.getLogger(__name__)
@@ -26,47 +28,89 @@ def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
 
 class BackgroundCompiler:
     """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
-    at a time anyway), so that callers need not wait for them."""
+    at a time anyway), so that callers need not wait for them. It times each job, for the
+    progress shown meanwhile (`progress`) and, through `times`, for the next start's estimate."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, times: CompileTimes | None = None):
         self._device = device
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._times = times
+        self._jobs: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._unfinished = 0
-        self._idle = threading.Condition()
+        self._state = threading.Condition()  # guards the counts below
+        self._queued: list[str] = []  # labels of the jobs not started yet
+        self._running: tuple[str, float] | None = None  # the job under way, and when it started
+        self._submitted = self._finished = self._failed = 0
         self._closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run `job()` on the compiler thread (started on the first job), in inference mode."""
+    def submit(self, label: str, job: Callable[[], None]) -> None:
+        """Run `job()` on the compiler thread (started on the first job), in inference mode.
+
+        label: names the job in the log and in the measured times, the same on every start
+               (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
+               running uncompiled.
+        """
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
             self._thread.start()
-        with self._idle:
-            self._unfinished += 1
-        self._jobs.put(job)
+        with self._state:
+            self._submitted += 1
+            self._queued.append(label)
+        self._jobs.put((label, job))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far has finished; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
+        with self._state:
+            return self._state.wait_for(lambda: self._finished == self._submitted, timeout)
+
+    def progress(self) -> OptimizingProgress:
+        """Jobs finished and asked for, and the time left by the last start's measurements."""
+        with self._state:
+            return OptimizingProgress(self._finished, self._submitted, self._failed, self._remaining_s(),
+                                      first_time=self._times is None or not self._times.last)
 
     def close(self) -> None:
         """Skip the jobs not started yet; one that runs finishes in the background."""
         self._closed = True
         self._jobs.put(None)
 
+    def _remaining_s(self) -> float | None:
+        """Under `_state`: the last start's time of each job still to come, less what the running
+        one has taken so far; None where one of them was never measured."""
+        last = self._times.last if self._times is not None else {}
+        labels = self._queued + ([self._running[0]] if self._running else [])
+        if not all(label in last for label in labels):
+            return None
+        running = last[self._running[0]] - (time.monotonic() - self._running[1]) if self._running else 0.0
+        return max(running, 0.0) + sum(last[label] for label in self._queued)
+
     def _run(self) -> None:
         with torch.inference_mode(), contextlib.ExitStack() as scope:
             if self._device.type == "cuda":
                 scope.enter_context(torch.cuda.device(self._device))
-            while (job := self._jobs.get()) is not None:
-                try:
-                    if not self._closed:
-                        job()
-                finally:
-                    with self._idle:
-                        self._unfinished -= 1
-                        self._idle.notify_all()
+            while (item := self._jobs.get()) is not None:
+                self._run_job(*item)
+
+    def _run_job(self, label: str, job: Callable[[], None]) -> None:
+        with self._state:
+            self._queued.remove(label)
+            self._running = (label, started := time.monotonic())
+        failed = False
+        try:
+            if not self._closed:
+                job()
+                seconds = time.monotonic() - started
+                log.info("compiled %s in %.0f s", label, seconds)
+                if self._times is not None:
+                    self._times.record(label, seconds)
+        except Exception:
+            failed = True
+            log.warning("compiling %s failed; it keeps running uncompiled (slower)", label, exc_info=True)
+        finally:
+            with self._state:
+                self._running = None
+                self._finished += 1
+                self._failed += failed
+                self._state.notify_all()
 
 
 class CompiledWhenReady:
@@ -79,7 +123,10 @@ class CompiledWhenReady:
     thread does not slow down the first, which captures the interim graph (the live loop's warm-up).
     """
 
-    def __init__(self, make_compiled: Callable[[], GraphFn], interim: GraphFn, compiler: BackgroundCompiler):
+    def __init__(self, name: str, make_compiled: Callable[[], GraphFn], interim: GraphFn,
+                 compiler: BackgroundCompiler):
+        """name: the graph, for the compiler's job labels (e.g. 'renderer')."""
+        self._name = name
         self._make_compiled = make_compiled
         self._compiled: GraphFn | None = None
         self._interim = interim
@@ -100,21 +147,13 @@ class CompiledWhenReady:
         if calls == 2:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
-            self._compiler.submit(lambda: self._prepare(key, example))
+            label = f"{self._name} {[shape for shape, _ in key]}"
+            self._compiler.submit(label, lambda: self._prepare(key, example))
         return self._interim(*args)
 
     def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:
-        shapes = [shape for shape, _ in key]
-        started = time.monotonic()
-        try:
-            if self._compiled is None:
-                self._compiled = self._make_compiled()
-            self._compiled(*example)
-            _finish_gpu_work(example)  # before the copies are freed
-        except Exception:
-            log.warning("compiling the graph for inputs %s failed; it keeps running uncompiled (slower)",
-                        shapes, exc_info=True)
-            return
+        if self._compiled is None:
+            self._compiled = self._make_compiled()
+        self._compiled(*example)
+        _finish_gpu_work(example)  # before the copies are freed
         self._ready.add(key)
-        log.info("compiled graph for inputs %s ready after %.0f s: full speed from now on",
-                 shapes, time.monotonic() - started)
