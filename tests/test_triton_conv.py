@@ -10,8 +10,13 @@ the last place of the output's scale (one rounding at the end, against several i
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,12 +25,14 @@ import torch.nn.functional as F
 os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: CPU tensors, run in numpy
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton; Linux only)")
 
+from liveanim.model import layers  # noqa: E402
 from liveanim.model.decoder import FlowResBlock, ResBlock  # noqa: E402
 from liveanim.model.fused_conv import Residual, conv3x3_fused  # noqa: E402
 from liveanim.model.layers import (REFERENCE_FORMS, ConvLayer, KernelForms, ModulatedConv2d,  # noqa: E402
                                    set_kernel_forms)
 from liveanim.model.seeded import seed_parameters_  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 FUSED = KernelForms(triton_min_side=4)
 F32_BOUND = 2e-5
 F16_ULPS = 2
@@ -147,3 +154,42 @@ def test_the_operator_traces_whole_into_a_compiled_graph():
     compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         assert _error_in_scale(compiled(x), reference(x).double()) < 1e-4
+
+
+def _gpu_script(monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("triton_conv_gpu", REPO / "scripts" / "triton_conv_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_reference_is_what_the_kernel_computes(monkeypatch):
+    """The GPU script records the model's fused calls and checks each against its own unfused
+    composition of the same sums: that composition must be the kernel's definition."""
+    script = _gpu_script(monkeypatch)
+    recorder = script.Recorder()
+    monkeypatch.setattr(layers, "conv3x3_fused", recorder)
+    _, fused = _pair(FlowResBlock(16, 12))
+    x = torch.randn(1, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused(x, _styles(fused, torch.randn(1, 12)))
+        fused(x, _styles(fused, torch.randn(1, 12)))
+    assert sorted(call.count for call in recorder.calls.values()) == [2, 2]
+    assert any("shift" in name and "residual" in name for name in recorder.calls)
+    for call in recorder.calls.values():
+        expected = script._composition(call.args, torch.float64)
+        assert _error_in_scale(conv3x3_fused(**call.args), expected) < F32_BOUND
+
+
+def test_gpu_script_records_each_stage_even_when_it_cannot_run(tmp_path):
+    """A stage that fails writes its error, one that cannot fit in the budget says so, and the
+    script still ends normally: partial results of a GPU run survive."""
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "triton_conv_gpu.py"), "--stages", "convs,render",
+                          "--budget-s", "120"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    convs, render = (json.loads((tmp_path / f"{stage}.json").read_text()) for stage in ("convs", "render"))
+    assert convs["status"] == "failed" and "no recorded calls" in convs["error"]
+    assert render["status"] == "skipped" and "left of the budget" in render["reason"]
+    assert (tmp_path / "triton_conv_gpu.log").read_text()
