@@ -193,3 +193,37 @@ def test_gpu_script_records_each_stage_even_when_it_cannot_run(tmp_path):
     assert convs["status"] == "failed" and "no recorded calls" in convs["error"]
     assert render["status"] == "skipped" and "left of the budget" in render["reason"]
     assert (tmp_path / "triton_conv_gpu.log").read_text()
+
+
+# Compiles the kernel for Hopper (sm_90) as Triton would on an H100/H200, with the alignment the
+# launcher finds on channels-last maps; prints the shared memory it takes. Runs without a GPU.
+_COMPILE_FOR_SM90 = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from liveanim.model import triton_conv
+
+kernel = triton_conv._conv3x3_kernel.fn
+names = [p.name for p in kernel.params]
+flags = dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_DEMOD=True, HAS_BIAS=True, ACTIVATE=True, HAS_ALPHA=True,
+             HAS_RESIDUAL=True, IEEE=False, SLOPE=0.2, GAIN=2**0.5, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, sxc=1, src=1)
+signature = {name: "*fp16" if name.endswith("_ptr") else "fp32" if name == "beta" else "i32" for name in names}
+signature.update({name: "constexpr" for name in flags})
+aligned = [name for name in names if name.endswith("_ptr") or name in ("W", "HW", "C_IN", "C_OUT", "sxb", "sxh", "sxw")]
+source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in flags.items()},
+                   attrs={(names.index(name),): [["tt.divisibility", 16]] for name in aligned})
+compiled = triton.compile(source, target=GPUTarget("cuda", 90, 64), options={"num_warps": 8, "num_stages": 3})
+print(compiled.metadata.shared, "wgmma" in compiled.asm["ptx"])
+"""
+
+
+def test_the_kernel_compiles_for_hopper_without_a_gpu():
+    """What the interpreter accepts, the GPU compiler may not: the fully fused variant must build
+    for sm_90 with tensor-core instructions (wgmma) here, before a GPU run is spent on it."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared, wgmma = run.stdout.split()
+    assert wgmma == "True" and int(shared) > 0

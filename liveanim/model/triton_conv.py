@@ -27,12 +27,13 @@ def _configs() -> list[triton.Config]:
     Triton's CPU interpreter, which runs every tile in numpy and would otherwise time them all."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16})]
-    shapes = ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4))
+    shapes = ((128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+              (128, 64, 64, 4, 4), (64, 128, 64, 4, 4))
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
             for m, n, k, warps, stages in shapes]
 
 
-@triton.autotune(configs=_configs(), key=["C_IN", "C_OUT", "HW"])
+@triton.autotune(configs=_configs(), key=["C_IN", "C_OUT", "HW", "HAS_SCALE", "HAS_SHIFT"])
 @triton.jit
 def _conv3x3_kernel(x_ptr, w_ptr, out_ptr, scale_ptr, shift_ptr, demod_ptr, bias_ptr, alpha_ptr, res_ptr,
                     H, W, HW, C_IN, C_OUT, sxb, sxc, sxh, sxw, srb, src, srh, srw, beta,
