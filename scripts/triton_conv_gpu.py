@@ -67,20 +67,21 @@ class Call:
 
 
 class Recorder:
-    """Wraps `layers.conv3x3_fused`: every call runs and is counted, the first of each kind kept."""
+    """Wraps `layers.conv3x3_fused`: every call runs, the first of each kind is kept, and calls are
+    counted while `counting` (a live frame's work: motion encoder and renderer, not the source)."""
 
     def __init__(self) -> None:
         self.calls: dict[str, Call] = {}
+        self.counting = False
         self._inner = layers.conv3x3_fused
 
     def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None):
         args = dict(x=x, weight=weight, scale=scale, shift=shift, demod=demod, bias=bias, activate=activate,
                     residual=residual)
-        call = Call(args)
-        if call.name in self.calls:
-            self.calls[call.name].count += 1
-        else:
-            self.calls[call.name] = Call({k: _clone(v) for k, v in args.items()})
+        name = Call(args).name
+        if name not in self.calls:
+            self.calls[name] = Call({k: _clone(v) for k, v in args.items()}, count=0)
+        self.calls[name].count += self.counting
         return self._inner(**args)
 
 
@@ -155,10 +156,13 @@ def _inputs(device: torch.device) -> dict[str, torch.Tensor]:
     return {"source": images[:1], "driving": images[1:2]}
 
 
-def _run_model(model: LIAX, inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _run_model(model: LIAX, inputs: dict[str, torch.Tensor], dtype: torch.dtype,
+               recorder: Recorder | None = None) -> dict[str, torch.Tensor]:
     """One frame as the live loop computes it: source encoded, motion code, latent, image."""
     with torch.inference_mode():
         source = model.encode_source(inputs["source"].to(dtype))
+        if recorder is not None:
+            recorder.counting = True
         alpha = model.encode_motion(inputs["driving"].to(dtype).contiguous(memory_format=torch.channels_last))
         image = model.render(source, alpha_drive=alpha)
     return {"alpha": alpha.float(), "image": image.float()}
@@ -191,7 +195,7 @@ def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
             layers.conv3x3_fused = recorder
         try:
             began = time.perf_counter()
-            outputs = _run_model(model, inputs, torch.float16)
+            outputs = _run_model(model, inputs, torch.float16, recorder if name == "triton_forms" else None)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             results[name] = {"first_frame_s": round(time.perf_counter() - began, 2),
