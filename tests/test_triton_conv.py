@@ -228,3 +228,14 @@ def test_the_kernel_compiles_for_hopper_without_a_gpu():
     assert run.returncode == 0, run.stderr[-3000:]
     shared, wgmma = run.stdout.split()
     assert wgmma == "True" and int(shared) > 0
+
+
+def test_the_engine_switch_picks_the_triton_forms_only_in_half_precision(monkeypatch):
+    """Off by default (until the GPU numbers say so); switched on, fp16 and bf16 graphs get the
+    fused convs, fp32 keeps cuDNN's."""
+    from liveanim.engines.torch_engine import backend
+
+    assert backend.gpu_forms(torch.float16) == backend.GPU_FORMS
+    monkeypatch.setattr(backend, "TRITON_CONV", True)
+    assert backend.gpu_forms(torch.float16).triton_min_side == backend.gpu_forms(torch.bfloat16).triton_min_side == 64
+    assert backend.gpu_forms(torch.float32) == backend.GPU_FORMS
