@@ -12,7 +12,8 @@ skipped and says so), everything is logged to $OUT/triton_conv_gpu.log:
   convs   per recorded call: its fp16 error against the same sums in fp32, with and without
           fusion (bound: the fused error at most twice the unfused one, max and mean), and
           its time: cuDNN's conv alone, cuDNN's conv + the epilogue compiled by Inductor
-          (what runs now), and the fused kernel; medians of CUDA-graph replays; per-frame sums
+          (what runs now), the fused kernel, and the kernel with bias and activation only (the
+          cost of the prologue); medians of CUDA-graph replays; per-frame sums; tuned tiles
                                                                                       -> convs.json
   render  `main.py bench`'s measurement (torch+compile+graphs, fp16, accuracy vs fp32) with
           the Triton forms, then with the GPU forms                                   -> render.json
@@ -271,16 +272,20 @@ def stage_convs(state: dict[str, Any], deadline: float) -> dict[str, Any]:
             conv_ms, how = _time_ms(lambda: F.conv2d(x, weight, padding=1))
             current_ms, _ = _time_ms(lambda: compiled(args))
             fused_ms, _ = _time_ms(lambda: conv3x3_fused(**args))
+            plain_ms, _ = _time_ms(lambda: conv3x3_fused(x, weight, bias=args["bias"]))  # no prologue, no residual
         flops = 2 * x.shape[0] * x.shape[2] * x.shape[3] * weight.shape[0] * weight.shape[1] * 9
         rows[name] = {"count_per_frame": call.count, "error_unfused_fp16": error_unfused, "error_fused_fp16": error_fused,
                       "passed": error_fused["max"] <= 2 * error_unfused["max"] and error_fused["mean"] <= 2 * error_unfused["mean"],
                       "cudnn_conv_us": conv_ms * 1e3, "cudnn_plus_epilogue_us": current_ms * 1e3, "fused_us": fused_ms * 1e3,
-                      "fused_tflops": flops / fused_ms / 1e9, "cudnn_tflops": flops / conv_ms / 1e9, "timing": how}
+                      "fused_plain_us": plain_ms * 1e3, "fused_tflops": flops / fused_ms / 1e9, "cudnn_tflops": flops / conv_ms / 1e9, "timing": how}
         for key in totals:
             totals[key] += rows[name][key] * call.count
         log.info("%s x%d: cuDNN %.1f us, cuDNN+epilogue %.1f us, fused %.1f us; max err %.2e (unfused %.2e)", name,
                  call.count, conv_ms * 1e3, current_ms * 1e3, fused_ms * 1e3, error_fused["max"], error_unfused["max"])
-    return {"bound": "per call, the fused fp16 error at most 2x the unfused fp16 error (max and mean), both "
+    from liveanim.model import triton_conv
+
+    tuned = {str(key): str(config) for key, config in getattr(triton_conv._conv3x3_kernel, "cache", {}).items()}
+    return {"tuned_configs": tuned, "bound": "per call, the fused fp16 error at most 2x the unfused fp16 error (max and mean), both "
                      "against the same sums in fp32 (TF32 off)",
             "passed": all(row.get("passed", True) for row in rows.values()), "per_frame_totals_us": totals,
             "calls": rows}
