@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liveanim.model.dictionary import MotionDictionary
+from liveanim.model.fused_conv import Residual
 from liveanim.model.layers import (ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Styles, Upsample,
                                    group_norm)
 
@@ -34,7 +35,7 @@ class FlowResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, styles: Styles) -> torch.Tensor:
         skip = self.conv1(x, styles)
-        return self.gamma * self.conv2(self.norm(skip), styles) + skip
+        return self.conv2(skip, styles, Residual(skip, self.gamma), norm=self.norm)
 
 
 class ResBlock(nn.Module):
@@ -46,7 +47,7 @@ class ResBlock(nn.Module):
         self.conv2 = ConvLayer(channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + x) / math.sqrt(2.0)
+        return self.conv2(self.conv1(x), Residual(x, divisor=math.sqrt(2.0)))
 
 
 class ToRGB(nn.Module):

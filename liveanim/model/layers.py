@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from liveanim.model.fused_conv import Residual, conv3x3_fused
+
 LEAKY_SLOPE = 0.2
 LEAKY_GAIN = math.sqrt(2.0)
 
@@ -63,15 +65,20 @@ class KernelForms:
                    runs as one conv at the input's resolution with the four output phases'
                    kernels stacked, then interleaved: the upsampled map (the largest of its
                    stage) is never written. Same multiply-adds. 0: never.
+    triton_min_side: size-preserving 3x3 convs on maps of at least this side (with their
+                   modulation, GroupNorm, bias, activation and residual, where the layer has
+                   them) run as one Triton kernel (`fused_conv`), which writes each output map
+                   once; needs Triton (CUDA, or its CPU interpreter). 0: never.
     """
 
     filters: str = "conv"
     gemm_max_side: int = 0
     pointwise_max_in: int = 0
     phase_min_side: int = 0
+    triton_min_side: int = 0
 
     def __post_init__(self) -> None:
-        sizes = (self.gemm_max_side, self.pointwise_max_in, self.phase_min_side)
+        sizes = (self.gemm_max_side, self.pointwise_max_in, self.phase_min_side, self.triton_min_side)
         if self.filters not in FILTER_FORMS or min(sizes) < 0:
             raise ValueError(f"bad kernel forms {self}")
 
@@ -130,6 +137,11 @@ def _edge_weights(size: int, like: torch.Tensor) -> torch.Tensor:
 
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _fused(forms: KernelForms, x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """Whether `forms` runs this size-preserving 3x3 conv as the fused Triton kernel."""
+    return 0 < forms.triton_min_side <= min(x.shape[-2:]) and weight.shape[-2:] == (3, 3) and padding == 1
 
 
 def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -324,14 +336,18 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
         self.register_buffer("phase_weight", None, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Residual | None = None) -> torch.Tensor:
+        """residual: the block's sum around this layer (only for a layer that activates)."""
+        conv = self[0]
+        if len(self) == 2 and isinstance(self[1], FusedLeakyReLU) and _fused(conv.forms, x, conv.weight, conv.padding):
+            return conv3x3_fused(x, _scaled(conv.weight, conv.scale), bias=self[1].bias, residual=residual)
         layers = list(self)
         if self.phase_weight is not None:
             x = self._upsampled_conv_in_phases(x, self.phase_weight)
             layers = layers[2:]
         for layer in layers:
             x = layer(x)
-        return x
+        return x if residual is None else residual.add_to(x)
 
     def _upsampled_conv_in_phases(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """conv(upsample(x)) as one conv of `x` with the four phases' kernels, interleaved.
@@ -448,8 +464,20 @@ class StyledConv(nn.Module):
         self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, upsample=upsample)
         self.activate = FusedLeakyReLU(out_channels)
 
-    def forward(self, x: torch.Tensor, styles: Styles) -> torch.Tensor:
-        return self.activate(self.conv(x, styles[self.conv]))
+    def forward(self, x: torch.Tensor, styles: Styles, residual: Residual | None = None,
+                norm: GroupNorm | None = None) -> torch.Tensor:
+        """residual: the block's sum around this layer; norm: normalizes x first (in the fused
+        form as the kernel loads it: the normalized map is never written)."""
+        conv, modulation = self.conv, styles[self.conv]
+        if not conv.upsample and _fused(conv.forms, x, conv.weight[0], 1):
+            scale, shift = modulation.scale, None
+            if norm is not None:
+                factor, offset = norm.channel_affine(x)
+                scale, shift = scale * factor, scale * offset
+            return conv3x3_fused(x, _scaled(conv.weight[0], conv.scale), scale, shift, modulation.demod,
+                                 self.activate.bias, residual=residual)
+        out = self.activate(conv(x if norm is None else norm(x), modulation))
+        return out if residual is None else residual.add_to(out)
 
 
 Styles = Mapping[ModulatedConv2d, Modulation]
@@ -478,6 +506,19 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _is_channels_last(x):
             return super().forward(x)
+        mean, rstd = self._channel_statistics(x)
+        scale = rstd[:, :, None, None] * self.weight[:, None, None]
+        return ((x.to(mean.dtype) - mean[:, :, None, None]) * scale + self.bias[:, None, None]).to(x.dtype)
+
+    def channel_affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factor, offset), each (B, C) in float32 or wider, with norm(x) = factor * x + offset per
+        channel: what a conv that reads x applies as it loads it."""
+        mean, rstd = self._channel_statistics(x)
+        factor = rstd * self.weight
+        return factor, self.bias - mean * factor
+
+    def _channel_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each channel's group mean and 1/std, (B, C), in float32 or wider."""
         batch, channels, height, width = x.shape
         size = channels // self.num_groups
         compute = torch.promote_types(x.dtype, torch.float32)
@@ -487,11 +528,10 @@ class GroupNorm(nn.GroupNorm):
         mean = channel_mean.mean(dim=2)  # (B, groups)
         var = (channel_var + (channel_mean - mean[:, :, None]).square()).mean(dim=2)
 
-        def per_channel(stat: torch.Tensor) -> torch.Tensor:  # (B, groups) -> (B, C, 1, 1)
-            return stat[:, :, None].expand(-1, -1, size).reshape(batch, channels, 1, 1)
+        def per_channel(stat: torch.Tensor) -> torch.Tensor:  # (B, groups) -> (B, C)
+            return stat[:, :, None].expand(-1, -1, size).reshape(batch, channels)
 
-        scale = per_channel(torch.rsqrt(var + self.eps)) * self.weight[:, None, None]
-        return ((x.to(compute) - per_channel(mean)) * scale + self.bias[:, None, None]).to(x.dtype)
+        return per_channel(mean), per_channel(torch.rsqrt(var + self.eps))
 
 
 def group_norm(channels: int) -> GroupNorm:

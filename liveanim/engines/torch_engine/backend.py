@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import torch
 
@@ -38,6 +39,7 @@ from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cache
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
+from liveanim.model.fused_conv import triton_available
 from liveanim.model.layers import REFERENCE_FORMS, KernelForms
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,18 @@ log = logging.getLogger(__name__)
 # phases (docs/performance.md).
 COMPILED_FORMS = KernelForms(filters="stencil")
 GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128)
+# Our fused Triton convs (3x3 from 64x64 up, modulation and epilogue inside) in fp16/bf16 where
+# Triton exists: off until scripts/triton_conv_gpu.py measures them faster than cuDNN + Inductor's
+# epilogues (fp32 keeps cuDNN's TF32 convs; the kernel's fp32 path is exact, for tests).
+TRITON_CONV = False
+TRITON_FORMS = replace(GPU_FORMS, triton_min_side=64)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
+
+
+def gpu_forms(dtype: torch.dtype) -> KernelForms:
+    return TRITON_FORMS if TRITON_CONV and dtype != torch.float32 and triton_available() else GPU_FORMS
 
 
 class TorchEngine(Engine):
@@ -75,7 +86,7 @@ class TorchEngine(Engine):
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
         fast_gpu_path = self.compiled and device.type == "cuda"
-        forms = GPU_FORMS if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
+        forms = gpu_forms(self.dtype) if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
         fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
         if fast_gpu_path:
             log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "

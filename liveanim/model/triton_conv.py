@@ -1,0 +1,110 @@
+"""A 3x3 convolution with its modulation and its whole epilogue in one Triton kernel.
+
+Implicit GEMM on an image's pixels: the output tile (pixels x output channels) accumulates, in
+float32, products of input tiles (pixels x input channels, shifted by one of the 9 taps, zeros
+outside the map) with weight tiles (input channels x output channels). The input tile is scaled
+per input channel as it is loaded (the style, and a GroupNorm folded in as scale and shift), and
+the accumulator is finished before it is stored (demodulation, bias, leaky ReLU with its gain,
+a residual with its gains): each output map is written once and no intermediate at all.
+
+Imported only where Triton is installed (`liveanim.model.fused_conv` decides); the kernel is
+compiled on its first call, per GPU and shape, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from liveanim.model.layers import LEAKY_GAIN, LEAKY_SLOPE
+
+
+def _configs() -> list[triton.Config]:
+    """A few tile shapes for the autotuner (large maps want large tiles); one small tile under
+    Triton's CPU interpreter, which runs every tile in numpy and would otherwise time them all."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16})]
+    shapes = ((128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+              (128, 64, 64, 4, 4), (64, 128, 64, 4, 4))
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+            for m, n, k, warps, stages in shapes]
+
+
+@triton.autotune(configs=_configs(), key=["C_IN", "C_OUT", "HW", "HAS_SCALE", "HAS_SHIFT"])
+@triton.jit
+def _conv3x3_kernel(x_ptr, w_ptr, out_ptr, scale_ptr, shift_ptr, demod_ptr, bias_ptr, alpha_ptr, res_ptr,
+                    H, W, HW, C_IN, C_OUT, sxb, sxc, sxh, sxw, srb, src, srh, srw, beta,
+                    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DEMOD: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, ACTIVATE: tl.constexpr, HAS_ALPHA: tl.constexpr,
+                    HAS_RESIDUAL: tl.constexpr, IEEE: tl.constexpr, SLOPE: tl.constexpr, GAIN: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m, pid_n, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    pixels = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    outs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    lanes = tl.arange(0, BLOCK_K)
+    row, col = pixels // W, pixels % W
+    in_map, in_outs = pixels < HW, outs < C_OUT
+    x_image = x_ptr + batch * sxb
+    chunks = tl.cdiv(C_IN, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, 9 * chunks):  # one flat loop (tap, channel chunk): Triton pipelines it
+        tap = step // chunks
+        channels = (step - tap * chunks) * BLOCK_K + lanes
+        y, x = row + tap // 3 - 1, col + tap % 3 - 1
+        valid = (in_map & (y >= 0) & (y < H) & (x >= 0) & (x < W))[:, None] & (channels < C_IN)[None, :]
+        a = tl.load(x_image + y[:, None] * sxh + x[:, None] * sxw + channels[None, :] * sxc, mask=valid, other=0.0)
+        w = tl.load(w_ptr + outs[None, :] * (9 * C_IN) + (tap * C_IN + channels)[:, None],
+                    mask=(channels < C_IN)[:, None] & in_outs[None, :], other=0.0)
+        if HAS_SCALE:  # the prologue: style (and a folded GroupNorm) per input channel
+            vector = batch * C_IN + channels
+            a32 = a.to(tl.float32) * tl.load(scale_ptr + vector, mask=channels < C_IN, other=0.0).to(tl.float32)[None, :]
+            if HAS_SHIFT:  # the conv pads the normalized map with zeros, not the shifted ones
+                shift = tl.load(shift_ptr + vector, mask=channels < C_IN, other=0.0).to(tl.float32)
+                a32 = tl.where(valid, a32 + shift[None, :], 0.0)
+            a = a32.to(w.dtype)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    if HAS_DEMOD:
+        acc *= tl.load(demod_ptr + batch * C_OUT + outs, mask=in_outs, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + outs, mask=in_outs, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATE:
+        acc = tl.where(acc >= 0, acc, acc * SLOPE) * GAIN
+    if HAS_ALPHA:
+        acc *= tl.load(alpha_ptr + outs, mask=in_outs, other=0.0).to(tl.float32)[None, :]
+    inside = in_map[:, None] & in_outs[None, :]
+    if HAS_RESIDUAL:
+        skip = res_ptr + batch * srb + row[:, None] * srh + col[:, None] * srw + outs[None, :] * src
+        acc = (acc + tl.load(skip, mask=inside, other=0.0).to(tl.float32)) * beta
+    out = out_ptr + batch * HW * C_OUT + pixels[:, None] * C_OUT + outs[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
+            demod: torch.Tensor | None, bias: torch.Tensor | None, alpha: torch.Tensor | None,
+            residual: torch.Tensor | None, beta: float, activate: bool) -> torch.Tensor:
+    """The fused conv (see `liveanim.model.fused_conv.conv3x3_fused` for the arguments); the
+    result is channels-last, in x's dtype."""
+    batch, c_in, height, width = x.shape
+    c_out = weight.shape[0]
+    rows = weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c_in)  # (tap, in) per output: a view if channels-last
+    out = torch.empty((batch, c_out, height, width), device=x.device, dtype=x.dtype,
+                      memory_format=torch.channels_last)
+    vectors = [t.contiguous() if t is not None else x for t in (scale, shift, demod, bias, alpha)]
+    skip = residual if residual is not None else out
+    hw = height * width
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), batch
+
+    _conv3x3_kernel[grid](
+        x, rows.to(x.dtype), out, *vectors, skip, height, width, hw, c_in, c_out, *x.stride(), *skip.stride(),
+        float(beta), HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_DEMOD=demod is not None,
+        HAS_BIAS=bias is not None, ACTIVATE=activate, HAS_ALPHA=alpha is not None,
+        HAS_RESIDUAL=residual is not None, IEEE=x.dtype == torch.float32, SLOPE=LEAKY_SLOPE, GAIN=LEAKY_GAIN)
+    return out

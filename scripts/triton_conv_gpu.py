@@ -1,0 +1,322 @@
+"""The fused Triton 3x3 convs on a GPU, in one run: parity against the reference, then speed.
+
+    OUT=out/triton-conv python3 scripts/triton_conv_gpu.py [--width 2.0] [--budget-s 450] [--stages ...]
+
+Stages, in this order; each writes $OUT/<stage>.json when it ends (a stage that fails records its
+error there and the others still run; one that would not fit in what is left of --budget-s is
+skipped and says so), everything is logged to $OUT/triton_conv_gpu.log:
+  env     versions, GPU                                                                 -> env.json
+  model   the seeded model (fp16, eager) once in the GPU forms and once in the Triton forms,
+          against fp32 reference forms (TF32 off): image and motion-code errors, PSNR; every
+          call of the fused conv is recorded (shape, what it fuses, how often per frame)  -> model.json
+  convs   per recorded call: its fp16 error against the same sums in fp32, with and without
+          fusion (bound: the fused error at most twice the unfused one, max and mean), and
+          its time: cuDNN's conv alone, cuDNN's conv + the epilogue compiled by Inductor
+          (what runs now), the fused kernel, and the kernel with bias and activation only (the
+          cost of the prologue); medians of CUDA-graph replays; per-frame sums; tuned tiles
+                                                                                      -> convs.json
+  render  `main.py bench`'s measurement (torch+compile+graphs, fp16, accuracy vs fp32) with
+          the Triton forms, then with the GPU forms                                   -> render.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from liveanim.engines.torch_engine import backend  # noqa: E402
+from liveanim.model import LIAX  # noqa: E402
+from liveanim.model import layers  # noqa: E402
+from liveanim.model.folding import fold_for_inference  # noqa: E402
+from liveanim.model.fused_conv import Residual, conv3x3_fused  # noqa: E402
+from liveanim.model.layers import LEAKY_GAIN, LEAKY_SLOPE, REFERENCE_FORMS  # noqa: E402
+from liveanim.model.seeded import seed_parameters_  # noqa: E402
+
+log = logging.getLogger("triton_conv_gpu")
+STAGES = ("env", "model", "convs", "render")
+STAGE_COST_S = {"env": 1, "model": 60, "convs": 90, "render": 150}  # estimates, to skip what cannot fit
+RENDER_CASE_S = 150  # one compiled engine at full width (a guess: compiling from a cold cache)
+
+
+@dataclass
+class Call:
+    """One recorded call of the fused conv: its arguments (the first call of its kind) and count."""
+
+    args: dict[str, Any]
+    count: int = 1
+
+    @property
+    def name(self) -> str:
+        x, weight = self.args["x"], self.args["weight"]
+        flags = [k for k in ("scale", "shift", "demod", "residual") if self.args[k] is not None]
+        return f"{x.shape[1]}->{weight.shape[0]} @{x.shape[2]}x{x.shape[3]} [{','.join(flags) or 'bias'}]"
+
+
+class Recorder:
+    """Wraps `layers.conv3x3_fused`: every call runs, the first of each kind is kept, and calls are
+    counted while `counting` (a live frame's work: motion encoder and renderer, not the source)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Call] = {}
+        self.counting = False
+        self._inner = layers.conv3x3_fused
+
+    def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None):
+        args = dict(x=x, weight=weight, scale=scale, shift=shift, demod=demod, bias=bias, activate=activate,
+                    residual=residual)
+        name = Call(args).name
+        if name not in self.calls:
+            self.calls[name] = Call({k: _clone(v) for k, v in args.items()}, count=0)
+        self.calls[name].count += self.counting
+        return self._inner(**args)
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone(memory_format=torch.preserve_format)
+    if isinstance(value, Residual):
+        return Residual(*(_clone(v) for v in value))
+    return value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--width", type=float, default=2.0)
+    parser.add_argument("--budget-s", type=float, default=450.0, help="skip stages that would end later than this")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--frames", type=int, default=50)
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", "out/triton-conv"))
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "triton_conv_gpu.log")])
+    started = time.perf_counter()
+    state: dict[str, Any] = {"width": args.width, "frames": args.frames, "device": "cuda", "out": out}
+    for stage in args.stages.split(","):
+        left = args.budget_s - (time.perf_counter() - started)
+        if left < STAGE_COST_S[stage]:
+            result = {"status": "skipped", "reason": f"{left:.0f} s left of the budget, ~{STAGE_COST_S[stage]} s needed"}
+        else:
+            result = _run_stage(stage, state, deadline=started + args.budget_s)
+        (out / f"{stage}.json").write_text(json.dumps(result, indent=2))
+        log.info("stage %s: %s (%.0f s since the start)", stage, result.get("status"), time.perf_counter() - started)
+    return 0
+
+
+def _run_stage(stage: str, state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    began = time.perf_counter()
+    try:
+        result = STAGE_FUNCTIONS[stage](state, deadline)
+        result = {"status": "ok", **result}
+    except Exception as error:  # one stage's failure must not lose the others' results
+        log.exception("stage %s failed", stage)
+        result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    return result
+
+
+def stage_env(state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    import triton
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA GPU: this script measures the GPU kernels")
+    props = torch.cuda.get_device_properties(0)
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "gpu": props.name,
+            "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count}
+
+
+def _exact_fp32() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _seeded_model(width: float) -> LIAX:
+    return seed_parameters_(LIAX(width)).eval().requires_grad_(False)
+
+
+def _inputs(device: torch.device) -> dict[str, torch.Tensor]:
+    from liveanim.export.graphs import smooth_images
+
+    images = smooth_images(2, seed=1).to(device)
+    return {"source": images[:1], "driving": images[1:2]}
+
+
+def _run_model(model: LIAX, inputs: dict[str, torch.Tensor], dtype: torch.dtype,
+               recorder: Recorder | None = None) -> dict[str, torch.Tensor]:
+    """One frame as the live loop computes it: source encoded, motion code, latent, image."""
+    with torch.inference_mode():
+        source = model.encode_source(inputs["source"].to(dtype))
+        if recorder is not None:
+            recorder.counting = True
+        alpha = model.encode_motion(inputs["driving"].to(dtype).contiguous(memory_format=torch.channels_last))
+        image = model.render(source, alpha_drive=alpha)
+    return {"alpha": alpha.float(), "image": image.float()}
+
+
+def _errors(actual: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
+    diff = (actual.double() - expected.double()).abs()
+    span = (expected.max() - expected.min()).double().clamp_min(1e-12)
+    mse = diff.square().mean()
+    return {"max": diff.max().item(), "mean": diff.mean().item(),
+            "psnr_db": (10 * torch.log10(span.square() / mse.clamp_min(1e-30))).item()}
+
+
+def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    device = torch.device(state["device"])
+    _exact_fp32()
+    base = state["model"] = _seeded_model(state["width"])
+    inputs = _inputs(device)
+    reference = copy.deepcopy(base).to(device)
+    fold_for_inference(reference, REFERENCE_FORMS)
+    truth = _run_model(reference, inputs, torch.float32)
+    del reference
+    results: dict[str, Any] = {}
+    recorder = Recorder()
+    state["calls"] = recorder.calls  # kept for the convs stage even if this one fails later
+    for name, forms in (("gpu_forms", backend.GPU_FORMS), ("triton_forms", backend.TRITON_FORMS)):
+        model = copy.deepcopy(base).to(device=device, dtype=torch.float16)
+        fold_for_inference(model, forms, channels_last=True)
+        if name == "triton_forms":
+            layers.conv3x3_fused = recorder
+        try:
+            began = time.perf_counter()
+            outputs = _run_model(model, inputs, torch.float16, recorder if name == "triton_forms" else None)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            results[name] = {"first_frame_s": round(time.perf_counter() - began, 2),
+                             **{key: _errors(outputs[key], truth[key]) for key in outputs}}
+        finally:
+            layers.conv3x3_fused = recorder._inner
+        log.info("%s: %s", name, results[name])
+        del model
+    results["calls"] = {name: {"count_per_frame": call.count, "x_stride": list(call.args["x"].stride())}
+                        for name, call in recorder.calls.items()}
+    gpu, fused = results["gpu_forms"]["image"], results["triton_forms"]["image"]
+    results["bound"] = "Triton forms' image error at most 2x the GPU forms' (max and mean), both against fp32"
+    results["passed"] = fused["max"] <= 2 * gpu["max"] and fused["mean"] <= 2 * gpu["mean"]
+    state["parity_passed"] = results["passed"]
+    return results
+
+
+def _composition(args: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
+    """The fused conv's sums, unfused, in `dtype` (cuDNN's conv, PyTorch's elementwise ops)."""
+    def vector(name: str) -> torch.Tensor:
+        return args[name].to(dtype)[:, :, None, None]
+
+    x = args["x"].to(dtype)
+    if args["scale"] is not None:
+        x = x * vector("scale") + (vector("shift") if args["shift"] is not None else 0)
+    out = F.conv2d(x, args["weight"].to(dtype), padding=1)
+    if args["demod"] is not None:
+        out = out * vector("demod")
+    if args["bias"] is not None:
+        out = out + args["bias"].to(dtype)[:, None, None]
+    if args["activate"]:
+        out = F.leaky_relu(out, LEAKY_SLOPE) * LEAKY_GAIN
+    residual = args["residual"]
+    if residual is not None:
+        residual = Residual(residual.skip.to(dtype), None if residual.gain is None else residual.gain.to(dtype),
+                            residual.divisor)
+        out = residual.add_to(out)
+    return out
+
+
+def _time_ms(fn: Callable[[], Any]) -> tuple[float, str]:
+    """Median ms per call: replays of a CUDA graph (no launch gaps), or CUDA events if capture fails."""
+    import triton.testing
+
+    fn()
+    fn()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")), "cudagraph"
+    except Exception as error:  # noqa: BLE001 - fall back, and say so in the results
+        log.info("CUDA graph timing failed (%s); events instead", error)
+        return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")), "events"
+
+
+def stage_convs(state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    calls: dict[str, Call] = state.get("calls") or {}
+    if not calls:
+        raise RuntimeError("no recorded calls: the model stage did not run the Triton forms")
+    _exact_fp32()
+    torch._dynamo.config.recompile_limit = 64  # one graph per layout and set of fused parts
+    compiled = torch.compile(lambda args: _composition(args, torch.float16), dynamic=True)
+    rows, totals = {}, {"cudnn_conv_us": 0.0, "cudnn_plus_epilogue_us": 0.0, "fused_us": 0.0}
+    for name, call in calls.items():
+        if time.perf_counter() > deadline - RENDER_CASE_S:
+            rows[name] = {"status": "skipped: out of time"}
+            continue
+        args = call.args
+        with torch.inference_mode():
+            truth = _composition({**args, "x": args["x"].float()}, torch.float32)
+            unfused = _composition(args, torch.float16)
+            fused = conv3x3_fused(**args)
+            error_unfused, error_fused = _errors(unfused, truth), _errors(fused, truth)
+            x, weight = args["x"], args["weight"]
+            conv_ms, how = _time_ms(lambda: F.conv2d(x, weight, padding=1))
+            current_ms, _ = _time_ms(lambda: compiled(args))
+            fused_ms, _ = _time_ms(lambda: conv3x3_fused(**args))
+            plain_ms, _ = _time_ms(lambda: conv3x3_fused(x, weight, bias=args["bias"]))  # no prologue, no residual
+        flops = 2 * x.shape[0] * x.shape[2] * x.shape[3] * weight.shape[0] * weight.shape[1] * 9
+        rows[name] = {"count_per_frame": call.count, "error_unfused_fp16": error_unfused, "error_fused_fp16": error_fused,
+                      "passed": error_fused["max"] <= 2 * error_unfused["max"] and error_fused["mean"] <= 2 * error_unfused["mean"],
+                      "cudnn_conv_us": conv_ms * 1e3, "cudnn_plus_epilogue_us": current_ms * 1e3, "fused_us": fused_ms * 1e3,
+                      "fused_plain_us": plain_ms * 1e3, "fused_tflops": flops / fused_ms / 1e9, "cudnn_tflops": flops / conv_ms / 1e9, "timing": how}
+        for key in totals:
+            totals[key] += rows[name][key] * call.count
+        log.info("%s x%d: cuDNN %.1f us, cuDNN+epilogue %.1f us, fused %.1f us; max err %.2e (unfused %.2e)", name,
+                 call.count, conv_ms * 1e3, current_ms * 1e3, fused_ms * 1e3, error_fused["max"], error_unfused["max"])
+    from liveanim.model import triton_conv
+
+    tuned = {str(key): str(config) for key, config in getattr(triton_conv._conv3x3_kernel, "cache", {}).items()}
+    return {"tuned_configs": tuned, "bound": "per call, the fused fp16 error at most 2x the unfused fp16 error (max and mean), both "
+                     "against the same sums in fp32 (TF32 off)",
+            "passed": all(row.get("passed", True) for row in rows.values()), "per_frame_totals_us": totals,
+            "calls": rows}
+
+
+def stage_render(state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    from liveanim.engines import EngineConfig
+    from liveanim.engines.bench import BenchConfig, run_bench
+
+    if not state.get("parity_passed", False):
+        raise RuntimeError("the model stage's parity did not pass (or did not run): not timing the render")
+    config = EngineConfig(device=state["device"], seeded=True, width=state["width"])
+    bench = BenchConfig(engines=("torch+compile+graphs",), precisions=("fp16",), frames=state["frames"], warmup=10,
+                        accuracy=True)
+    model = state.get("model") or _seeded_model(state["width"])
+    results: dict[str, Any] = {}
+    for name, on in (("triton_forms", True), ("gpu_forms", False)):
+        if time.perf_counter() > deadline - RENDER_CASE_S:
+            results[name] = {"status": "skipped: out of time"}
+            continue
+        backend.TRITON_CONV = on
+        began = time.perf_counter()
+        results[name] = run_bench(config, bench, model)
+        results[name]["wall_s"] = round(time.perf_counter() - began, 1)
+        log.info("%s: %s", name, json.dumps(results[name]["results"])[:600])
+        (state["out"] / "render.json").write_text(json.dumps({"status": "partial", **results}, indent=2))
+    return results
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
+    "env": stage_env, "model": stage_model, "convs": stage_convs, "render": stage_render}
+
+if __name__ == "__main__":
+    sys.exit(main())
