@@ -307,7 +307,7 @@ def test_cuda_graphs_need_a_gpu(tiny_model):
 @pytest.fixture
 def without_triton(monkeypatch):
     """Triton is not installed (Windows, macOS); the one probe is all that changes."""
-    monkeypatch.setattr("liveanim.engines.devices.triton_installed", lambda: False)
+    monkeypatch.setattr("liveanim.engines.devices.triton_available", lambda: False)
 
 
 def test_without_triton_a_gpu_runs_uncompiled_by_default_and_says_why_once(caplog, fake_gpu, without_triton):
@@ -329,7 +329,7 @@ def test_without_triton_an_explicit_compile_says_what_to_do(fake_gpu, without_tr
 
 
 def test_a_gpu_older_than_triton_supports_runs_uncompiled(caplog, fake_gpu, monkeypatch):
-    monkeypatch.setattr("liveanim.engines.devices.triton_installed", lambda: True)
+    monkeypatch.setattr("liveanim.engines.devices.triton_available", lambda: True)
     fake_gpu("NVIDIA GeForce GTX 1080", (6, 1))
     with caplog.at_level(logging.INFO, logger="liveanim.engines"):
         assert compile_decision(None, torch.device("cuda")) is False

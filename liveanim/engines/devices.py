@@ -3,7 +3,6 @@ running out of GPU memory means."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from liveanim.errors import BackendUnavailable, EngineError, Fix
+from liveanim.model.fused_conv import triton_available
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
@@ -50,17 +50,11 @@ def no_cuda_reason() -> str:
             "`nvidia-smi` shows whether the driver works and which CUDA version it supports")
 
 
-def triton_installed() -> bool:
-    """Whether the Triton package is here (Linux builds of PyTorch bring it; Windows and macOS ones do
-    not). Looked up without importing it: that takes a second, and the compiler thread does it anyway."""
-    return importlib.util.find_spec("triton") is not None
-
-
 def gpu_compiler_missing(device: torch.device) -> str | None:
     """Why torch.compile cannot make kernels for this CUDA device here, or None where it can: its
     compiler (Inductor) writes every GPU kernel in Triton, so it needs the Triton package and a GPU
     that Triton supports."""
-    if not triton_installed():
+    if not triton_available():
         return ("torch.compile needs Triton to make kernels for NVIDIA GPUs, and Triton is not installed "
                 "(PyTorch brings it on Linux only)")
     gpu = cuda_gpu(device)
