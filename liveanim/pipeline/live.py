@@ -33,7 +33,8 @@ processed losslessly instead. Nothing in the loop is fatal except losing the sou
 good: a failed frame is skipped, a failed output is switched off and reported.
 
 Everything the session has to tell (started, each frame, an output on, off or failed, the
-source lost, the engine's progress while it optimizes, an error) goes to one callback as typed events (`liveanim.pipeline.events`).
+source lost, the engine's progress while it optimizes, an error) goes to one callback as typed
+events (`liveanim.pipeline.events`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from PyQt6.QtWidgets import QMessageBox, QWidget
 from liveanim.errors import Fix, LiveAnimError
 
 # Each `Fix` as the window offers it: its menus, lists and buttons, never a command-line
-# option. '' where the window has no such choice (it always finds the face; it picks the device and whether to compile).
+# option. '' where the window has no such choice (it always finds the face; it picks the device
+# and whether to compile).
 WINDOW_FIXES: dict[Fix, str] = {
     Fix.WEIGHTS_FILE: "If you have the weights file elsewhere, choose it with File > Get the LIA-X weights... > "
                       "Choose file...",
