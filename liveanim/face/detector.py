@@ -3,8 +3,9 @@
 Mediapipe is imported and its native library loaded when a detector is made, never at import;
 its landmarkers are built on first use (building one loads TFLite models and starts native
 threads). A mediapipe that cannot import or load (e.g. a Linux server without libEGL) is one
-`FaceDetectionUnavailable` when the detector is made, not a crash on some later frame. A face's box is the bounding box of its
-478 landmarks, for stills and video alike, so sources and driving frames are cropped alike.
+`FaceDetectionUnavailable` when the detector is made, not a crash on some later frame. A face's
+box is the bounding box of its 478 landmarks, for stills and video alike, so sources and
+driving frames are cropped alike.
 
 The landmarker's detector sees the picture shrunk to 128x128 (letterboxed), so in a wide
 frame it misses faces smaller than about a quarter of the frame's height. Stills are
