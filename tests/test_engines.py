@@ -810,6 +810,8 @@ def test_onnxruntime_gpu_providers(provider, tiny_model, tiny_inputs, cpu_refere
     ort = pytest.importorskip("onnxruntime")
     if PROVIDER_NAMES[provider] not in ort.get_available_providers():
         pytest.skip(f"onnxruntime has no {PROVIDER_NAMES[provider]} here")
+    if provider == "tensorrt":  # onnxruntime-gpu lists the provider; it runs only with TensorRT's libraries
+        pytest.importorskip(LIBRARIES["tensorrt"].module, reason="TensorRT is not installed")
     config = EngineConfig(backend=f"onnxruntime:{provider}", device="cuda", precision="fp32", seeded=True, width=0.125,
                           cache_dir=tmp_path)
     engine = create_engine(config, model=tiny_model)
