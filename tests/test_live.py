@@ -694,6 +694,26 @@ def test_a_new_session_or_a_return_to_the_engine_before_encodes_no_avatar_again(
     assert runs == [2, 0, 2, 0, 2, 2]
 
 
+def test_weights_replaced_at_the_same_path_encode_the_avatars_again(tmp_path, monkeypatch):
+    """A checkpoint overwritten in place (a fine-tune saved over the old file) is other weights: the
+    encodings the old file made must not be shown with the new one."""
+    from liveanim.model import LIAX
+    from liveanim.model.seeded import seed_parameters_
+
+    avatars = AvatarList()
+    avatars.add(prepare_portrait(data.astronaut(), "astronaut", AvatarConfig(auto_crop=False)))
+    weights = tmp_path / "finetuned.pt"
+    runs = []
+    for written_seed in (0, None, 1):  # a file, the same file again, another file saved at its path
+        if written_seed is not None:
+            torch.save(seed_parameters_(LIAX(0.125), written_seed).state_dict(), weights)
+        animator = Animator(create_engine(EngineConfig(backend="torch", device="cpu", weights=weights)))
+        encoder = SourceEncoderRuns(animator, monkeypatch)
+        start_and_stop(animator, avatars)
+        runs.append(encoder.count)
+    assert runs == [1, 0, 1]
+
+
 def test_device_paste_back_matches_the_numpy_one():
     """The GPU path, run here on the CPU: the same blend as `paste_back`, within resampling."""
     canvas = data.astronaut()

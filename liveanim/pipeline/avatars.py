@@ -154,9 +154,12 @@ class AvatarBank:
 
 def _engine_key(animator: Animator) -> Hashable:
     """What makes two engines encode alike: their config (backend and precision as resolved, weights,
-    width, seed) on the same device, so an engine made again from the same choice finds its encodings."""
+    width, seed) on the same device, so an engine made again from the same choice finds its encodings;
+    and the weights file's size and time of change, since a file replaced at the same path is other weights."""
     engine = animator.engine
-    return replace(engine.config, device=str(engine.device))
+    weights = engine.config.weights
+    stat = weights.stat() if weights is not None and weights.is_file() else None
+    return replace(engine.config, device=str(engine.device)), stat and (stat.st_size, stat.st_mtime_ns)
 
 
 def _digest(image: np.ndarray) -> str:
