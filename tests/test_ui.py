@@ -455,6 +455,21 @@ def test_status_bar_shows_the_engine_optimizing_and_clears_it_when_done(qtbot, t
     assert not window.status.optimizing.isVisibleTo(window)
 
 
+def test_background_work_does_not_hide_a_message_the_session_just_gave(qtbot, tmp_path):
+    """A warning shown as the engine starts preparing stays readable: the work has a field of its own."""
+    window = MainWindow(make_deps(tmp_path))
+    qtbot.addWidget(window)
+    window.show()
+    warning = "Avatars astronaut were not cropped: no face found"
+    window.status.show_message(warning)
+    window.controller.busy_changed.emit("Preparing the engine (torch, fp16)")
+    assert window.status.currentMessage() == warning
+    assert window.status.busy_label.text() == "Preparing the engine (torch, fp16)..."
+    assert window.status.busy_label.isVisibleTo(window) and window.status.busy.isVisibleTo(window)
+    window.controller.busy_changed.emit("")
+    assert window.status.currentMessage() == warning and not window.status.busy_label.isVisibleTo(window)
+
+
 def test_missing_weights_offline_says_what_to_do(qtbot, tmp_path, monkeypatch):
     def offline(**kwargs: object) -> str:
         raise OSError("Temporary failure in name resolution")

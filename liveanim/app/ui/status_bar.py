@@ -22,6 +22,8 @@ class LiveStatusBar(QStatusBar):
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.setVisible(False)
+        self.busy_label = QLabel("")
+        self.busy_label.setVisible(False)
         self.optimizing = QLabel("")
         self.optimizing.setVisible(False)
         self.optimizing.setToolTip("Frames come more slowly until this is done; later starts on this GPU are faster")
@@ -31,10 +33,10 @@ class LiveStatusBar(QStatusBar):
         self.latency = QLabel("latency --")
         self.vcam = QLabel("Virtual camera: off")
         self.recording = QLabel("")
-        self._busy_message = ""
         self.fps.setToolTip("Frames delivered per second")
         self.latency.setToolTip("Camera to output, median (95th percentile)")
         self.addPermanentWidget(self.busy)
+        self.addPermanentWidget(self.busy_label)
         for label in (self.optimizing, self.engine, self.precision, self.fps, self.latency, self.recording, self.vcam):
             self.addPermanentWidget(label)
 
@@ -74,14 +76,11 @@ class LiveStatusBar(QStatusBar):
         self.vcam.setText(f"Virtual camera: {state}")
 
     def show_busy(self, label: str) -> None:
-        """Show background work as a spinning bar; '' hides it (and its message, if still shown)."""
+        """Show background work as a spinning bar and its label, in fields of their own: a passing
+        message (a session's warning) stays readable however long the work takes; '' hides both."""
         self.busy.setVisible(bool(label))
-        self.busy.setToolTip(label)
-        if label:
-            self._busy_message = f"{label}..."
-            self.showMessage(self._busy_message)
-        elif self.currentMessage() == self._busy_message:
-            self.clearMessage()
+        self.busy_label.setVisible(bool(label))
+        self.busy_label.setText(f"{label}..." if label else "")
 
     def show_message(self, text: str) -> None:
         self.showMessage(text, MESSAGE_MS)
