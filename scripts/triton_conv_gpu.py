@@ -43,8 +43,8 @@ from liveanim.engines.torch_engine import backend  # noqa: E402
 from liveanim.model import LIAX  # noqa: E402
 from liveanim.model import layers  # noqa: E402
 from liveanim.model.folding import fold_for_inference  # noqa: E402
-from liveanim.model.fused_conv import Residual, conv3x3_fused  # noqa: E402
-from liveanim.model.layers import LEAKY_GAIN, LEAKY_SLOPE, REFERENCE_FORMS  # noqa: E402
+from liveanim.model.fused_conv import Residual, conv3x3_fused, conv3x3_reference  # noqa: E402
+from liveanim.model.layers import REFERENCE_FORMS  # noqa: E402
 from liveanim.model.seeded import seed_parameters_  # noqa: E402
 
 log = logging.getLogger("triton_conv_gpu")
@@ -63,7 +63,7 @@ class Call:
     @property
     def name(self) -> str:
         x, weight = self.args["x"], self.args["weight"]
-        flags = [k for k in ("scale", "shift", "demod", "residual") if self.args[k] is not None]
+        flags = [k for k in ("scale", "shift", "demod", "residual", "operands") if self.args[k] is not None]
         return f"{x.shape[1]}->{weight.shape[0]} @{x.shape[2]}x{x.shape[3]} [{','.join(flags) or 'bias'}]"
 
 
@@ -76,14 +76,15 @@ class Recorder:
         self.counting = False
         self._inner = layers.conv3x3_fused
 
-    def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None):
+    def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None,
+                 operands=None, impl="triton"):
         args = dict(x=x, weight=weight, scale=scale, shift=shift, demod=demod, bias=bias, activate=activate,
-                    residual=residual)
+                    residual=residual, operands=operands)
         name = Call(args).name
         if name not in self.calls:
             self.calls[name] = Call({k: _clone(v) for k, v in args.items()}, count=0)
         self.calls[name].count += self.counting
-        return self._inner(**args)
+        return self._inner(**args, impl=impl)
 
 
 def _clone(value: Any) -> Any:
@@ -216,25 +217,7 @@ def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
 
 def _composition(args: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
     """The fused conv's sums, unfused, in `dtype` (cuDNN's conv, PyTorch's elementwise ops)."""
-    def vector(name: str) -> torch.Tensor:
-        return args[name].to(dtype)[:, :, None, None]
-
-    x = args["x"].to(dtype)
-    if args["scale"] is not None:
-        x = x * vector("scale") + (vector("shift") if args["shift"] is not None else 0)
-    out = F.conv2d(x, args["weight"].to(dtype), padding=1)
-    if args["demod"] is not None:
-        out = out * vector("demod")
-    if args["bias"] is not None:
-        out = out + args["bias"].to(dtype)[:, None, None]
-    if args["activate"]:
-        out = F.leaky_relu(out, LEAKY_SLOPE) * LEAKY_GAIN
-    residual = args["residual"]
-    if residual is not None:
-        residual = Residual(residual.skip.to(dtype), None if residual.gain is None else residual.gain.to(dtype),
-                            residual.divisor)
-        out = residual.add_to(out)
-    return out
+    return conv3x3_reference(**args, dtype=dtype)
 
 
 def _time_ms(fn: Callable[[], Any]) -> tuple[float, str]:
