@@ -16,6 +16,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ pytest.importorskip("triton", reason="Triton is not installed (pip install trito
 
 from liveanim.model import layers  # noqa: E402
 from liveanim.model.decoder import FlowResBlock, ResBlock  # noqa: E402
-from liveanim.model.fp8 import Fp8Conv  # noqa: E402
+from liveanim.model.fp8 import Fp8Conv, calibrate  # noqa: E402
 from liveanim.model.fused_conv import Residual, conv3x3_fused, conv3x3_reference  # noqa: E402
 from liveanim.model.layers import (REFERENCE_FORMS, ConvLayer, KernelForms, ModulatedConv2d,  # noqa: E402
                                    set_kernel_forms)
@@ -214,6 +216,31 @@ def test_gpu_script_reference_is_what_the_kernel_computes(monkeypatch):
     for call in recorder.calls.values():
         expected = script._composition(call.args, torch.float64)
         assert _error_in_scale(conv3x3_fused(**call.args), expected) < F32_BOUND
+
+
+def test_gpu_script_fp8_calls_are_checked_and_timed(monkeypatch):
+    """The fp8 stage's per-call part on a calibrated block's recorded calls, with the GPU's timer and
+    compiler left out (each timed function runs once, as 1 ms): every row and total is filled in."""
+    script = _gpu_script(monkeypatch)
+    monkeypatch.setattr(script, "_time_ms", lambda fn: (fn(), (1.0, "test"))[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    _, fused = _pair(FlowResBlock(16, 12))
+    x = torch.randn(1, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    styles = _styles(fused, torch.randn(1, 12))
+    set_kernel_forms(fused, replace(FUSED, fused_impl="reference"))
+    assert calibrate(fused, lambda: fused(x, styles)) == 2
+    set_kernel_forms(fused, FUSED)
+    recorder = script.Recorder()
+    monkeypatch.setattr(layers, "conv3x3_fused", recorder)
+    recorder.counting = True
+    with torch.no_grad():
+        fused(x, styles)
+    rows, totals = script._fp8_calls(recorder.calls, deadline=time.perf_counter() + 60)
+    assert len(rows) == 2 and all("operands" in name for name in rows)
+    assert totals == {"cudnn_plus_epilogue_us": 2000.0, "fp16_kernel_us": 2000.0, "fp8_kernel_us": 2000.0}
+    for row in rows.values():
+        assert 0 < row["error_fp8_reference_form"]["max"]
+        assert row["error_fp16_kernel"]["max"] < row["error_fp8_kernel"]["max"]
 
 
 def test_gpu_script_records_each_stage_even_when_it_cannot_run(tmp_path):
