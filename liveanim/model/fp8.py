@@ -8,8 +8,9 @@ mantissa bits and saturates at +-448, so each operand is divided by a scale befo
   kernel multiplies) measured over calibration frames, times `MARGIN` for frames beyond those
   (larger values saturate); one scale per conv, so the kernel's epilogue folds it into the
   per-output-channel factor beside the weight's.
-The products of two e4m3 values are exact in float32; only the order of the float32 sums differs
-between the reference form (`conv3x3_fp8_reference`) and the kernel.
+The products of two e4m3 values are exact in float32; between the reference form
+(`conv3x3_fp8_reference`) and the kernel only the sums differ: their order, and on Hopper the
+tensor cores' own (narrower) accumulation within each chunk of 64 products.
 """
 
 from __future__ import annotations
