@@ -1,6 +1,7 @@
 """The fused Triton 3x3 convs on a GPU, in one run: parity against the reference, then speed.
 
     OUT=out/triton-conv python3 scripts/triton_conv_gpu.py [--width 2.0] [--budget-s 450] [--stages ...]
+    OUT=out/fp8 python3 scripts/triton_conv_gpu.py --width 2.0 --stages env,fp8 --budget-s 240  # FP8 alone
 
 Stages, in this order; each writes $OUT/<stage>.json when it ends (a stage that fails records its
 error there and the others still run; one that would not fit in what is left of --budget-s is
@@ -15,6 +16,15 @@ skipped and says so), everything is logged to $OUT/triton_conv_gpu.log:
           (what runs now), the fused kernel, and the kernel with bias and activation only (the
           cost of the prologue); medians of CUDA-graph replays; per-frame sums; tuned tiles
                                                                                       -> convs.json
+  fp8     FP8 operands (liveanim.model.fp8) in the fused convs of the fp16 model: activation
+          scales calibrated on 4 frames, errors on 4 others against fp32 reference forms, in the
+          kernel and in the reference form, next to the fp16 GPU forms (what runs now); then per
+          call of the fused conv (recorded here, the most costly first, while the budget lasts):
+          the fp8 kernel's time against the fp16 kernel's and cuDNN's conv + Inductor's epilogue,
+          its error against its reference form (same operands: the sums' order only) and against
+          fp32, next to the fp16 kernel's; per-frame sums (the fp8 times include two tiny vector
+          ops per call: scale / act_scale, act_scale * weight_scale). Needs no other stage
+                                                                                      -> fp8.json
   render  `main.py bench`'s measurement (torch+compile+graphs, fp16, accuracy vs fp32) with
           the Triton forms, then with the GPU forms                                   -> render.json
 """
@@ -30,26 +40,27 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from liveanim.engines.torch_engine import backend  # noqa: E402
 from liveanim.model import LIAX  # noqa: E402
 from liveanim.model import layers  # noqa: E402
 from liveanim.model.folding import fold_for_inference  # noqa: E402
-from liveanim.model.fused_conv import Residual, conv3x3_fused  # noqa: E402
-from liveanim.model.layers import LEAKY_GAIN, LEAKY_SLOPE, REFERENCE_FORMS  # noqa: E402
-from liveanim.model.seeded import seed_parameters_  # noqa: E402
+from liveanim.model.fp8 import MARGIN, Fp8Conv  # noqa: E402
+from liveanim.model.fused_conv import Residual, conv3x3_fused, conv3x3_reference  # noqa: E402
+from liveanim.model.layers import REFERENCE_FORMS, KernelForms, set_kernel_forms  # noqa: E402
+from fp8_error import Frames, calibrated, errors, run_frames, seeded_model  # noqa: E402
 
 log = logging.getLogger("triton_conv_gpu")
-STAGES = ("env", "model", "convs", "render")
-STAGE_COST_S = {"env": 1, "model": 60, "convs": 90, "render": 150}  # estimates, to skip what cannot fit
+STAGES = ("env", "model", "convs", "fp8", "render")
+STAGE_COST_S = {"env": 1, "model": 60, "convs": 90, "fp8": 100, "render": 150}  # estimates, to skip what cannot fit
 RENDER_CASE_S = 150  # one compiled engine at full width (a guess: compiling from a cold cache)
 
 
@@ -63,7 +74,7 @@ class Call:
     @property
     def name(self) -> str:
         x, weight = self.args["x"], self.args["weight"]
-        flags = [k for k in ("scale", "shift", "demod", "residual") if self.args[k] is not None]
+        flags = [k for k in ("scale", "shift", "demod", "residual", "operands") if self.args[k] is not None]
         return f"{x.shape[1]}->{weight.shape[0]} @{x.shape[2]}x{x.shape[3]} [{','.join(flags) or 'bias'}]"
 
 
@@ -76,14 +87,15 @@ class Recorder:
         self.counting = False
         self._inner = layers.conv3x3_fused
 
-    def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None):
+    def __call__(self, x, weight, scale=None, shift=None, demod=None, bias=None, activate=True, residual=None,
+                 operands=None, impl="triton"):
         args = dict(x=x, weight=weight, scale=scale, shift=shift, demod=demod, bias=bias, activate=activate,
-                    residual=residual)
+                    residual=residual, operands=operands)
         name = Call(args).name
         if name not in self.calls:
             self.calls[name] = Call({k: _clone(v) for k, v in args.items()}, count=0)
         self.calls[name].count += self.counting
-        return self._inner(**args)
+        return self._inner(**args, impl=impl)
 
 
 def _clone(value: Any) -> Any:
@@ -146,10 +158,6 @@ def _exact_fp32() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def _seeded_model(width: float) -> LIAX:
-    return seed_parameters_(LIAX(width)).eval().requires_grad_(False)
-
-
 def _inputs(device: torch.device) -> dict[str, torch.Tensor]:
     from liveanim.export.graphs import smooth_images
 
@@ -169,18 +177,10 @@ def _run_model(model: LIAX, inputs: dict[str, torch.Tensor], dtype: torch.dtype,
     return {"alpha": alpha.float(), "image": image.float()}
 
 
-def _errors(actual: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
-    diff = (actual.double() - expected.double()).abs()
-    span = (expected.max() - expected.min()).double().clamp_min(1e-12)
-    mse = diff.square().mean()
-    return {"max": diff.max().item(), "mean": diff.mean().item(),
-            "psnr_db": (10 * torch.log10(span.square() / mse.clamp_min(1e-30))).item()}
-
-
 def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
     device = torch.device(state["device"])
     _exact_fp32()
-    base = state["model"] = _seeded_model(state["width"])
+    base = state["model"] = seeded_model(state["width"], seed=0)
     inputs = _inputs(device)
     reference = copy.deepcopy(base).to(device)
     fold_for_inference(reference, REFERENCE_FORMS)
@@ -200,7 +200,7 @@ def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             results[name] = {"first_frame_s": round(time.perf_counter() - began, 2),
-                             **{key: _errors(outputs[key], truth[key]) for key in outputs}}
+                             **{key: errors(outputs[key], truth[key]) for key in outputs}}
         finally:
             layers.conv3x3_fused = recorder._inner
         log.info("%s: %s", name, results[name])
@@ -216,25 +216,7 @@ def stage_model(state: dict[str, Any], deadline: float) -> dict[str, Any]:
 
 def _composition(args: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
     """The fused conv's sums, unfused, in `dtype` (cuDNN's conv, PyTorch's elementwise ops)."""
-    def vector(name: str) -> torch.Tensor:
-        return args[name].to(dtype)[:, :, None, None]
-
-    x = args["x"].to(dtype)
-    if args["scale"] is not None:
-        x = x * vector("scale") + (vector("shift") if args["shift"] is not None else 0)
-    out = F.conv2d(x, args["weight"].to(dtype), padding=1)
-    if args["demod"] is not None:
-        out = out * vector("demod")
-    if args["bias"] is not None:
-        out = out + args["bias"].to(dtype)[:, None, None]
-    if args["activate"]:
-        out = F.leaky_relu(out, LEAKY_SLOPE) * LEAKY_GAIN
-    residual = args["residual"]
-    if residual is not None:
-        residual = Residual(residual.skip.to(dtype), None if residual.gain is None else residual.gain.to(dtype),
-                            residual.divisor)
-        out = residual.add_to(out)
-    return out
+    return conv3x3_reference(**args, dtype=dtype)
 
 
 def _time_ms(fn: Callable[[], Any]) -> tuple[float, str]:
@@ -267,7 +249,7 @@ def stage_convs(state: dict[str, Any], deadline: float) -> dict[str, Any]:
             truth = _composition({**args, "x": args["x"].float()}, torch.float32)
             unfused = _composition(args, torch.float16)
             fused = conv3x3_fused(**args)
-            error_unfused, error_fused = _errors(unfused, truth), _errors(fused, truth)
+            error_unfused, error_fused = errors(unfused, truth), errors(fused, truth)
             x, weight = args["x"], args["weight"]
             conv_ms, how = _time_ms(lambda: F.conv2d(x, weight, padding=1))
             current_ms, _ = _time_ms(lambda: compiled(args))
@@ -282,13 +264,107 @@ def stage_convs(state: dict[str, Any], deadline: float) -> dict[str, Any]:
             totals[key] += rows[name][key] * call.count
         log.info("%s x%d: cuDNN %.1f us, cuDNN+epilogue %.1f us, fused %.1f us; max err %.2e (unfused %.2e)", name,
                  call.count, conv_ms * 1e3, current_ms * 1e3, fused_ms * 1e3, error_fused["max"], error_unfused["max"])
-    from liveanim.model import triton_conv
-
-    tuned = {str(key): str(config) for key, config in getattr(triton_conv._conv3x3_kernel, "cache", {}).items()}
-    return {"tuned_configs": tuned, "bound": "per call, the fused fp16 error at most 2x the unfused fp16 error (max and mean), both "
+    return {"tuned_configs": _tuned_configs(), "bound": "per call, the fused fp16 error at most 2x the unfused fp16 error (max and mean), both "
                      "against the same sums in fp32 (TF32 off)",
             "passed": all(row.get("passed", True) for row in rows.values()), "per_frame_totals_us": totals,
             "calls": rows}
+
+
+FP8_FRAMES = (4, 4)  # driving frames to calibrate on and to measure on (each set with a source of its own)
+FP8_CALL_S = 20  # one call's errors and times, with the compiles of a new set of fused parts (a guess)
+
+
+def _frame_errors(model: LIAX, frames: Frames, truth: dict[str, torch.Tensor]) -> dict[str, Any]:
+    began = time.perf_counter()
+    outputs = run_frames(model, frames.source, frames.driving, torch.float16)
+    torch.cuda.synchronize()
+    seconds = round(time.perf_counter() - began, 1)
+    return {"seconds": seconds, **{key: errors(outputs[key], truth[key]) for key in outputs}}
+
+
+def _folded(base: LIAX, forms: KernelForms, dtype: torch.dtype, device: torch.device) -> LIAX:
+    model = copy.deepcopy(base).to(device=device, dtype=dtype)
+    fold_for_inference(model, forms, channels_last=dtype != torch.float32)
+    return model
+
+
+def stage_fp8(state: dict[str, Any], deadline: float) -> dict[str, Any]:
+    _exact_fp32()
+    device = torch.device(state["device"])
+    base = state.get("model") or seeded_model(state["width"], seed=0)
+    frames = Frames.seeded(*FP8_FRAMES, seed=1).to(device)
+    truth = run_frames(_folded(base, REFERENCE_FORMS, torch.float32, device), frames.source, frames.driving,
+                       torch.float32)
+    results: dict[str, Any] = {"frames": f"calibrated on 1 source + {FP8_FRAMES[0]} driving, measured on 1 other "
+                               f"source + {FP8_FRAMES[1]} other driving (seed 1)", "margin": MARGIN,
+                               "against": "fp32 reference forms, TF32 off",
+                               "fp16_gpu_forms": _frame_errors(_folded(base, backend.GPU_FORMS, torch.float16, device),
+                                                               frames, truth)}
+    model = _folded(base, backend.TRITON_FORMS, torch.float16, device)
+    results["fused_convs"] = calibrated(model, frames, backend.TRITON_FORMS, torch.float16, MARGIN)
+    for name, impl in (("fp8_reference_form", "reference"), ("fp8_kernel", "triton")):
+        set_kernel_forms(model, replace(backend.TRITON_FORMS, fused_impl=impl))
+        results[name] = _frame_errors(model, frames, truth)
+        log.info("%s: %s", name, results[name])
+        (state["out"] / "fp8.json").write_text(json.dumps({"status": "partial", **results}, indent=2))
+    recorder = Recorder()
+    layers.conv3x3_fused = recorder
+    try:
+        _run_model(model, {"source": frames.source, "driving": frames.driving[:1]}, torch.float16, recorder)
+    finally:
+        layers.conv3x3_fused = recorder._inner
+    results["calls"], results["per_frame_totals_us"] = _fp8_calls(recorder.calls, deadline)
+    results["bound"] = ("per call, the fp8 kernel's max error against its reference form (the same e4m3 operands, "
+                        "float32 sums) at most 1/4 of the reference form's own max error against fp32")
+    results["passed"] = all(row.get("passed", True) for row in results["calls"].values())
+    results["tuned_configs"] = _tuned_configs()
+    return results
+
+
+def _flops(args: dict[str, Any]) -> int:
+    x, weight = args["x"], args["weight"]
+    return 2 * x.shape[0] * x.shape[2] * x.shape[3] * weight.shape[0] * weight.shape[1] * 9
+
+
+def _fp8_calls(calls: dict[str, Call], deadline: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """Per recorded fp8 call (the most costly per frame first): errors and times (see the docstring)."""
+    compiled = torch.compile(lambda args: _composition(args, torch.float16), dynamic=True)
+    rows: dict[str, Any] = {}
+    totals = {"cudnn_plus_epilogue_us": 0.0, "fp16_kernel_us": 0.0, "fp8_kernel_us": 0.0}
+    for name, call in sorted(calls.items(), key=lambda item: -_flops(item[1].args) * item[1].count):
+        if time.perf_counter() > deadline - FP8_CALL_S:
+            rows[name] = {"status": "skipped: out of time"}
+            continue
+        args = call.args
+        assert isinstance(args["operands"], Fp8Conv), name
+        plain = {**args, "operands": None}
+        with torch.inference_mode():
+            truth = _composition({**plain, "x": args["x"].float()}, torch.float32)
+            reference = _composition({**args, "x": args["x"].float()}, torch.float32)
+            fp8, fp16 = conv3x3_fused(**args), conv3x3_fused(**plain)
+            fp8_ms, how = _time_ms(lambda: conv3x3_fused(**args))
+            fp16_ms, _ = _time_ms(lambda: conv3x3_fused(**plain))
+            current_ms, _ = _time_ms(lambda: compiled(plain))
+        error_reference, error_kernel = errors(reference, truth), errors(fp8, reference)
+        rows[name] = {"count_per_frame": call.count, "act_scale": args["operands"].act_scale,
+                      "error_fp8_reference_form": error_reference, "error_fp8_kernel_vs_reference_form": error_kernel,
+                      "error_fp8_kernel": errors(fp8, truth), "error_fp16_kernel": errors(fp16, truth),
+                      "passed": error_kernel["max"] <= error_reference["max"] / 4,
+                      "cudnn_plus_epilogue_us": current_ms * 1e3, "fp16_kernel_us": fp16_ms * 1e3,
+                      "fp8_kernel_us": fp8_ms * 1e3, "fp8_tflops": _flops(args) / fp8_ms / 1e9, "timing": how}
+        for key in totals:
+            totals[key] += rows[name][key] * call.count
+        log.info("%s x%d: cuDNN+epilogue %.1f us, fp16 kernel %.1f us, fp8 kernel %.1f us; fp8 max err %.2e "
+                 "(vs its reference %.2e)", name, call.count, current_ms * 1e3, fp16_ms * 1e3, fp8_ms * 1e3,
+                 rows[name]["error_fp8_kernel"]["max"], error_kernel["max"])
+    return rows, totals
+
+
+def _tuned_configs() -> dict[str, str]:
+    """The tiles the autotuner picked, per key (shapes and fused parts)."""
+    from liveanim.model import triton_conv
+
+    return {str(key): str(config) for key, config in getattr(triton_conv._conv3x3_kernel, "cache", {}).items()}
 
 
 def stage_render(state: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -300,7 +376,7 @@ def stage_render(state: dict[str, Any], deadline: float) -> dict[str, Any]:
     config = EngineConfig(device=state["device"], seeded=True, width=state["width"])
     bench = BenchConfig(engines=("torch+compile+graphs",), precisions=("fp16",), frames=state["frames"], warmup=10,
                         accuracy=True)
-    model = state.get("model") or _seeded_model(state["width"])
+    model = state.get("model") or seeded_model(state["width"], seed=0)
     results: dict[str, Any] = {}
     for name, on in (("triton_forms", True), ("gpu_forms", False)):
         if time.perf_counter() > deadline - RENDER_CASE_S:
@@ -316,7 +392,7 @@ def stage_render(state: dict[str, Any], deadline: float) -> dict[str, Any]:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
-    "env": stage_env, "model": stage_model, "convs": stage_convs, "render": stage_render}
+    "env": stage_env, "model": stage_model, "convs": stage_convs, "fp8": stage_fp8, "render": stage_render}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,8 @@ pytest.importorskip("triton", reason="Triton is not installed (pip install trito
 
 from liveanim.model import layers  # noqa: E402
 from liveanim.model.decoder import FlowResBlock, ResBlock  # noqa: E402
-from liveanim.model.fused_conv import Residual, conv3x3_fused  # noqa: E402
+from liveanim.model.fp8 import Fp8Conv, calibrate  # noqa: E402
+from liveanim.model.fused_conv import Residual, conv3x3_fused, conv3x3_reference  # noqa: E402
 from liveanim.model.layers import (REFERENCE_FORMS, ConvLayer, KernelForms, ModulatedConv2d,  # noqa: E402
                                    set_kernel_forms)
 from liveanim.model.seeded import seed_parameters_  # noqa: E402
@@ -95,6 +98,38 @@ def test_without_modulation_the_input_is_read_as_it_is():
     x, weight, *_, bias = _inputs(1, 16, 16, 6, 6, torch.float32, seed=2)
     out = conv3x3_fused(x.contiguous(), weight, bias=bias)
     assert _error_in_scale(out, _reference(x, weight, None, None, None, bias, None)) < F32_BOUND
+
+
+def _on_the_e4m3_grid(batch: int, c_in: int, height: int, width: int, dtype: torch.dtype, seed: int):
+    """x, scale, shift whose prologue output x * scale + shift is a multiple of 1/8 in [-1.75, 1.75]:
+    e4m3 values, so the kernel's conversion to e4m3 is exact. Triton's interpreter (3.9) truncates
+    that conversion (and drops the carry of its rounding); the GPU rounds to nearest, which the GPU
+    script's fp8 stage checks on the model's own calls."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (batch, c_in, height, width), generator=generator).to(dtype) / 4
+    scale = 2.0 ** torch.randint(-1, 2, (batch, c_in), generator=generator).to(dtype)
+    shift = torch.randint(-6, 7, (batch, c_in), generator=generator).to(dtype) / 8
+    return x.contiguous(memory_format=torch.channels_last), scale, shift
+
+
+@pytest.mark.parametrize("batch, c_in, c_out, height, width, dtype", [
+    (1, 8, 8, 8, 8, torch.float32), (2, 24, 20, 9, 11, torch.float32), (1, 40, 3, 5, 17, torch.float16)])
+@pytest.mark.parametrize("parts", ["scale", "shift,residual", "bias"])
+def test_fp8_kernel_matches_its_reference_form(batch, c_in, c_out, height, width, dtype, parts):
+    """The same e4m3 operands (act_scale 1: amax 224 with the margin of 2) in the kernel and in the
+    reference form: only the order of the float32 sums differs. 'bias' is a plain ConvLayer's form,
+    with no style: the kernel's prologue then only divides by act_scale."""
+    x, scale, shift = _on_the_e4m3_grid(batch, c_in, height, width, dtype, seed=3)
+    _, weight, _, _, demod, bias = _inputs(batch, c_in, c_out, height, width, dtype, seed=4)
+    fp8 = Fp8Conv.of(weight, amax=224.0)
+    assert fp8.act_scale == 1.0
+    residual = Residual(torch.randn(batch, c_out, height, width).to(dtype), divisor=math.sqrt(2.0))
+    args = dict(x=x, weight=weight, scale=None if parts == "bias" else scale, shift=shift if "shift" in parts else None,
+                demod=None if parts == "bias" else demod, bias=bias,
+                residual=residual if "residual" in parts else None, operands=fp8)
+    out, expected = conv3x3_fused(**args), conv3x3_reference(**args, dtype=torch.float64)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert _error_in_scale(out, expected.double()) < (F32_BOUND if dtype == torch.float32 else F16_ULPS * 2.0**-10)
 
 
 def _pair(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -183,6 +218,31 @@ def test_gpu_script_reference_is_what_the_kernel_computes(monkeypatch):
         assert _error_in_scale(conv3x3_fused(**call.args), expected) < F32_BOUND
 
 
+def test_gpu_script_fp8_calls_are_checked_and_timed(monkeypatch):
+    """The fp8 stage's per-call part on a calibrated block's recorded calls, with the GPU's timer and
+    compiler left out (each timed function runs once, as 1 ms): every row and total is filled in."""
+    script = _gpu_script(monkeypatch)
+    monkeypatch.setattr(script, "_time_ms", lambda fn: (fn(), (1.0, "test"))[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    _, fused = _pair(FlowResBlock(16, 12))
+    x = torch.randn(1, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    styles = _styles(fused, torch.randn(1, 12))
+    set_kernel_forms(fused, replace(FUSED, fused_impl="reference"))
+    assert calibrate(fused, lambda: fused(x, styles)) == 2
+    set_kernel_forms(fused, FUSED)
+    recorder = script.Recorder()
+    monkeypatch.setattr(layers, "conv3x3_fused", recorder)
+    recorder.counting = True
+    with torch.no_grad():
+        fused(x, styles)
+    rows, totals = script._fp8_calls(recorder.calls, deadline=time.perf_counter() + 60)
+    assert len(rows) == 2 and all("operands" in name for name in rows)
+    assert totals == {"cudnn_plus_epilogue_us": 2000.0, "fp16_kernel_us": 2000.0, "fp8_kernel_us": 2000.0}
+    for row in rows.values():
+        assert 0 < row["error_fp8_reference_form"]["max"]
+        assert row["error_fp16_kernel"]["max"] < row["error_fp8_kernel"]["max"]
+
+
 def test_gpu_script_records_each_stage_even_when_it_cannot_run(tmp_path):
     """A stage that fails writes its error, one that cannot fit in the budget says so, and the
     script still ends normally: partial results of a GPU run survive."""
@@ -205,29 +265,36 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from liveanim.model import triton_conv
 
+fp8 = sys.argv[1] == "fp8"
 kernel = triton_conv._conv3x3_kernel.fn
 names = [p.name for p in kernel.params]
 flags = dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_DEMOD=True, HAS_BIAS=True, ACTIVATE=True, HAS_ALPHA=True,
-             HAS_RESIDUAL=True, IEEE=False, SLOPE=0.2, GAIN=2**0.5, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, sxc=1, src=1)
+             HAS_RESIDUAL=True, IEEE=False, SLOPE=0.2, GAIN=2**0.5, FP8=fp8, FP8_MAX=448.0, BLOCK_M=128, BLOCK_N=128,
+             BLOCK_K=64, sxc=1, src=1)
 signature = {name: "*fp16" if name.endswith("_ptr") else "fp32" if name == "beta" else "i32" for name in names}
+if fp8:  # e4m3 weight rows, float32 prologue vectors and output factors
+    signature.update(w_ptr="*fp8e4nv", scale_ptr="*fp32", shift_ptr="*fp32", factor_ptr="*fp32")
 signature.update({name: "constexpr" for name in flags})
 aligned = [name for name in names if name.endswith("_ptr") or name in ("W", "HW", "C_IN", "C_OUT", "sxb", "sxh", "sxw")]
 source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in flags.items()},
                    attrs={(names.index(name),): [["tt.divisibility", 16]] for name in aligned})
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 64), options={"num_warps": 8, "num_stages": 3})
-print(compiled.metadata.shared, "wgmma" in compiled.asm["ptx"])
+ptx = compiled.asm["ptx"]
+print(compiled.metadata.shared, "wgmma" in ptx, "e4m3.e4m3" in ptx)
 """
 
 
-def test_the_kernel_compiles_for_hopper_without_a_gpu():
+@pytest.mark.parametrize("operands", ["fp16", "fp8"])
+def test_the_kernel_compiles_for_hopper_without_a_gpu(operands):
     """What the interpreter accepts, the GPU compiler may not: the fully fused variant must build
-    for sm_90 with tensor-core instructions (wgmma) here, before a GPU run is spent on it."""
+    for sm_90 with tensor-core instructions (wgmma) here, before a GPU run is spent on it; in FP8
+    mode with e4m3 x e4m3 products."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=REPO)
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90, operands], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
-    shared, wgmma = run.stdout.split()
-    assert wgmma == "True" and int(shared) > 0
+    shared, wgmma, e4m3 = run.stdout.split()
+    assert wgmma == "True" and int(shared) > 0 and e4m3 == str(operands == "fp8")
 
 
 def test_the_engine_switch_picks_the_triton_forms_only_in_half_precision(monkeypatch):

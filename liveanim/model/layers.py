@@ -22,10 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveanim.model.fused_conv import Residual, conv3x3_fused
-
-LEAKY_SLOPE = 0.2
-LEAKY_GAIN = math.sqrt(2.0)
+from liveanim.model.fused_conv import FUSED_IMPLS, LEAKY_GAIN, LEAKY_SLOPE, Operands, Residual, conv3x3_fused
 
 
 def random_normal(*shape: int) -> torch.Tensor:
@@ -69,6 +66,8 @@ class KernelForms:
                    modulation, GroupNorm, bias, activation and residual, where the layer has
                    them) run as one Triton kernel (`fused_conv`), which writes each output map
                    once; needs Triton (CUDA, or its CPU interpreter). 0: never.
+    fused_impl:    how those convs run: 'triton' (the kernel) or 'reference' (the same sums
+                   unfused, in float32: for tests, and FP8's reference form where no GPU is).
     """
 
     filters: str = "conv"
@@ -76,10 +75,11 @@ class KernelForms:
     pointwise_max_in: int = 0
     phase_min_side: int = 0
     triton_min_side: int = 0
+    fused_impl: str = "triton"
 
     def __post_init__(self) -> None:
         sizes = (self.gemm_max_side, self.pointwise_max_in, self.phase_min_side, self.triton_min_side)
-        if self.filters not in FILTER_FORMS or min(sizes) < 0:
+        if self.filters not in FILTER_FORMS or self.fused_impl not in FUSED_IMPLS or min(sizes) < 0:
             raise ValueError(f"bad kernel forms {self}")
 
 
@@ -310,7 +310,8 @@ class ConvLayer(nn.Sequential):
 
     An upsampling 3x3 layer given `phase_weight` (`phase_kernels` of its weight; folding gives
     them to the layers that `KernelForms.phase_min_side` picks) runs its conv at the input's
-    resolution.
+    resolution. `operands` applies where the conv runs fused (`conv3x3_fused`; `fp8.calibrate`
+    sets it).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
@@ -335,12 +336,19 @@ class ConvLayer(nn.Sequential):
             layers.append(FusedLeakyReLU(out_channels))
         super().__init__(*layers)
         self.register_buffer("phase_weight", None, persistent=False)
+        self.operands: Operands = None
+
+    def conv_weight(self) -> torch.Tensor:
+        """The weight the fused conv gets (equalized-lr scale applied)."""
+        conv = next(layer for layer in self if isinstance(layer, EqualConv2d))
+        return _scaled(conv.weight, conv.scale)
 
     def forward(self, x: torch.Tensor, residual: Residual | None = None) -> torch.Tensor:
         """residual: the block's sum around this layer (only for a layer that activates)."""
         conv = self[0]
         if len(self) == 2 and isinstance(self[1], FusedLeakyReLU) and _fused(conv.forms, x, conv.weight, conv.padding):
-            return conv3x3_fused(x, _scaled(conv.weight, conv.scale), bias=self[1].bias, residual=residual)
+            return conv3x3_fused(x, self.conv_weight(), bias=self[1].bias, residual=residual, operands=self.operands,
+                                 impl=conv.forms.fused_impl)
         layers = list(self)
         if self.phase_weight is not None:
             x = self._upsampled_conv_in_phases(x, self.phase_weight)
@@ -463,6 +471,11 @@ class StyledConv(nn.Module):
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, upsample=upsample)
         self.activate = FusedLeakyReLU(out_channels)
+        self.operands: Operands = None  # where the conv runs fused (`fp8.calibrate` sets it)
+
+    def conv_weight(self) -> torch.Tensor:
+        """The weight the fused conv gets (equalized-lr scale applied)."""
+        return _scaled(self.conv.weight[0], self.conv.scale)
 
     def forward(self, x: torch.Tensor, styles: Styles, residual: Residual | None = None,
                 norm: GroupNorm | None = None) -> torch.Tensor:
@@ -474,11 +487,14 @@ class StyledConv(nn.Module):
             if norm is not None:
                 factor, offset = norm.channel_affine(x)
                 scale, shift = scale * factor, scale * offset
-            return conv3x3_fused(x, _scaled(conv.weight[0], conv.scale), scale, shift, modulation.demod,
-                                 self.activate.bias, residual=residual)
+            return conv3x3_fused(x, self.conv_weight(), scale, shift, modulation.demod, self.activate.bias,
+                                 residual=residual, operands=self.operands, impl=conv.forms.fused_impl)
         out = self.activate(conv(x if norm is None else norm(x), modulation))
         return out if residual is None else residual.add_to(out)
 
+
+FUSABLE = (ConvLayer, StyledConv)
+"""The layers whose 3x3 conv can run fused (`conv3x3_fused`), with `operands` and `conv_weight`."""
 
 Styles = Mapping[ModulatedConv2d, Modulation]
 """The modulations of a decoder's layers by one latent, looked up by layer."""
