@@ -10,10 +10,13 @@ graph from seeded weights (`seed_parameters_`): other values, the same graph.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +34,7 @@ from liveanim.export.verify import TOLERANCES, errors, within
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, compile_in_background=True, cuda_graphs=False,
                       precision="fp32")
 MOTION_JOB = "motion encoder [(1, 3, 512, 512)]"
+REPO = Path(__file__).resolve().parents[1]
 IN_CHILD = "in a separate process"
 TIMEOUT_S = 300.0
 
@@ -163,6 +167,23 @@ def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, ca
         assert not _session_members(pid), "its compile workers too"
         assert engine.wait_until_compiled(timeout=30)
     assert not _messages(caplog.records, logging.WARNING), "an ended child is no failure to warn about"
+
+
+def test_the_start_timeline_script_runs_on_the_cpu(tmp_path):
+    """scripts/start_timeline.py's smoke test (its numbers are for a GPU): a few seconds of frames
+    while the child compiles, a report, and no child left when it ends."""
+    env = {**os.environ, "DEVICE": "cpu", "WIDTH": "0.125", "BUDGET_S": "12", "OUT": str(tmp_path),
+           "CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "scripts/start_timeline.py"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    report = json.loads((tmp_path / "start-timeline-prefill-on.json").read_text())
+    assert report["prefill_in_child"] and report["device"] == "cpu" and report["frames"] >= 1
+    assert report["first_frame_s"] > report["time_to_engine_ready_s"] > 0
+    started = [re.search(r"\(pid (\d+)\)", line) for line in report["engine_log"]]
+    pids = [int(found.group(1)) for found in started if found]
+    assert pids and not any(map(_alive, pids))
 
 
 def _wait_for_child(records: list[logging.LogRecord]) -> int:
