@@ -121,10 +121,12 @@ class ChildCompiler:
         with self._lock:
             if self._stopped:
                 raise ChildFailed("the engine was closed")
-            # a session of its own: its compile workers are ended with it
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.DEVNULL,
-                stdout=output, stderr=output, env=_environment(), start_new_session=True)
+            try:  # a session of its own: its compile workers are ended with it
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.DEVNULL,
+                    stdout=output, stderr=output, env=_environment(), start_new_session=True)
+            except OSError as error:
+                raise ChildFailed(f"it could not start ({error})") from None
             return self._process
 
 
