@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -37,6 +38,8 @@ MOTION_JOB = "motion encoder [(1, 3, 512, 512)]"
 REPO = Path(__file__).resolve().parents[1]
 IN_CHILD = "in a separate process"
 TIMEOUT_S = 300.0
+# not PyTorch's default ('none'), as export's `exact_fp32` leaves it: the child must compile under it too
+MATMUL_PRECISION = "ieee"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class Start:
     interim: torch.Tensor
     compiled: torch.Tensor
     caches: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matmul_precision() -> Iterator[None]:
+    """A process-wide setting in Inductor's cache key off PyTorch's default, for every start here."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = MATMUL_PRECISION
+    yield
+    torch.backends.cuda.matmul.fp32_precision = saved
 
 
 def _use_caches(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,8 +118,7 @@ class TorchEngine(Engine):
             return replay(torch.compile(fn, dynamic=False))
 
         if self._compiler is not None:
-            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
-                               torch.get_num_threads())
+            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV)
             return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler, child), COMPILED_BATCH)
         return BatchBuckets(compiled(), COMPILED_BATCH)
 

@@ -11,8 +11,9 @@ The child builds the graph through the engine itself (a `TorchEngine` of the sam
 precision, device and kernel forms, called with inputs of the job's shape), from seeded weights:
 the graphs are compiled without freezing, so the weights are graph inputs, and their values are
 not part of Inductor's cache key (tests/test_prefill.py checks it). The child never reads the
-checkpoint. Global settings that Inductor's key holds besides (matmul precision, deterministic
-algorithms) are PyTorch's defaults in both processes; the CPU thread count travels in the job.
+checkpoint. Of the process-wide settings that Inductor's key holds, the job carries those a
+process of ours may change (CPU threads, the fp32 matmul precision: one test helper leaves it
+changed); the others (deterministic algorithms, default dtype) stay PyTorch's defaults in both.
 
     python -m liveanim.engines.torch_engine.prefill '<PrefillJob as JSON>'
 
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -57,7 +58,9 @@ class PrefillJob:
     precision:   'fp32', 'fp16' or 'bf16', as the engine resolved it.
     device:      the engine's device, e.g. 'cuda'.
     triton_conv: backend.TRITON_CONV when the engine was made: it picks the kernel forms.
-    threads:     torch.get_num_threads() in the engine's process: the CPU's C++ kernels are made for it.
+    threads, matmul_precision: this process's settings, taken when the job is made, that
+                 Inductor's cache key holds: torch.get_num_threads() (the CPU's C++ kernels are
+                 made for it) and torch.backends.cuda.matmul.fp32_precision (None before PyTorch 2.9).
     """
 
     graph: str
@@ -66,7 +69,9 @@ class PrefillJob:
     precision: str
     device: str
     triton_conv: bool
-    threads: int
+    threads: int = field(default_factory=torch.get_num_threads)
+    matmul_precision: str | None = field(
+        default_factory=lambda: getattr(torch.backends.cuda.matmul, "fp32_precision", None))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -185,6 +190,8 @@ def compile_graph(job: PrefillJob) -> None:
     from liveanim.model import RESOLUTION
 
     torch.set_num_threads(job.threads)
+    if job.matmul_precision is not None:
+        torch.backends.cuda.matmul.fp32_precision = job.matmul_precision
     backend.TRITON_CONV = job.triton_conv
     config = EngineConfig(backend="torch", device=job.device, precision=job.precision, seeded=True,
                           width=job.width, compile=True, cuda_graphs=False)
