@@ -15,6 +15,7 @@ from skimage import data
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.engines.base import OptimizingProgress
 from liveanim.engines.torch_engine.compile_times import COMPILE_TIMES_FILE, CompileTimes, compile_key
+from liveanim.engines.torch_engine import prefill
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler
 from liveanim.model.layers import REFERENCE_FORMS
 from liveanim.pipeline.animator import Animator
@@ -140,8 +141,10 @@ def test_reports_say_nothing_for_an_engine_without_background_work():
 def test_a_live_session_reports_the_engine_optimizing_then_done(tmp_path, monkeypatch):
     """The live loop over the torch engine compiling in the background (its real compiler thread
     and job queue). torch.compile itself stands in as the graph run as it is, held until the test
-    lets it finish: the real compile of even the tiny model takes minutes on this CPU."""
+    lets it finish: the real compile of even the tiny model takes minutes on this CPU (so no child
+    process compiles first either: tests/test_prefill.py has those)."""
     held = HeldJobs()
+    monkeypatch.setattr(prefill, "IN_CHILD", False)
 
     def held_compile(fn, dynamic):
         def compiled(*args):

@@ -12,8 +12,11 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   launch overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
 - `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
-  graphs (captured in under a second) while a thread of the engine's own compiles the fast ones,
-  or loads them from Inductor's cache (~20 s on an H100); then every call takes the fast path.
+  graphs (captured in under a second) while a thread of the engine's own prepares the fast ones;
+  then every call takes the fast path. On the first start with this GPU and PyTorch a child process
+  compiles each graph (prefill.py: minutes, outside this process, so the uncompiled frames keep
+  their pace: Inductor holds Python's lock while it compiles), and the thread then loads it from
+  Inductor's cache, as it does straight away on later starts (13-18 s per graph on an H200).
   The live loop starts this way: its first frames come seconds after the weights are read, and it
   shows `optimizing()`'s progress, timed against the last start (compile_times.py).
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
@@ -36,6 +39,7 @@ from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
+from liveanim.engines.torch_engine.prefill import PrefillJob
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
@@ -59,6 +63,8 @@ TRITON_FORMS = replace(GPU_FORMS, triton_min_side=64)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
+# The per-frame graphs, by the names in the log, the compile times and a child's compile job.
+MOTION_GRAPH, RENDER_GRAPH = "motion encoder", "renderer"
 
 
 def gpu_forms(dtype: torch.dtype) -> KernelForms:
@@ -99,8 +105,8 @@ class TorchEngine(Engine):
             self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
-        self._motion = self._accelerated("motion encoder", self.model.encode_motion)
-        self._decode = self._accelerated("renderer", lambda z: self.model.decode(z, self._source.maps))
+        self._motion = self._accelerated(MOTION_GRAPH, self.model.encode_motion)
+        self._decode = self._accelerated(RENDER_GRAPH, lambda z: self.model.decode(z, self._source.maps))
 
     def _accelerated(self, name: str, fn: GraphFn) -> GraphFn:
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
@@ -112,7 +118,8 @@ class TorchEngine(Engine):
             return replay(torch.compile(fn, dynamic=False))
 
         if self._compiler is not None:
-            return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler), COMPILED_BATCH)
+            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV)
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler, child), COMPILED_BATCH)
         return BatchBuckets(compiled(), COMPILED_BATCH)
 
     @property

@@ -1,5 +1,11 @@
 """Compiling the per-frame graphs without making callers wait: one background thread prepares the
-compiled graph for each input shape while the uncompiled one serves the calls."""
+compiled graph for each input shape while the uncompiled one serves the calls.
+
+Inductor holds Python's lock for most of a compile, so on a fresh machine a compile on that thread
+alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job first has
+the graph compiled in a child process (prefill.py), which fills Inductor's on-disk caches while the
+thread only waits; then the thread compiles it in-process, which loads it from those caches. Where
+the last start measured the job, the caches are warm and the thread loads it straight away."""
 
 from __future__ import annotations
 
@@ -8,14 +14,17 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from liveanim.engines.base import OptimizingProgress
+from liveanim.engines.torch_engine import prefill
 from liveanim.engines.torch_engine.batching import GraphFn, ShapeKey, shape_key
 from liveanim.engines.torch_engine.compile_times import CompileTimes
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay
+from liveanim.engines.torch_engine.prefill import ChildCompiler, ChildFailed, PrefillJob
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +37,15 @@ def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
 
 class BackgroundCompiler:
     """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
-    at a time anyway), so that callers need not wait for them. It times each job, for the
-    progress shown meanwhile (`progress`) and, through `times`, for the next start's estimate."""
+    at a time anyway), so that callers need not wait for them. It times each job (a child's
+    compile and the load after it together), for the progress shown meanwhile (`progress`) and,
+    through `times`, for the next start's estimate; a job measured there runs without a child."""
 
     def __init__(self, device: torch.device, times: CompileTimes | None = None):
         self._device = device
         self._times = times
-        self._jobs: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, Callable[[], None], PrefillJob | None] | None] = queue.Queue()
+        self._child = ChildCompiler()
         self._thread: threading.Thread | None = None
         self._state = threading.Condition()  # guards the counts below
         self._queued: list[str] = []  # labels of the jobs not started yet
@@ -42,12 +53,15 @@ class BackgroundCompiler:
         self._submitted = self._finished = self._failed = 0
         self._closed = False
 
-    def submit(self, label: str, job: Callable[[], None]) -> None:
+    def submit(self, label: str, job: Callable[[], None], child: PrefillJob | None = None) -> None:
         """Run `job()` on the compiler thread (started on the first job), in inference mode.
 
         label: names the job in the log and in the measured times, the same on every start
                (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
                running uncompiled.
+        child: the graph `job` compiles, to compile in a child process first (`prefill.IN_CHILD`),
+               so that `job` finds it in Inductor's caches. A child that fails is logged, and
+               `job` compiles the graph itself.
         """
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
@@ -55,7 +69,7 @@ class BackgroundCompiler:
         with self._state:
             self._submitted += 1
             self._queued.append(label)
-        self._jobs.put((label, job))
+        self._jobs.put((label, job, child))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far has finished; False on timeout."""
@@ -69,8 +83,10 @@ class BackgroundCompiler:
                                       first_time=self._times is None or not self._times.last)
 
     def close(self) -> None:
-        """Skip the jobs not started yet; one that runs finishes in the background."""
+        """Skip the jobs not started yet and end a child process under way; an in-process compile
+        under way finishes in the background."""
         self._closed = True
+        self._child.stop()
         self._jobs.put(None)
 
     def _remaining_s(self) -> float | None:
@@ -90,12 +106,14 @@ class BackgroundCompiler:
             while (item := self._jobs.get()) is not None:
                 self._run_job(*item)
 
-    def _run_job(self, label: str, job: Callable[[], None]) -> None:
+    def _run_job(self, label: str, job: Callable[[], None], child: PrefillJob | None) -> None:
         with self._state:
             self._queued.remove(label)
             self._running = (label, started := time.monotonic())
         failed = False
         try:
+            if child is not None and prefill.IN_CHILD and not self._measured(label):
+                self._compile_in_child(label, child)
             if not self._closed:
                 job()
                 seconds = time.monotonic() - started
@@ -112,6 +130,21 @@ class BackgroundCompiler:
                 self._failed += failed
                 self._state.notify_all()
 
+    def _measured(self, label: str) -> bool:
+        """Whether the last start timed this job: Inductor's caches hold its graph then."""
+        return self._times is not None and label in self._times.last
+
+    def _compile_in_child(self, label: str, child: PrefillJob) -> None:
+        started = time.monotonic()
+        try:
+            self._child.run(child, label)
+        except ChildFailed as failure:
+            if not self._closed:
+                log.warning("compiling %s in a separate process failed, so it is compiled in this one (slower "
+                            "frames meanwhile): %s", label, failure)
+            return
+        log.info("compiled %s in a separate process in %.0f s; loading it", label, time.monotonic() - started)
+
 
 class CompiledWhenReady:
     """Calls the compiled graph for the input shapes it is ready for; any other shape goes to
@@ -124,9 +157,12 @@ class CompiledWhenReady:
     """
 
     def __init__(self, name: str, make_compiled: Callable[[], GraphFn], interim: GraphFn,
-                 compiler: BackgroundCompiler):
-        """name: the graph, for the compiler's job labels (e.g. 'renderer')."""
+                 compiler: BackgroundCompiler, child: PrefillJob | None = None):
+        """name:  the graph, for the compiler's job labels (e.g. 'renderer').
+        child: what a child process needs to compile this graph first, less the input shape
+               (filled in per shape); None compiles in this process only."""
         self._name = name
+        self._child = child
         self._make_compiled = make_compiled
         self._compiled: GraphFn | None = None
         self._interim = interim
@@ -148,7 +184,8 @@ class CompiledWhenReady:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
             label = f"{self._name} {[shape for shape, _ in key]}"
-            self._compiler.submit(label, lambda: self._prepare(key, example))
+            child = replace(self._child, shape=tuple(args[0].shape)) if self._child is not None else None
+            self._compiler.submit(label, lambda: self._prepare(key, example), child)
         return self._interim(*args)
 
     def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:

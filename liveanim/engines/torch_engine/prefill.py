@@ -1,0 +1,221 @@
+"""Compiling a per-frame graph in a child process, so that the live process keeps its frame rate.
+
+Inductor's first compile of a graph (lowering, code generation, Triton's compiles) takes minutes
+on a fresh machine and holds Python's lock for most of it: on a thread of the live process it
+dropped the live loop to 3-20 FPS for ~4 minutes on an H200. A child process compiles the same
+graph instead and leaves it in Inductor's on-disk caches (FX graph, AOTAutograd, Triton kernels);
+the engine's compiler thread waits for it without holding the lock, then compiles in-process,
+which now loads the graph from those caches (13-18 s per graph on an H200).
+
+The child builds the graph through the engine itself (a `TorchEngine` of the same width,
+precision, device and kernel forms, called with inputs of the job's shape), from seeded weights:
+the graphs are compiled without freezing, so the weights are graph inputs, and their values are
+not part of Inductor's cache key (tests/test_prefill.py checks it). The child never reads the
+checkpoint. Of the process-wide settings that Inductor's key holds, the job carries those a
+process of ours may change (CPU threads, the fp32 matmul precision: one test helper leaves it
+changed); the others (deterministic algorithms, default dtype) stay PyTorch's defaults in both.
+
+    python -m liveanim.engines.torch_engine.prefill '<PrefillJob as JSON>'
+
+exits 0 once the graph is compiled; it logs to stderr and prints nothing on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# False: compile in the live process as before (the frames slow down for those minutes); for
+# benchmarks that compare both ways (scripts/start_timeline.py), like backend.TRITON_CONV.
+IN_CHILD = True
+# A child still compiling after this long is ended, and the graph compiled in-process.
+TIMEOUT_S = 20 * 60.0
+TAIL_LINES = 6  # of the child's output, in the warning when it fails
+_STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
+
+
+@dataclass(frozen=True)
+class PrefillJob:
+    """What a child process needs to compile exactly the graph the engine compiles.
+
+    graph:       the engine's name of the graph ('motion encoder' or 'renderer').
+    shape:       the shape of its input, batch first ((1, 3, 512, 512); the renderer's (1, L)).
+    width:       the model's width (2.0: the released model).
+    precision:   'fp32', 'fp16' or 'bf16', as the engine resolved it.
+    device:      the engine's device, e.g. 'cuda'.
+    triton_conv: backend.TRITON_CONV when the engine was made: it picks the kernel forms.
+    threads, matmul_precision: this process's settings, taken when the job is made, that
+                 Inductor's cache key holds: torch.get_num_threads() (the CPU's C++ kernels are
+                 made for it) and torch.backends.cuda.matmul.fp32_precision (None before PyTorch 2.9).
+    """
+
+    graph: str
+    shape: tuple[int, ...]
+    width: float
+    precision: str
+    device: str
+    triton_conv: bool
+    threads: int = field(default_factory=torch.get_num_threads)
+    matmul_precision: str | None = field(
+        default_factory=lambda: getattr(torch.backends.cuda.matmul, "fp32_precision", None))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PrefillJob:
+        fields = json.loads(text)
+        return cls(**{**fields, "shape": tuple(fields["shape"])})
+
+
+class ChildFailed(Exception):
+    """The child process ended without compiling its graph; the message says why."""
+
+
+class ChildCompiler:
+    """Runs one `PrefillJob` at a time in a child process; `stop` ends the one under way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the two below
+        self._process: subprocess.Popen | None = None
+        self._stopped = False
+
+    def run(self, job: PrefillJob, label: str) -> None:
+        """Compile `job` in a child process and wait for it (without Python's lock).
+
+        label: names the graph in the log, as the engine's compiler does.
+        Raises ChildFailed with the cause and the last lines of the child's output.
+        """
+        with tempfile.TemporaryFile() as output:
+            process = self._start(job, output)
+            log.info("compiling %s in a separate process (pid %d)", label, process.pid)
+            try:
+                code = process.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _end(process)
+                raise ChildFailed(f"it did not finish in {TIMEOUT_S:.0f} s{_tail(output)}") from None
+            finally:
+                with self._lock:
+                    self._process = None
+            if code != 0:
+                raise ChildFailed(f"it ended with {_exit_cause(code)}{_tail(output)}")
+
+    def stop(self) -> None:
+        """End the child under way, if any, with its own processes (Inductor's compile workers),
+        and start no other."""
+        with self._lock:
+            self._stopped = True
+            if self._process is not None:
+                _end(self._process)
+
+    def _start(self, job: PrefillJob, output: IO[bytes]) -> subprocess.Popen:
+        with self._lock:
+            if self._stopped:
+                raise ChildFailed("the engine was closed")
+            try:  # a session of its own: its compile workers are ended with it
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.DEVNULL,
+                    stdout=output, stderr=output, env=_environment(), start_new_session=True)
+            except OSError as error:
+                raise ChildFailed(f"it could not start ({error})") from None
+            return self._process
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment (Inductor's cache folders among it), with this package importable
+    from wherever this process found it (a script may have put it on sys.path)."""
+    root = str(Path(__file__).resolve().parents[3])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def _end(process: subprocess.Popen) -> None:
+    """Stop `process` and the processes of its session, and reap it."""
+    if process.poll() is not None:
+        return
+    _signal(process, signal.SIGTERM)
+    try:
+        process.wait(_STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        _signal(process, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+        process.wait()
+
+
+def _signal(process: subprocess.Popen, number: int) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, number)
+        else:
+            process.send_signal(number)
+    except ProcessLookupError:
+        pass  # ended meanwhile
+
+
+def _exit_cause(code: int) -> str:
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _tail(output: IO[bytes]) -> str:
+    """The last lines the child wrote, to quote after the cause."""
+    output.seek(0)
+    lines = [line for line in output.read().decode(errors="replace").splitlines() if line.strip()]
+    return "; its last output:\n" + "\n".join(lines[-TAIL_LINES:]) if lines else " (no output)"
+
+
+def compile_graph(job: PrefillJob) -> None:
+    """Compile the graph `job` names the way the engine does, which fills Inductor's caches: an
+    engine made as the live process made its own (compiled at the first call instead of in the
+    background, without CUDA graphs, which do not change the compiled code) runs it once."""
+    from liveanim.contract import FEATURE_NAMES
+    from liveanim.engines.base import EngineConfig
+    from liveanim.engines.torch_engine import backend
+    from liveanim.model import RESOLUTION
+
+    torch.set_num_threads(job.threads)
+    if job.matmul_precision is not None:
+        torch.backends.cuda.matmul.fp32_precision = job.matmul_precision
+    backend.TRITON_CONV = job.triton_conv
+    config = EngineConfig(backend="torch", device=job.device, precision=job.precision, seeded=True,
+                          width=job.width, compile=True, cuda_graphs=False)
+    engine = backend.TorchEngine(config, torch.device(job.device))
+    try:
+        if job.graph == backend.MOTION_GRAPH:
+            engine.encode_motion({"image": torch.zeros(job.shape)})
+        elif job.graph == backend.RENDER_GRAPH:
+            source = engine.encode_source({"image": torch.zeros(1, 3, RESOLUTION, RESOLUTION)})
+            engine.render({"z_target": torch.zeros(job.shape), **{name: source[name] for name in FEATURE_NAMES}})
+        else:
+            raise ValueError(f"no graph named {job.graph!r} in the torch engine")
+    finally:
+        engine.close()
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    job = PrefillJob.from_json(argv[0])
+    started = time.monotonic()
+    compile_graph(job)
+    log.info("compiled the %s for input %s in %.0f s", job.graph, job.shape, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,229 @@
+"""The background compiler's child process (engines/torch_engine/prefill.py) with real parts: the
+torch engine on the CPU with a tiny model, Inductor's C++ code generation, a real child process and
+fresh Inductor caches per test (the child inherits them through the environment). Only the motion
+encoder is compiled: ~35 s on a 2-core machine (the renderer takes minutes).
+
+The engine here runs `tiny_model` (PyTorch's default initialization) while the child builds its
+graph from seeded weights (`seed_parameters_`): other values, the same graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from liveanim.engines import EngineConfig
+from liveanim.engines.loading import load_model
+from liveanim.engines.torch_engine import backend
+from liveanim.engines.torch_engine.backend import TorchEngine
+from liveanim.export.verify import TOLERANCES, errors, within
+
+CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, compile_in_background=True, cuda_graphs=False,
+                      precision="fp32")
+MOTION_JOB = "motion encoder [(1, 3, 512, 512)]"
+REPO = Path(__file__).resolve().parents[1]
+IN_CHILD = "in a separate process"
+TIMEOUT_S = 300.0
+# not PyTorch's default ('none'), as export's `exact_fp32` leaves it: the child must compile under it too
+MATMUL_PRECISION = "ieee"
+
+
+@dataclass(frozen=True)
+class Start:
+    """What one start of the engine did: its log, Inductor's cache counts, the motion codes before
+    and after compiling, and the folder that holds its caches (Inductor's and the engine's)."""
+
+    log: list[logging.LogRecord]
+    cache_hits: int
+    cache_misses: int
+    interim: torch.Tensor
+    compiled: torch.Tensor
+    caches: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matmul_precision() -> Iterator[None]:
+    """A process-wide setting in Inductor's cache key off PyTorch's default, for every start here."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = MATMUL_PRECISION
+    yield
+    torch.backends.cuda.matmul.fp32_precision = saved
+
+
+def _use_caches(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's caches in `folder`, for this process and the children it starts."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(folder / "triton"))
+    torch._dynamo.reset()  # nothing compiled earlier in this process is reused from memory
+    counters.clear()
+
+
+def _engine(model: torch.nn.Module, caches: Path) -> TorchEngine:
+    return TorchEngine(replace(CONFIG, cache_dir=caches / "engine"), torch.device("cpu"), model=copy.deepcopy(model))
+
+
+def _start(model: torch.nn.Module, caches: Path, records: list[logging.LogRecord]) -> Start:
+    """The live loop's start, at the engine: motion codes from the uncompiled graph at once, then
+    from the compiled one once the background compiler is done."""
+    engine = _engine(model, caches)
+    image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    try:
+        interim = engine.encode_motion({"image": image})["alpha"]
+        engine.encode_motion({"image": image})  # the second call of a shape asks for its compiled graph
+        assert engine.wait_until_compiled(timeout=TIMEOUT_S)
+        assert engine.optimizing().failed == 0
+        compiled = engine.encode_motion({"image": image})["alpha"]
+    finally:
+        engine.close()
+    return Start(list(records), counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"],
+                 interim, compiled, caches)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def first_start(tiny_model, tmp_path_factory) -> Start:
+    """The first start on this machine: fresh caches, no compile times."""
+    records, logger = _Records(), logging.getLogger("liveanim.engines.torch_engine")
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            caches = tmp_path_factory.mktemp("first-start")
+            _use_caches(caches, monkeypatch)
+            return _start(tiny_model, caches, records.records)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+
+
+def _messages(records: list[logging.LogRecord], level: int = logging.INFO) -> list[str]:
+    return [record.getMessage() for record in records if record.levelno >= level and record.name.startswith("liveanim")]
+
+
+def _assert_same_codes(start: Start) -> None:
+    error = errors(start.compiled, start.interim, is_code=True)
+    assert within(error, TOLERANCES["fp32"], True), error
+
+
+def test_the_child_compiles_and_this_process_loads_from_the_cache(first_start, tiny_model):
+    seeded = load_model(replace(CONFIG, seeded=True, width=0.125))
+    name, weight = next(tiny_model.named_parameters())
+    assert not torch.equal(weight, seeded.get_parameter(name)), "the child's weights are others"
+    assert any(re.fullmatch(f"compiled {re.escape(MOTION_JOB)} {IN_CHILD} in \\d+ s; loading it", message)
+               for message in _messages(first_start.log))
+    assert (first_start.cache_hits, first_start.cache_misses) == (1, 0), "loaded, not compiled, in this process"
+    assert not _messages(first_start.log, logging.WARNING)
+    _assert_same_codes(first_start)
+
+
+def test_a_failing_child_leaves_the_compile_to_this_process(tiny_model, tmp_path, monkeypatch, caplog):
+    """A child that cannot build its graph (here: the engine names it otherwise than the child's copy
+    of the code does): one warning with the child's own error, and the graph is compiled here."""
+    _use_caches(tmp_path, monkeypatch)
+    monkeypatch.setattr(backend, "MOTION_GRAPH", "motion encoder of another version")
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        start = _start(tiny_model, tmp_path, caplog.records)
+    warning, = _messages(start.log, logging.WARNING)
+    assert warning.startswith(f"compiling motion encoder of another version [(1, 3, 512, 512)] {IN_CHILD} failed")
+    assert "exit status 1" in warning
+    assert "ValueError: no graph named 'motion encoder of another version' in the torch engine" in warning
+    assert (start.cache_hits, start.cache_misses) == (0, 1), "compiled in this process"
+    _assert_same_codes(start)
+
+
+def test_a_start_after_a_measured_one_starts_no_child(first_start, tiny_model, tmp_path, monkeypatch, caplog):
+    shutil.copytree(first_start.caches, tmp_path, dirs_exist_ok=True)
+    _use_caches(tmp_path, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        start = _start(tiny_model, tmp_path, caplog.records)
+    assert not [message for message in _messages(start.log) if IN_CHILD in message]
+    assert (start.cache_hits, start.cache_misses) == (1, 0)
+    _assert_same_codes(start)
+
+
+def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, caplog):
+    _use_caches(tmp_path, monkeypatch)
+    engine = _engine(tiny_model, tmp_path)
+    image = torch.zeros(1, 3, 512, 512)
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        engine.encode_motion({"image": image})
+        engine.encode_motion({"image": image})
+        pid = _wait_for_child(caplog.records)
+        time.sleep(3.0)  # well into its start
+        assert _alive(pid)
+        engine.close()
+        assert not _alive(pid), "ended with the engine"
+        assert not _session_members(pid), "its compile workers too"
+        assert engine.wait_until_compiled(timeout=30)
+    assert not _messages(caplog.records, logging.WARNING), "an ended child is no failure to warn about"
+
+
+def test_the_start_timeline_script_runs_on_the_cpu(tmp_path):
+    """scripts/start_timeline.py's smoke test (its numbers are for a GPU): a few seconds of frames
+    while the child compiles, a report, and no child left when it ends."""
+    env = {**os.environ, "DEVICE": "cpu", "WIDTH": "0.125", "BUDGET_S": "12", "OUT": str(tmp_path),
+           "CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "scripts/start_timeline.py"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    report = json.loads((tmp_path / "start-timeline-prefill-on.json").read_text())
+    assert report["prefill_in_child"] and report["device"] == "cpu" and report["frames"] >= 1
+    assert report["first_frame_s"] > report["time_to_engine_ready_s"] > 0
+    started = [re.search(r"\(pid (\d+)\)", line) for line in report["engine_log"]]
+    pids = [int(found.group(1)) for found in started if found]
+    assert pids and not any(map(_alive, pids))
+
+
+def _wait_for_child(records: list[logging.LogRecord]) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for message in _messages(records):
+            if found := re.search(f"{IN_CHILD} \\(pid (\\d+)\\)", message):
+                return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError("no child process was started")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _session_members(session: int) -> list[int]:
+    """Processes still running (not zombies) in the session the child led."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+            members.append(int(stat.parent.name))
+    return members
