@@ -53,8 +53,10 @@ def _conv3x3_kernel(x_ptr, w_ptr, out_ptr, scale_ptr, shift_ptr, demod_ptr, bias
     row, col = pixels // W, pixels % W
     in_map, in_outs = pixels < HW, outs < C_OUT
     x_image = x_ptr + batch * sxb
-    chunks = tl.cdiv(C_IN, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Triton's builtins only, no @jit helpers (tl.cdiv, tl.zeros): its CPU interpreter stopped running
+    # those once Inductor had compiled in the same process (tests/test_prefill.py before this file's tests)
+    chunks = (C_IN + BLOCK_K - 1) // BLOCK_K
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for step in range(0, 9 * chunks):  # one flat loop (tap, channel chunk): Triton pipelines it
         tap = step // chunks
         channels = (step - tap * chunks) * BLOCK_K + lanes
