@@ -181,6 +181,37 @@ def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, ca
     assert not _messages(caplog.records, logging.WARNING), "an ended child is no failure to warn about"
 
 
+_PARENT = """
+import logging, sys, torch
+from liveanim.engines.torch_engine.prefill import ChildCompiler, PrefillJob
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+ChildCompiler().run(PrefillJob("motion encoder", (1, 3, 512, 512), 0.125, "fp32", "cpu", False), "motion encoder")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads processes from /proc (Linux)")
+def test_a_child_ends_soon_after_its_parent_is_killed(tmp_path, monkeypatch):
+    """A live process killed hard (SIGKILL, a crash) must not leave minutes of compiling behind."""
+    _use_caches(tmp_path, monkeypatch)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        child = None
+        for line in parent.stdout:
+            if found := re.search(f"{IN_CHILD} \\(pid (\\d+)\\)", line):
+                child = int(found.group(1))
+                break
+        assert child is not None, "no child process was started"
+        time.sleep(2.0)  # into its start: importing torch, building the engine
+        assert _running(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child), "the child went on compiling for nobody"
+
+
 def test_the_start_timeline_script_runs_on_the_cpu(tmp_path):
     """scripts/start_timeline.py's smoke test (its numbers are for a GPU): a few seconds of frames
     while the child compiles, a report, and no child left when it ends."""
@@ -214,6 +245,14 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _session_members(session: int) -> list[int]:

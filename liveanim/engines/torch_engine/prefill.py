@@ -46,6 +46,7 @@ IN_CHILD = True
 TIMEOUT_S = 20 * 60.0
 TAIL_LINES = 6  # of the child's output, in the warning when it fails
 _STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
+_PARENT_POLL_S = 0.5  # how often a child looks for its parent
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,20 @@ def compile_graph(job: PrefillJob) -> None:
         engine.close()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this process soon after its parent ends (killed, crashed): a compile nobody waits for
+    would hold a GPU and CPU cores for minutes. An orphan is adopted by another process, so its
+    parent's pid changes (POSIX; on Windows the pid stays, and the child compiles to its end)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    _exit_with_parent(os.getppid())
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     job = PrefillJob.from_json(argv[0])
     started = time.monotonic()
