@@ -93,3 +93,22 @@ def test_calibration_measures_each_fused_convs_input_and_skips_the_others():
         assert 1e-4 < _error_in_scale(fused(x), expected) < 0.1
         set_kernel_forms(model, REFERENCE_FORMS)
         assert torch.equal(fused(x), expected)  # the unfused forms do not round operands
+
+
+def test_the_error_script_reports_fp8_well_below_fp16(tmp_path):
+    """scripts/fp8_error.py (docs/bench/fp8_error_cpu.json) on a tiny model: a report whose FP8 rows
+    lose far more than fp16 operands, and whose decoder-only row leaves the motion code untouched."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "fp8.json"
+    result = subprocess.run([sys.executable, "scripts/fp8_error.py", "--width", "0.125", "--calibrate", "1",
+                             "--evaluate", "1", "--out", str(out)], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["width"] == 0.125 and report["convs_with_fp8_operands"] > 0
+    assert report["fp8_operands"]["image"]["psnr_db"] + 10 < report["fp16_operands"]["image"]["psnr_db"]
+    assert report["fp8_operands_decoder_only"]["alpha"]["max"] == 0.0
