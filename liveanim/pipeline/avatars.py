@@ -21,6 +21,7 @@ from liveanim.errors import FaceDetectionUnavailable
 from liveanim.face import CropBox, CropConfig, centre_square, crop_image, crop_portrait
 from liveanim.pipeline.animator import Animator, Avatar
 from liveanim.pipeline.events import AvatarUncropped
+from liveanim.weights import content_key
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,11 @@ class AvatarBank:
 def _engine_key(animator: Animator) -> Hashable:
     """What makes two engines encode alike: their config (backend and precision as resolved, weights,
     width, seed) on the same device, so an engine made again from the same choice finds its encodings;
-    and the weights file's size and time of change, since a file replaced at the same path is other weights."""
+    and the weights file's content key, since a file replaced at the same path is other weights."""
     engine = animator.engine
     weights = engine.config.weights
-    stat = weights.stat() if weights is not None and weights.is_file() else None
-    return replace(engine.config, device=str(engine.device)), stat and (stat.st_size, stat.st_mtime_ns)
+    identity = content_key(weights) if weights is not None and weights.is_file() else None
+    return replace(engine.config, device=str(engine.device)), identity
 
 
 def _digest(image: np.ndarray) -> str:

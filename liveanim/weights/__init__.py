@@ -4,7 +4,7 @@
     width, motion_dim = check_state(state, source=args.weights)   # names, shapes, types, values
 """
 
-from liveanim.weights.cache import cached_safetensors, load_weights
+from liveanim.weights.cache import cached_safetensors, content_key, load_weights
 from liveanim.weights.checkpoint import check_layout, check_state, infer_dims, read_state_dict
 from liveanim.weights.download import (
     LIAX_RELEASE,
@@ -21,6 +21,7 @@ __all__ = [
     "cached_safetensors",
     "check_layout",
     "check_state",
+    "content_key",
     "default_cache_dir",
     "download_weights",
     "find_cached_weights",
