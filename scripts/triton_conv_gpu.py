@@ -219,6 +219,14 @@ def _composition(args: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
     return conv3x3_reference(**args, dtype=dtype)
 
 
+def _compiled_composition() -> Callable[[dict[str, Any]], torch.Tensor]:
+    """What runs now for a fused call: cuDNN's fp16 conv with its epilogue compiled by Inductor. One
+    graph per layout and set of fused parts: past Dynamo's default limit of 8 the rest would run
+    uncompiled (it did in the fp8 stage's first H200 run, which had no limit of its own)."""
+    torch._dynamo.config.recompile_limit = 64
+    return torch.compile(lambda args: _composition(args, torch.float16), dynamic=True)
+
+
 def _time_ms(fn: Callable[[], Any]) -> tuple[float, str]:
     """Median ms per call: replays of a CUDA graph (no launch gaps), or CUDA events if capture fails."""
     import triton.testing
@@ -237,8 +245,7 @@ def stage_convs(state: dict[str, Any], deadline: float) -> dict[str, Any]:
     if not calls:
         raise RuntimeError("no recorded calls: the model stage did not run the Triton forms")
     _exact_fp32()
-    torch._dynamo.config.recompile_limit = 64  # one graph per layout and set of fused parts
-    compiled = torch.compile(lambda args: _composition(args, torch.float16), dynamic=True)
+    compiled = _compiled_composition()
     rows, totals = {}, {"cudnn_conv_us": 0.0, "cudnn_plus_epilogue_us": 0.0, "fused_us": 0.0}
     for name, call in calls.items():
         if time.perf_counter() > deadline - RENDER_CASE_S:
@@ -328,7 +335,7 @@ def _flops(args: dict[str, Any]) -> int:
 
 def _fp8_calls(calls: dict[str, Call], deadline: float) -> tuple[dict[str, Any], dict[str, float]]:
     """Per recorded fp8 call (the most costly per frame first): errors and times (see the docstring)."""
-    compiled = torch.compile(lambda args: _composition(args, torch.float16), dynamic=True)
+    compiled = _compiled_composition()
     rows: dict[str, Any] = {}
     totals = {"cudnn_plus_epilogue_us": 0.0, "fp16_kernel_us": 0.0, "fp8_kernel_us": 0.0}
     for name, call in sorted(calls.items(), key=lambda item: -_flops(item[1].args) * item[1].count):
