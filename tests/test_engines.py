@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -888,3 +889,17 @@ def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_dri
     with caplog.at_level(logging.INFO):
         assert main(["build-engines", "--seeded", "0.125"]) == 0
     assert "ready: torch on cpu (fp32)" in caplog.text and "pip install" not in caplog.text
+
+
+def test_the_gpu_engines_script_on_a_machine_without_a_gpu_records_versions_and_says_why_it_skips(tmp_path):
+    """scripts/gpu_engines.py (README's record of the exported engines on the H200): its env stage
+    and, without onnxruntime-gpu, an ort-cuda stage that says what to carry instead of failing."""
+    env = {**os.environ, "OUT": str(tmp_path), "LIVEANIM_CACHE": str(tmp_path / "cache"), "WIDTH": "0.125",
+           "ORT_PRECISIONS": "fp16"}
+    result = subprocess.run([sys.executable, "scripts/gpu_engines.py", "env", "ort-cuda"], env=env, text=True,
+                            capture_output=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    versions = json.loads((tmp_path / "env.json").read_text())
+    assert versions["torch"] == torch.__version__ and "environment" in versions
+    skipped = json.loads((tmp_path / "ort-cuda.json").read_text())["skipped"]
+    assert "has no CUDA provider" in skipped and "carry onnxruntime-gpu" in skipped
