@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -403,3 +404,16 @@ def test_tracker_reset_forgets_the_past(astronaut: np.ndarray) -> None:
 def test_tracker_config_rejects_a_deadband_past_snap() -> None:
     with pytest.raises(ValueError, match="deadband"):
         TrackerConfig(deadband=0.3, snap=0.2)
+
+
+def test_the_tracking_benchmark_follows_the_face_through_its_clip(tmp_path) -> None:
+    """scripts/bench_face_tracking.py (README's tracker numbers): on its synthetic clip, where the face
+    is on every frame, the tracker finds it nearly always and the crop stays still while the head does."""
+    import json
+
+    result = subprocess.run([sys.executable, "scripts/bench_face_tracking.py", "--label", "test", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    clip = json.loads((tmp_path / "face_tracking_test.json").read_text())["clips"]["astronaut_head_motion"]
+    assert clip["frames"] == 360 and clip["found_fraction"] >= 0.95
+    assert clip["still_part_crop_motion_px_per_frame_mean"] < 1.0
