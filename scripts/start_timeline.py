@@ -11,6 +11,7 @@ batch 1 (Animator.motion, Animator.render; live runs the two on two threads, her
 after the other), until the graphs have run compiled for 10 s or BUDGET_S has passed.
 
 Environment: OUT (results; default out/start-timeline), WIDTH (2.0), BUDGET_S (420), PREFILL (1),
+HANDOFFS (1; 0: Python's lock handed over at its default interval while a graph loads),
 DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), CACHE (Inductor's and the
 engine's caches; default a new empty folder, removed afterwards: a first start; the same folder
 twice: a later start).
@@ -36,6 +37,7 @@ OUT = Path(os.environ.get("OUT", "out/start-timeline"))
 WIDTH = float(os.environ.get("WIDTH", "2.0"))
 BUDGET_S = float(os.environ.get("BUDGET_S", "420"))
 PREFILL = os.environ.get("PREFILL", "1") != "0"
+HANDOFFS = os.environ.get("HANDOFFS", "1") != "0"
 DEVICE = os.environ.get("DEVICE", "cuda")
 FRESH = not os.environ.get("CACHE")
 CACHE = Path(tempfile.mkdtemp(prefix="start-timeline-") if FRESH else os.environ["CACHE"])
@@ -65,11 +67,13 @@ class _Records(logging.Handler):
 
 def run() -> dict[str, Any]:
     from liveanim.engines import EngineConfig, create_engine
-    from liveanim.engines.torch_engine import prefill
+    from liveanim.engines.torch_engine import compiler, prefill
     from liveanim.pipeline.animator import Animator
     from torch._dynamo.utils import counters
 
     prefill.IN_CHILD = PREFILL
+    if not HANDOFFS:
+        compiler.HANDOFF_S = sys.getswitchinterval()
     cuda = DEVICE == "cuda"
     config = EngineConfig(backend="torch", device=DEVICE, precision="fp16" if cuda else "fp32", seeded=True,
                           width=WIDTH, compile=True, cuda_graphs=cuda, compile_in_background=True,
@@ -85,6 +89,7 @@ def run() -> dict[str, Any]:
     driving = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
     base = animator.motion(driving)
     frames: list[tuple[float, float, bool]] = []  # (end since t0, seconds, compiled before it began)
+    images: dict[bool, np.ndarray] = {}  # the last frame of each kind: the same inputs every frame
     used_peak = 0
     compiled_at: float | None = None
     try:
@@ -97,7 +102,7 @@ def run() -> dict[str, Any]:
                 break
             started = time.monotonic()
             image = animator.render(avatar, animator.motion(driving) - base)
-            image.cpu()  # the frame is shown: wait for it
+            images[compiled] = np.asarray(image.cpu())  # the frame is shown: wait for it
             frames.append((time.monotonic() - t0, time.monotonic() - started, compiled))
             if cuda and len(frames) % 10 == 0:
                 free, total = torch.cuda.mem_get_info()
@@ -110,10 +115,13 @@ def run() -> dict[str, Any]:
     report.update(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
         gpu=torch.cuda.get_device_name() if cuda else None, device=DEVICE, width=WIDTH,
-        precision=config.precision, prefill_in_child=PREFILL, budget_s=BUDGET_S, fresh_cache=FRESH,
+        precision=config.precision, prefill_in_child=PREFILL, quick_handoffs=HANDOFFS, budget_s=BUDGET_S,
+        fresh_cache=FRESH,
         gpu_memory_peak_gib={"this_process": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                              "device_used_sampled": used_peak / 2**30 if cuda else None},
         inductor_cache={name: counters["inductor"][name] for name in ("fxgraph_cache_hit", "fxgraph_cache_miss")},
+        compiled_vs_uncompiled_max_abs=(float(np.abs(images[True].astype(np.float64) - images[False]).max())
+                                        if len(images) == 2 else None),
         jobs={"asked": progress.jobs, "finished": progress.finished, "failed": progress.failed},
         engine_log=records.lines)
     return report

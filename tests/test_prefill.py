@@ -4,7 +4,7 @@ fresh Inductor caches per test (the child inherits them through the environment)
 encoder is compiled: ~35 s on a 2-core machine (the renderer takes minutes).
 
 The engine here runs `tiny_model` (PyTorch's default initialization) while the child builds its
-graph from seeded weights (`seed_parameters_`): other values, the same graph.
+graph from placeholder weights: other values, the same graph.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from torch._dynamo.utils import counters
 
 from liveanim.engines import EngineConfig
 from liveanim.engines.loading import load_model
-from liveanim.engines.torch_engine import backend
+from liveanim.engines.torch_engine import backend, prefill
 from liveanim.engines.torch_engine.backend import TorchEngine
+from liveanim.engines.torch_engine.compiler import HANDOFF_S, BackgroundCompiler
+from liveanim.engines.torch_engine.prefill import PrefillJob
 from liveanim.export.verify import TOLERANCES, errors, within
 
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, compile_in_background=True, cuda_graphs=False,
@@ -266,3 +268,51 @@ def _session_members(session: int) -> list[int]:
         if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
             members.append(int(stat.parent.name))
     return members
+
+
+def test_child_slots_follow_the_cores_and_the_gpu_memory(monkeypatch):
+    """Two cores per child, and no more children than the GPU's free memory holds next to the
+    live process: on a small GPU the graphs are compiled one after the other."""
+    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 2)
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 1
+    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 16)
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == prefill.MAX_CHILDREN == 2
+    gib = 2**30
+    for free, slots in ((80 * gib, 2), (9 * gib, 1)):  # a full-width fp16 child needs ~4.4 GiB
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 96 * gib))
+        assert prefill.child_slots(torch.device("cuda"), 2.0, "fp16") == slots
+
+
+def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
+    """A live start asks for both graphs at once: their children start together, not one after
+    the other (here both fail fast: graphs the child does not know)."""
+    _use_caches(tmp_path, monkeypatch)
+    compiler = BackgroundCompiler(torch.device("cpu"), child_slots=2)
+    jobs = [PrefillJob(f"graph {index}", (1, 3, 512, 512), 0.125, "fp32", "cpu", False) for index in range(2)]
+    try:
+        with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+            for job in jobs:
+                compiler.submit(job.graph, lambda: None, job)
+            assert compiler.wait(timeout=TIMEOUT_S)
+    finally:
+        compiler.close()
+    messages = _messages(caplog.records)
+    started = [index for index, message in enumerate(messages) if f"{IN_CHILD} (pid" in message]
+    failed = [index for index, message in enumerate(messages) if "failed" in message]
+    assert len(started) == len(failed) == 2
+    assert max(started) < min(failed), "the second child started before the first one ended"
+
+
+def test_a_graph_loads_with_python_s_lock_handed_over_quickly():
+    """While a graph loads on the compiler thread, the live loop's thread gets Python's lock back
+    within `HANDOFF_S`; the interval is restored afterwards."""
+    compiler = BackgroundCompiler(torch.device("cpu"))
+    seen: list[float] = []
+    before = sys.getswitchinterval()
+    try:
+        compiler.submit("a graph", lambda: seen.append(sys.getswitchinterval()))
+        assert compiler.wait(timeout=30)
+    finally:
+        compiler.close()
+    assert seen == [pytest.approx(HANDOFF_S)] and HANDOFF_S < before
+    assert sys.getswitchinterval() == before

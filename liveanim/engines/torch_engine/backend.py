@@ -39,7 +39,7 @@ from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
-from liveanim.engines.torch_engine.prefill import PrefillJob
+from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
@@ -63,8 +63,6 @@ TRITON_FORMS = replace(GPU_FORMS, triton_min_side=64)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
-# The per-frame graphs, by the names in the log, the compile times and a child's compile job.
-MOTION_GRAPH, RENDER_GRAPH = "motion encoder", "renderer"
 
 
 def gpu_forms(dtype: torch.dtype) -> KernelForms:
@@ -102,7 +100,8 @@ class TorchEngine(Engine):
         self._compiler = None
         if self.compiled and config.compile_in_background:
             key = compile_key(device, self.precision, self.model.width, forms)
-            self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key))
+            self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key),
+                                                child_slots(device, self.model.width, self.precision))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._motion = self._accelerated(MOTION_GRAPH, self.model.encode_motion)

@@ -3,19 +3,23 @@ compiled graph for each input shape while the uncompiled one serves the calls.
 
 Inductor holds Python's lock for most of a compile, so on a fresh machine a compile on that thread
 alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job first has
-the graph compiled in a child process (prefill.py), which fills Inductor's on-disk caches while the
-thread only waits; then the thread compiles it in-process, which loads it from those caches. Where
-the last start measured the job, the caches are warm and the thread loads it straight away."""
+the graph compiled in child processes (prefill.py), which fill Inductor's on-disk caches while the
+thread only waits; then the thread compiles it in-process, which loads it from those caches. The
+children of the jobs submitted run at once, up to the slots the machine has. Where the last start
+measured the job, the caches are warm and the thread loads it straight away. While the thread loads, Python hands its lock over more often
+(`_quick_handoffs`), so that the callers keep their pace."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -28,6 +32,11 @@ from liveanim.engines.torch_engine.prefill import ChildCompiler, ChildFailed, Pr
 
 log = logging.getLogger(__name__)
 
+# Python's lock goes to a waiting thread after this long (its default: 5 ms) while the compiler
+# thread loads a graph. The live loop gives the lock up dozens of times a frame (GPU waits, numpy,
+# OpenCV) and waited up to 5 ms for it each time: 3-9 FPS while a graph loaded on an H200.
+HANDOFF_S = 0.0002
+
 
 def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
     """Wait for this thread's stream: the tensors are read on another one next."""
@@ -37,15 +46,17 @@ def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
 
 class BackgroundCompiler:
     """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
-    at a time anyway), so that callers need not wait for them. It times each job (a child's
-    compile and the load after it together), for the progress shown meanwhile (`progress`) and,
-    through `times`, for the next start's estimate; a job measured there runs without a child."""
+    at a time anyway), so that callers need not wait for them. It times each job's in-process
+    part (what a later start takes), for the progress shown meanwhile (`progress`) and, through
+    `times`, for the next start's estimate; a job measured there runs without a child."""
 
-    def __init__(self, device: torch.device, times: CompileTimes | None = None):
+    def __init__(self, device: torch.device, times: CompileTimes | None = None, child_slots: int = 1):
+        """child_slots: child processes at once (`prefill.child_slots`)."""
         self._device = device
         self._times = times
-        self._jobs: queue.Queue[tuple[str, Callable[[], None], PrefillJob | None] | None] = queue.Queue()
-        self._child = ChildCompiler()
+        self._jobs: queue.Queue[tuple[str, Callable[[], None], Future | None, float] | None] = queue.Queue()
+        self._child = ChildCompiler(child_slots)
+        self._children = ThreadPoolExecutor(prefill.MAX_CHILDREN, thread_name_prefix="engine-child")  # waits, no lock
         self._thread: threading.Thread | None = None
         self._state = threading.Condition()  # guards the counts below
         self._queued: list[str] = []  # labels of the jobs not started yet
@@ -60,8 +71,8 @@ class BackgroundCompiler:
                (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
                running uncompiled.
         child: the graph `job` compiles, to compile in a child process first (`prefill.IN_CHILD`),
-               so that `job` finds it in Inductor's caches. A child that fails is logged, and
-               `job` compiles the graph itself.
+               started now, so that `job` finds it in Inductor's caches. A child that fails is
+               logged, and `job` compiles the graph itself.
         """
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
@@ -69,7 +80,10 @@ class BackgroundCompiler:
         with self._state:
             self._submitted += 1
             self._queued.append(label)
-        self._jobs.put((label, job, child))
+        compiling = None
+        if child is not None and prefill.IN_CHILD and not self._measured(label) and not self._closed:
+            compiling = self._children.submit(self._child.run, child, label)
+        self._jobs.put((label, job, compiling, time.monotonic()))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far has finished; False on timeout."""
@@ -87,6 +101,7 @@ class BackgroundCompiler:
         under way finishes in the background."""
         self._closed = True
         self._child.stop()
+        self._children.shutdown(wait=False, cancel_futures=True)
         self._jobs.put(None)
 
     def _remaining_s(self) -> float | None:
@@ -106,19 +121,21 @@ class BackgroundCompiler:
             while (item := self._jobs.get()) is not None:
                 self._run_job(*item)
 
-    def _run_job(self, label: str, job: Callable[[], None], child: PrefillJob | None) -> None:
+    def _run_job(self, label: str, job: Callable[[], None], child: Future | None, submitted: float) -> None:
         with self._state:
             self._queued.remove(label)
-            self._running = (label, started := time.monotonic())
+            self._running = (label, time.monotonic())
         failed = False
         try:
-            if child is not None and prefill.IN_CHILD and not self._measured(label):
-                self._compile_in_child(label, child)
+            if child is not None:
+                self._wait_for_child(label, child, submitted)
             if not self._closed:
-                job()
+                started = time.monotonic()
+                with _quick_handoffs():
+                    job()
                 seconds = time.monotonic() - started
                 log.info("compiled %s in %.0f s", label, seconds)
-                if self._times is not None:
+                if self._times is not None:  # what the next start takes: no children then
                     self._times.record(label, seconds)
         except Exception:
             failed = True
@@ -134,16 +151,29 @@ class BackgroundCompiler:
         """Whether the last start timed this job: Inductor's caches hold its graph then."""
         return self._times is not None and label in self._times.last
 
-    def _compile_in_child(self, label: str, child: PrefillJob) -> None:
-        started = time.monotonic()
+    def _wait_for_child(self, label: str, child: Future, submitted: float) -> None:
+        """Wait for the job's child process (started when the job was submitted)."""
         try:
-            self._child.run(child, label)
-        except ChildFailed as failure:
+            child.result()
+        except (ChildFailed, CancelledError) as failure:  # cancelled: the engine was closed
             if not self._closed:
                 log.warning("compiling %s in a separate process failed, so it is compiled in this one (slower "
                             "frames meanwhile): %s", label, failure)
             return
-        log.info("compiled %s in a separate process in %.0f s; loading it", label, time.monotonic() - started)
+        if not self._closed:
+            log.info("compiled %s in a separate process in %.0f s; loading it", label, time.monotonic() - submitted)
+
+
+@contextlib.contextmanager
+def _quick_handoffs() -> Iterator[None]:
+    """Python's lock handed between threads every `HANDOFF_S` meanwhile; process-wide, and only
+    the compiler thread changes it."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(HANDOFF_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class CompiledWhenReady:

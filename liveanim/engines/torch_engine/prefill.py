@@ -5,13 +5,15 @@ on a fresh machine and holds Python's lock for most of it: on a thread of the li
 dropped the live loop to 3-20 FPS for ~4 minutes on an H200. A child process compiles the same
 graph instead and leaves it in Inductor's on-disk caches (FX graph, AOTAutograd, Triton kernels);
 the engine's compiler thread waits for it without holding the lock, then compiles in-process,
-which now loads the graph from those caches (13-18 s per graph on an H200).
+which now loads the graph from those caches (13-18 s per graph on an H200). The children of
+the two graphs run at once, each with its share of the CPU's cores and at a lower priority than
+the live process.
 
 The child builds the graph through the engine itself (a `TorchEngine` of the same width,
-precision, device and kernel forms, called with inputs of the job's shape), from seeded weights:
-the graphs are compiled without freezing, so the weights are graph inputs, and their values are
-not part of Inductor's cache key (tests/test_prefill.py checks it). The child never reads the
-checkpoint. Of the process-wide settings that Inductor's key holds, the job carries those a
+precision, device and kernel forms, called with inputs of the job's shape), from placeholder
+weights: the graphs are compiled without freezing, so the weights are graph inputs, and their
+values are not part of Inductor's cache key (tests/test_prefill.py checks it). The child never
+reads the checkpoint. Of the process-wide settings that Inductor's key holds, the job carries those a
 process of ours may change (CPU threads, the fp32 matmul precision: one test helper leaves it
 changed); the others (deterministic algorithms, default dtype) stay PyTorch's defaults in both.
 
@@ -22,6 +24,7 @@ exits 0 once the graph is compiled; it logs to stderr and prints nothing on stdo
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -37,7 +40,13 @@ from typing import IO
 
 import torch
 
+from liveanim.engines.devices import resolve_dtype
+from liveanim.model import LIAX
+
 log = logging.getLogger(__name__)
+
+# The per-frame graphs, by the names in the log, the compile times and a child's compile job.
+MOTION_GRAPH, RENDER_GRAPH = "motion encoder", "renderer"
 
 # False: compile in the live process as before (the frames slow down for those minutes); for
 # benchmarks that compare both ways (scripts/start_timeline.py), like backend.TRITON_CONV.
@@ -45,6 +54,14 @@ IN_CHILD = True
 # A child still compiling after this long is ended, and the graph compiled in-process.
 TIMEOUT_S = 20 * 60.0
 TAIL_LINES = 6  # of the child's output, in the warning when it fails
+MAX_CHILDREN = 2  # children at once (`child_slots`): a live start compiles two graphs
+CORES_PER_CHILD = 2
+CHILD_NICENESS = 10
+# A child's GPU memory: its model (folded: about twice the weights) and this much for the rest;
+# the live process keeps this much free besides.
+CHILD_WORKSPACE_BYTES = 1 << 30
+GPU_HEADROOM_BYTES = 2 << 30
+FULL_WIDTH, FULL_WIDTH_PARAMETERS = 2.0, 0.91e9  # the released model
 _STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
 _PARENT_POLL_S = 0.5  # how often a child looks for its parent
 
@@ -88,20 +105,24 @@ class ChildFailed(Exception):
 
 
 class ChildCompiler:
-    """Runs one `PrefillJob` at a time in a child process; `stop` ends the one under way."""
+    """Runs `PrefillJob`s in child processes, up to `slots` at once; `stop` ends those under way."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1) -> None:
+        """slots: children at once (`child_slots`); the others wait for one to end."""
+        self.slots = slots
+        self._free = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()  # guards the two below
-        self._process: subprocess.Popen | None = None
+        self._processes: set[subprocess.Popen] = set()
         self._stopped = False
 
     def run(self, job: PrefillJob, label: str) -> None:
-        """Compile `job` in a child process and wait for it (without Python's lock).
+        """Compile `job` in a child process and wait for it (without Python's lock), after waiting
+        for a free slot.
 
         label: names the graph in the log, as the engine's compiler does.
         Raises ChildFailed with the cause and the last lines of the child's output.
         """
-        with tempfile.TemporaryFile() as output:
+        with self._free, tempfile.TemporaryFile() as output:
             process = self._start(job, output)
             log.info("compiling %s in a separate process (pid %d)", label, process.pid)
             try:
@@ -111,36 +132,53 @@ class ChildCompiler:
                 raise ChildFailed(f"it did not finish in {TIMEOUT_S:.0f} s{_tail(output)}") from None
             finally:
                 with self._lock:
-                    self._process = None
+                    self._processes.discard(process)
             if code != 0:
                 raise ChildFailed(f"it ended with {_exit_cause(code)}{_tail(output)}")
 
     def stop(self) -> None:
-        """End the child under way, if any, with its own processes (Inductor's compile workers),
-        and start no other."""
+        """End the children under way, with their own processes (Inductor's compile workers), and
+        start no other."""
         with self._lock:
             self._stopped = True
-            if self._process is not None:
-                _end(self._process)
+            for process in self._processes:
+                _end(process)
 
     def _start(self, job: PrefillJob, output: IO[bytes]) -> subprocess.Popen:
         with self._lock:
             if self._stopped:
                 raise ChildFailed("the engine was closed")
             try:  # a session of its own: its compile workers are ended with it
-                self._process = subprocess.Popen(
+                process = subprocess.Popen(
                     [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.DEVNULL,
-                    stdout=output, stderr=output, env=_environment(), start_new_session=True)
+                    stdout=output, stderr=output, env=_environment(self.slots), start_new_session=True)
             except OSError as error:
                 raise ChildFailed(f"it could not start ({error})") from None
-            return self._process
+            self._processes.add(process)
+            return process
 
 
-def _environment() -> dict[str, str]:
+def child_slots(device: torch.device, width: float, precision: str) -> int:
+    """How many children may compile at once here: two CPU cores each (Inductor's code generation
+    is one thread per child; Triton's compiles share the rest), as many as the GPU's free memory
+    holds next to this process, and one per graph a start compiles at most (`MAX_CHILDREN`)."""
+    slots = min(MAX_CHILDREN, max(1, (os.cpu_count() or 1) // CORES_PER_CHILD))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        parameters = FULL_WIDTH_PARAMETERS * (width / FULL_WIDTH) ** 2
+        needs = parameters * resolve_dtype(precision, device).itemsize * 2 + CHILD_WORKSPACE_BYTES
+        slots = min(slots, max(1, int((free - GPU_HEADROOM_BYTES) // needs)))
+    return slots
+
+
+def _environment(slots: int) -> dict[str, str]:
     """This process's environment (Inductor's cache folders among it), with this package importable
-    from wherever this process found it (a script may have put it on sys.path)."""
+    from wherever this process found it (a script may have put it on sys.path), and Inductor's
+    compile workers shared out among `slots` children (each would start one per core)."""
     root = str(Path(__file__).resolve().parents[3])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    workers = str(max(1, (os.cpu_count() or 1) // slots))
+    return {"TORCHINDUCTOR_COMPILE_THREADS": workers, **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def _end(process: subprocess.Popen) -> None:
@@ -194,19 +232,33 @@ def compile_graph(job: PrefillJob) -> None:
     if job.matmul_precision is not None:
         torch.backends.cuda.matmul.fp32_precision = job.matmul_precision
     backend.TRITON_CONV = job.triton_conv
-    config = EngineConfig(backend="torch", device=job.device, precision=job.precision, seeded=True,
-                          width=job.width, compile=True, cuda_graphs=False)
-    engine = backend.TorchEngine(config, torch.device(job.device))
+    config = EngineConfig(backend="torch", device=job.device, precision=job.precision, width=job.width,
+                          compile=True, cuda_graphs=False)
+    device = torch.device(job.device)
+    engine = backend.TorchEngine(config, device, _placeholder_model(job, device))
     try:
-        if job.graph == backend.MOTION_GRAPH:
+        if job.graph == MOTION_GRAPH:
             engine.encode_motion({"image": torch.zeros(job.shape)})
-        elif job.graph == backend.RENDER_GRAPH:
+        elif job.graph == RENDER_GRAPH:
             source = engine.encode_source({"image": torch.zeros(1, 3, RESOLUTION, RESOLUTION)})
             engine.render({"z_target": torch.zeros(job.shape), **{name: source[name] for name in FEATURE_NAMES}})
         else:
             raise ValueError(f"no graph named {job.graph!r} in the torch engine")
     finally:
         engine.close()
+
+
+def _placeholder_model(job: PrefillJob, device: torch.device) -> LIAX:
+    """A model of the job's width made straight on `device` in the engine's dtype, with random
+    values: the graph does not depend on them. Seeded weights are made on the CPU in fp32 (~10 s
+    and 3.6 GB of memory at full width), too much for each of several children."""
+    with torch.device("meta"):
+        model = LIAX(job.width)
+    model = model.to(dtype=resolve_dtype(job.precision, device)).to_empty(device=device)
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.uniform_(0.5, 1.0)  # positive: no divisions by zero
+    return model.eval().requires_grad_(False)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -223,6 +275,8 @@ def _exit_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     _exit_with_parent(os.getppid())
+    if hasattr(os, "nice"):
+        os.nice(CHILD_NICENESS)  # the live process first when the cores are short (its compile workers too)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     job = PrefillJob.from_json(argv[0])
     started = time.monotonic()
