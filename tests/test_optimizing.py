@@ -17,6 +17,7 @@ from liveanim.engines.base import OptimizingProgress
 from liveanim.engines.torch_engine.compile_times import COMPILE_TIMES_FILE, CompileTimes, compile_key
 from liveanim.engines.torch_engine import prefill
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler
+from liveanim.engines.torch_engine.saved_graphs import SavedGraph
 from liveanim.model.layers import REFERENCE_FORMS
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.events import Optimized, Optimizing, OptimizingReports
@@ -140,20 +141,18 @@ def test_reports_say_nothing_for_an_engine_without_background_work():
 
 def test_a_live_session_reports_the_engine_optimizing_then_done(tmp_path, monkeypatch):
     """The live loop over the torch engine compiling in the background (its real compiler thread
-    and job queue). torch.compile itself stands in as the graph run as it is, held until the test
-    lets it finish: the real compile of even the tiny model takes minutes on this CPU (so no child
-    process compiles first either: tests/test_prefill.py has those)."""
+    and job queue). The graph run as it is stands in for each compiled one, held until the test lets
+    its preparation finish: the real compile of even the tiny model takes minutes on this CPU (so no
+    child process compiles first either: tests/test_prefill.py and test_saved_graphs.py have those)."""
     held = HeldJobs()
     monkeypatch.setattr(prefill, "IN_CHILD", False)
 
-    def held_compile(fn, dynamic):
-        def compiled(*args):
-            if threading.current_thread().name == "engine-compiler":
-                held.job()
-            return fn(*args)
-        return compiled
+    def held_prepare(graph: SavedGraph, inputs):
+        assert threading.current_thread().name == "engine-compiler"
+        held.job()
+        return graph._module
 
-    monkeypatch.setattr(torch, "compile", held_compile)
+    monkeypatch.setattr(SavedGraph, "_prepare", held_prepare)
     frames = tmp_path / "frames"
     frames.mkdir()
     cv2.imwrite(str(frames / "0.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))

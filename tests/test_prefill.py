@@ -1,7 +1,8 @@
 """The background compiler's child process (engines/torch_engine/prefill.py) with real parts: the
-torch engine on the CPU with a tiny model, Inductor's C++ code generation, a real child process and
-fresh Inductor caches per test (the child inherits them through the environment). Only the motion
-encoder is compiled: ~35 s on a 2-core machine (the renderer takes minutes).
+torch engine on the CPU with a tiny model, Inductor's C++ code generation, a real child process that
+saves the compiled graph in the engine cache (saved_graphs.py), and fresh caches per test (the child
+inherits Inductor's through the environment). Only the motion encoder is compiled: ~35 s on a
+2-core machine (the renderer takes minutes).
 
 The engine here runs `tiny_model` (PyTorch's default initialization) while the child builds its
 graph from placeholder weights: other values, the same graph.
@@ -130,13 +131,15 @@ def _assert_same_codes(start: Start) -> None:
     assert within(error, TOLERANCES["fp32"], True), error
 
 
-def test_the_child_compiles_and_this_process_loads_from_the_cache(first_start, tiny_model):
+def test_the_child_compiles_and_this_process_loads_the_saved_graph(first_start, tiny_model):
     seeded = load_model(replace(CONFIG, seeded=True, width=0.125))
     name, weight = next(tiny_model.named_parameters())
     assert not torch.equal(weight, seeded.get_parameter(name)), "the child's weights are others"
     assert any(re.fullmatch(f"compiled {re.escape(MOTION_JOB)} {IN_CHILD} in \\d+ s; loading it", message)
                for message in _messages(first_start.log))
     assert (first_start.cache_hits, first_start.cache_misses) == (1, 0), "loaded, not compiled, in this process"
+    assert any(message.startswith("loaded the compiled motion encoder from ") for message in _messages(first_start.log))
+    assert not [message for message in _messages(first_start.log) if message.startswith("compiling the")]
     assert not _messages(first_start.log, logging.WARNING)
     _assert_same_codes(first_start)
 
@@ -156,7 +159,7 @@ def test_a_failing_child_leaves_the_compile_to_this_process(tiny_model, tmp_path
     _assert_same_codes(start)
 
 
-def test_a_start_after_a_measured_one_starts_no_child(first_start, tiny_model, tmp_path, monkeypatch, caplog):
+def test_a_start_with_the_graph_saved_starts_no_child(first_start, tiny_model, tmp_path, monkeypatch, caplog):
     shutil.copytree(first_start.caches, tmp_path, dirs_exist_ok=True)
     _use_caches(tmp_path, monkeypatch)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):

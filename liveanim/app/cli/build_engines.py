@@ -4,8 +4,8 @@ By default it prepares the engine `auto` picks on this machine. TensorRT engines
 build and only run on the GPU and TensorRT version they were built with; TensorRT for RTX engines
 run on every GPU of the compute capabilities they were built for, and `--gpu-target` builds them
 for GPUs this machine does not have (no GPU is needed for that). For the torch engine it compiles
-the per-frame graphs into Inductor's cache (minutes on a new GPU or PyTorch), so that the first
-live start afterwards takes seconds.
+the per-frame graphs and saves them in the engine cache (minutes on a new GPU or PyTorch), so that
+the first live start afterwards loads them in seconds.
 """
 
 from __future__ import annotations

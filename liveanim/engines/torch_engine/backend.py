@@ -3,8 +3,9 @@
 The engine takes its model over: it moves it to the device and dtype and folds the constant
 weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
 per-frame graphs (motion encoder and renderer), from EngineConfig:
-- `compile` (default on CUDA where Triton runs: `compile_decision`): torch.compile, compiled lazily
-  on the first call of each shape, with the compiler's forms (`KernelForms`): blur and upsampling
+- `compile` (default on CUDA where Triton runs: `compile_decision`): exported and compiled by
+  Inductor on the first call of each shape, and saved in the engine cache, from where later starts
+  load it without tracing (saved_graphs.py); with the compiler's forms (`KernelForms`): blur and upsampling
   as stencils, which Inductor fuses, and on CUDA channels-last weights, small-map convolutions as
   matrix products and large-map upsampling convolutions in phases (docs/performance.md); only
   for a batch of 1 or `COMPILED_BATCH` (batching.py);
@@ -14,9 +15,9 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
 - `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
   graphs (captured in under a second) while a thread of the engine's own prepares the fast ones;
   then every call takes the fast path. On the first start with this GPU and PyTorch a child process
-  compiles each graph (prefill.py: minutes, outside this process, so the uncompiled frames keep
-  their pace: Inductor holds Python's lock while it compiles), and the thread then loads it from
-  Inductor's cache, as it does straight away on later starts (13-18 s per graph on an H200).
+  compiles and saves each graph (prefill.py: minutes, outside this process, so the uncompiled frames
+  keep their pace: Inductor holds Python's lock while it compiles), and the thread then loads it, as
+  it does straight away on later starts (1-4 s per graph on an H200).
   The live loop starts this way: its first frames come seconds after the weights are read, and it
   shows `optimizing()`'s progress, timed against the last start (compile_times.py).
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -40,6 +42,7 @@ from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_ke
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
 from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore, SavedGraph
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
@@ -94,32 +97,45 @@ class TorchEngine(Engine):
         fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
         if fast_gpu_path:
             log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "
-                     "and PyTorch, ~20 s later (Inductor's cache)",
+                     "and PyTorch, seconds later (saved in the engine cache)",
                      "in the background, uncompiled (slower) until then" if config.compile_in_background
                      else "on their first frame")
+        self._cache = cache_root(config.cache_dir) if self.compiled else None
+        key = compile_key(device, self.precision, self.model.width, forms)
+        self._store = GraphStore(self._cache / GRAPHS_DIR, key) if self._cache is not None else None
         self._compiler = None
         if self.compiled and config.compile_in_background:
-            key = compile_key(device, self.precision, self.model.width, forms)
-            self._compiler = BackgroundCompiler(device, CompileTimes(cache_root(config.cache_dir), key),
+            self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
                                                 child_slots(device, self.model.width, self.precision))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
-        self._motion = self._accelerated(MOTION_GRAPH, self.model.encode_motion)
-        self._decode = self._accelerated(RENDER_GRAPH, lambda z: self.model.decode(z, self._source.maps))
+        self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)
+        self._motion = self._accelerated(MOTION_GRAPH, MotionGraph(self.model))
+        self._decode = self._accelerated(RENDER_GRAPH, RenderGraph(self.model), lambda: self._source.maps)
 
-    def _accelerated(self, name: str, fn: GraphFn) -> GraphFn:
+    def _accelerated(self, name: str, module: torch.nn.Module,
+                     held: Callable[[], tuple[torch.Tensor, ...]] = tuple) -> GraphFn:
+        """`module` as the engine calls it: with its first input only, `held()` passed after it."""
+        def called(graph: GraphFn) -> GraphFn:
+            return lambda x: graph(x, *held())
+
+        def eager(x: torch.Tensor) -> torch.Tensor:
+            with self._modules_lock:
+                return module(x, *held())
+
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
         if not self.compiled:
-            return replay(fn)
-        # no freezing: the weights are folded already, and a graph without baked-in
-        # constants can come from Inductor's cache on the next start
-        def compiled() -> GraphFn:
-            return replay(torch.compile(fn, dynamic=False))
-
+            return replay(eager)
+        compiled = replay(called(SavedGraph(name, module, self._store, self._modules_lock)))
         if self._compiler is not None:
-            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV)
-            return BatchBuckets(CompiledWhenReady(name, compiled, replay(fn), self._compiler, child), COMPILED_BATCH)
-        return BatchBuckets(compiled(), COMPILED_BATCH)
+            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
+                               str(self._cache))
+            def saved(x: torch.Tensor) -> bool:
+                return self._store.has(name, x)
+
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, child, saved),
+                                COMPILED_BATCH)
+        return BatchBuckets(compiled, COMPILED_BATCH)
 
     @property
     def directions(self) -> torch.Tensor:
@@ -136,7 +152,8 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def encode_source(self, inputs: Tensors) -> Tensors:
-        state = self.model.encode_source(inputs["image"].to(self.device, self.dtype))
+        with self._modules_lock:
+            state = self.model.encode_source(inputs["image"].to(self.device, self.dtype))
         out = {"z": state.z, "alpha": state.alpha, **dict(zip(FEATURE_NAMES, state.feats))}
         return {name: t.float() for name, t in out.items()}
 
@@ -165,6 +182,29 @@ class TorchEngine(Engine):
         self.model = self._motion = self._decode = self._source = None
         if self.device.type == "cuda":
             release_cached_memory()
+
+
+class MotionGraph(torch.nn.Module):
+    """The motion encoder as a module of its own: what is compiled and saved."""
+
+    def __init__(self, model: LIAX):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_motion(image)
+
+
+class RenderGraph(torch.nn.Module):
+    """The renderer with the source's maps as inputs (`SourceMaps`), not as state: a saved graph
+    is called with every tensor it reads."""
+
+    def __init__(self, model: LIAX):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z_target: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z_target, maps)
 
 
 def compile_decision(asked: bool | None, device: torch.device) -> bool:

@@ -2,12 +2,12 @@
 compiled graph for each input shape while the uncompiled one serves the calls.
 
 Inductor holds Python's lock for most of a compile, so on a fresh machine a compile on that thread
-alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job first has
-the graph compiled in child processes (prefill.py), which fill Inductor's on-disk caches while the
-thread only waits; then the thread compiles it in-process, which loads it from those caches. The
-children of the jobs submitted run at once, up to the slots the machine has. Where the last start
-measured the job, the caches are warm and the thread loads it straight away. While the thread loads, Python hands its lock over more often
-(`_quick_handoffs`), so that the callers keep their pace."""
+alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job whose graph
+is not saved yet (saved_graphs.py) first has it compiled and saved by a child process (prefill.py)
+while the thread only waits; then the thread loads it. The children of the jobs submitted run at
+once, up to the slots the machine has. Where a graph is saved already, the thread loads it straight
+away. While the thread loads, Python hands its lock over more often (`_quick_handoffs`), so that
+the callers keep their pace."""
 
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
 
 
 class BackgroundCompiler:
-    """One thread that prepares compiled graphs, one job at a time (Dynamo compiles one graph
-    at a time anyway), so that callers need not wait for them. It times each job's in-process
-    part (what a later start takes), for the progress shown meanwhile (`progress`) and, through
-    `times`, for the next start's estimate; a job measured there runs without a child."""
+    """One thread that prepares compiled graphs, one job at a time, so that callers need not wait
+    for them. It times each job's in-process part (what a later start takes), for the progress
+    shown meanwhile (`progress`) and, through `times`, for the next start's estimate."""
 
     def __init__(self, device: torch.device, times: CompileTimes | None = None, child_slots: int = 1):
         """child_slots: child processes at once (`prefill.child_slots`)."""
@@ -70,8 +69,8 @@ class BackgroundCompiler:
         label: names the job in the log and in the measured times, the same on every start
                (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
                running uncompiled.
-        child: the graph `job` compiles, to compile in a child process first (`prefill.IN_CHILD`),
-               started now, so that `job` finds it in Inductor's caches. A child that fails is
+        child: the graph `job` prepares, to compile and save in a child process first
+               (`prefill.IN_CHILD`), started now, so that `job` loads it. A child that fails is
                logged, and `job` compiles the graph itself.
         """
         if self._thread is None:
@@ -81,7 +80,7 @@ class BackgroundCompiler:
             self._submitted += 1
             self._queued.append(label)
         compiling = None
-        if child is not None and prefill.IN_CHILD and not self._measured(label) and not self._closed:
+        if child is not None and prefill.IN_CHILD and not self._closed:
             compiling = self._children.submit(self._child.run, child, label)
         self._jobs.put((label, job, compiling, time.monotonic()))
 
@@ -147,10 +146,6 @@ class BackgroundCompiler:
                 self._failed += failed
                 self._state.notify_all()
 
-    def _measured(self, label: str) -> bool:
-        """Whether the last start timed this job: Inductor's caches hold its graph then."""
-        return self._times is not None and label in self._times.last
-
     def _wait_for_child(self, label: str, child: Future, submitted: float) -> None:
         """Wait for the job's child process (started when the job was submitted)."""
         try:
@@ -178,23 +173,22 @@ def _quick_handoffs() -> Iterator[None]:
 
 class CompiledWhenReady:
     """Calls the compiled graph for the input shapes it is ready for; any other shape goes to
-    `interim` while the background compiler prepares the compiled graph for it (compiles or
-    loads it, and captures its CUDA graph). A failed preparation leaves that shape on `interim`.
-
-    The compiled graph is made by `make_compiled()`, on the compiler thread: making it imports
-    the compiler (seconds). A shape is prepared from its second call on, so that the compiler
-    thread does not slow down the first, which captures the interim graph (the live loop's warm-up).
+    `interim` while the background compiler prepares the compiled graph for it (its first call
+    there loads or compiles it, and captures its CUDA graph). A failed preparation leaves that
+    shape on `interim`. A shape is prepared from its second call on, so that the compiler thread
+    does not slow down the first, which captures the interim graph (the live loop's warm-up).
     """
 
-    def __init__(self, name: str, make_compiled: Callable[[], GraphFn], interim: GraphFn,
-                 compiler: BackgroundCompiler, child: PrefillJob | None = None):
+    def __init__(self, name: str, compiled: GraphFn, interim: GraphFn, compiler: BackgroundCompiler,
+                 child: PrefillJob | None = None, saved: Callable[[torch.Tensor], bool] = lambda x: False):
         """name:  the graph, for the compiler's job labels (e.g. 'renderer').
         child: what a child process needs to compile this graph first, less the input shape
-               (filled in per shape); None compiles in this process only."""
+               (filled in per shape); None compiles in this process only.
+        saved: whether the compiled graph for an input like this is saved already: no child then."""
         self._name = name
         self._child = child
-        self._make_compiled = make_compiled
-        self._compiled: GraphFn | None = None
+        self._saved = saved
+        self._compiled = compiled
         self._interim = interim
         self._compiler = compiler
         self._ready: set[ShapeKey] = set()  # added to by the compiler thread
@@ -204,7 +198,6 @@ class CompiledWhenReady:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         key = shape_key(args)
         if key in self._ready:
-            assert self._compiled is not None
             if key not in self._released and isinstance(self._interim, GraphReplay):
                 self._interim.release(key)  # here, not on the compiler thread: no replay of it is under way
             self._released.add(key)
@@ -214,13 +207,12 @@ class CompiledWhenReady:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
             label = f"{self._name} {[shape for shape, _ in key]}"
-            child = replace(self._child, shape=tuple(args[0].shape)) if self._child is not None else None
+            wanted = self._child is not None and not self._saved(args[0])
+            child = replace(self._child, shape=tuple(args[0].shape)) if wanted else None
             self._compiler.submit(label, lambda: self._prepare(key, example), child)
         return self._interim(*args)
 
     def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:
-        if self._compiled is None:
-            self._compiled = self._make_compiled()
         self._compiled(*example)
         _finish_gpu_work(example)  # before the copies are freed
         self._ready.add(key)

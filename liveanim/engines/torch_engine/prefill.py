@@ -3,19 +3,18 @@
 Inductor's first compile of a graph (lowering, code generation, Triton's compiles) takes minutes
 on a fresh machine and holds Python's lock for most of it: on a thread of the live process it
 dropped the live loop to 3-20 FPS for ~4 minutes on an H200. A child process compiles the same
-graph instead and leaves it in Inductor's on-disk caches (FX graph, AOTAutograd, Triton kernels);
-the engine's compiler thread waits for it without holding the lock, then compiles in-process,
-which now loads the graph from those caches (13-18 s per graph on an H200). The children of
-the two graphs run at once, each with its share of the CPU's cores and at a lower priority than
+graph instead and saves it in the engine cache (saved_graphs.py); the engine's compiler thread
+waits for it without holding the lock, then loads it (1-4 s per graph on an H200). The children
+of the two graphs run at once, each with its share of the CPU's cores and at a lower priority than
 the live process.
 
 The child builds the graph through the engine itself (a `TorchEngine` of the same width,
-precision, device and kernel forms, called with inputs of the job's shape), from placeholder
-weights: the graphs are compiled without freezing, so the weights are graph inputs, and their
-values are not part of Inductor's cache key (tests/test_prefill.py checks it). The child never
-reads the checkpoint. Of the process-wide settings that Inductor's key holds, the job carries those a
-process of ours may change (CPU threads, the fp32 matmul precision: one test helper leaves it
-changed); the others (deterministic algorithms, default dtype) stay PyTorch's defaults in both.
+precision, device, kernel forms and cache folder, called with inputs of the job's shape), from
+placeholder weights: a saved graph takes the weights as inputs, so it serves any weights of the
+same shapes (tests/test_prefill.py checks it). The child never reads the checkpoint. The job
+carries the process-wide settings that the compiled code depends on and a process of ours may
+change (CPU threads, the fp32 matmul precision: one test helper leaves it changed); the others
+(deterministic algorithms, default dtype) stay PyTorch's defaults in both.
 
     python -m liveanim.engines.torch_engine.prefill '<PrefillJob as JSON>'
 
@@ -76,8 +75,9 @@ class PrefillJob:
     precision:   'fp32', 'fp16' or 'bf16', as the engine resolved it.
     device:      the engine's device, e.g. 'cuda'.
     triton_conv: backend.TRITON_CONV when the engine was made: it picks the kernel forms.
-    threads, matmul_precision: this process's settings, taken when the job is made, that
-                 Inductor's cache key holds: torch.get_num_threads() (the CPU's C++ kernels are
+    cache_dir:   the engine's cache folder, where the graph is saved; None: the user's cache.
+    threads, matmul_precision: this process's settings, taken when the job is made, that the
+                 compiled code depends on: torch.get_num_threads() (the CPU's C++ kernels are
                  made for it) and torch.backends.cuda.matmul.fp32_precision (None before PyTorch 2.9).
     """
 
@@ -87,6 +87,7 @@ class PrefillJob:
     precision: str
     device: str
     triton_conv: bool
+    cache_dir: str | None = None
     threads: int = field(default_factory=torch.get_num_threads)
     matmul_precision: str | None = field(
         default_factory=lambda: getattr(torch.backends.cuda.matmul, "fp32_precision", None))
@@ -220,9 +221,9 @@ def _tail(output: IO[bytes]) -> str:
 
 
 def compile_graph(job: PrefillJob) -> None:
-    """Compile the graph `job` names the way the engine does, which fills Inductor's caches: an
-    engine made as the live process made its own (compiled at the first call instead of in the
-    background, without CUDA graphs, which do not change the compiled code) runs it once."""
+    """Compile and save the graph `job` names the way the engine does: an engine made as the live
+    process made its own (compiled at the first call instead of in the background, without CUDA
+    graphs, which do not change the compiled code) runs it once."""
     from liveanim.contract import FEATURE_NAMES
     from liveanim.engines.base import EngineConfig
     from liveanim.engines.torch_engine import backend
@@ -233,7 +234,8 @@ def compile_graph(job: PrefillJob) -> None:
         torch.backends.cuda.matmul.fp32_precision = job.matmul_precision
     backend.TRITON_CONV = job.triton_conv
     config = EngineConfig(backend="torch", device=job.device, precision=job.precision, width=job.width,
-                          compile=True, cuda_graphs=False)
+                          compile=True, cuda_graphs=False,
+                          cache_dir=Path(job.cache_dir) if job.cache_dir is not None else None)
     device = torch.device(job.device)
     engine = backend.TorchEngine(config, device, _placeholder_model(job, device))
     try:

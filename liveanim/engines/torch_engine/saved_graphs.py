@@ -1,0 +1,175 @@
+"""Compiled per-frame graphs kept on disk and loaded without tracing.
+
+torch.compile traces its function with Dynamo on every start, even when Inductor's cache holds the
+compiled code: 9-19 s per graph on an H200, with Python's lock held (the live loop fell to 11-19
+FPS meanwhile). Here a graph is exported once (`torch.export`: every weight and buffer becomes an
+input with its name), compiled by Inductor (`standalone_compile`) and saved as one file in the
+engine cache, beside the names of its inputs. A later start loads that file (1-4 s per graph on an
+H200) and calls it with the module's tensors of those names.
+
+A file's name holds a digest of everything its code depends on: the engine's compile key (GPU,
+PyTorch, precision, width, kernel forms), the graph and its input's shape, layout and dtype, the
+process settings Inductor compiles for, and the model's source code. A file that cannot be used
+(unreadable, another PyTorch's, inputs the module lacks) is compiled again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export.graph_signature import InputKind
+
+import liveanim.model
+from liveanim.engines.torch_engine.batching import ShapeKey, shape_key
+
+log = logging.getLogger(__name__)
+
+GRAPHS_DIR = Path("torch") / "graphs"
+_WEIGHTS = (InputKind.PARAMETER, InputKind.BUFFER)
+
+
+@functools.cache
+def model_code_digest() -> str:
+    """The model's source code, in short: a compiled graph is the code it was traced from."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(liveanim.model.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class GraphStore:
+    """The folder of saved graphs for one engine's compile key (`compile_times.compile_key`)."""
+
+    def __init__(self, folder: Path, compile_key: str):
+        self.folder = folder
+        self.compile_key = compile_key
+
+    def path(self, graph: str, example: torch.Tensor) -> Path:
+        """The file of `graph` compiled for inputs like `example` (its first input) in this process."""
+        fields = {
+            "compile_key": self.compile_key, "graph": graph, "shape": list(example.shape),
+            "stride": list(example.stride()), "dtype": str(example.dtype), "threads": torch.get_num_threads(),
+            "matmul_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
+            "model_code": model_code_digest(),
+        }
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+        return self.folder / f"{graph.replace(' ', '-')}-{digest}.pt2"
+
+    def has(self, graph: str, example: torch.Tensor) -> bool:
+        return self.path(graph, example).is_file()
+
+
+class SavedGraph:
+    """Calls `module` compiled: per input shape, the graph saved in `store`, or, where none is
+    there or it cannot be used, one compiled here (minutes on a fresh GPU) and saved."""
+
+    def __init__(self, name: str, module: nn.Module, store: GraphStore, modules_lock: threading.Lock):
+        """name:         the graph in the log and in its file's name (e.g. 'renderer').
+        modules_lock: held by every caller of the model's modules in this process while this
+                      exports one: export's tracer patches torch.nn.Module's calls process-wide,
+                      and a call on another thread meanwhile fails."""
+        self._name = name
+        self._module = module
+        self._store = store
+        self._modules_lock = modules_lock
+        self._graphs: dict[ShapeKey, _BoundGraph] = {}
+        self._lock = threading.Lock()  # one load or compile of a shape at a time
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        key = shape_key(inputs)
+        graph = self._graphs.get(key)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(key) or self._prepare(inputs)
+                self._graphs[key] = graph
+        return graph(*inputs)
+
+    def _prepare(self, inputs: tuple[torch.Tensor, ...]) -> _BoundGraph:
+        path = self._store.path(self._name, inputs[0])
+        if path.is_file():
+            graph = self._load(path)
+            if graph is not None:
+                return graph
+        return self._compile(path, inputs)
+
+    def _load(self, path: Path) -> _BoundGraph | None:
+        """The graph saved at `path`, or None (logged) where it cannot be used."""
+        try:
+            names = json.loads(_names_path(path).read_text())
+            weights = self._weights(names)
+            compiled = torch._inductor.CompiledArtifact.load(path=str(path), format="binary")
+        except Exception as error:  # a damaged or foreign cache file costs a compile, never the session
+            log.warning("the compiled %s in %s cannot be used (%s: %s); compiling it again",
+                        self._name, path, type(error).__name__, error)
+            return None
+        log.info("loaded the compiled %s from %s", self._name, path)
+        return _BoundGraph(compiled, weights)
+
+    def _compile(self, path: Path, inputs: tuple[torch.Tensor, ...]) -> _BoundGraph:
+        log.info("compiling the %s for inputs %s", self._name, [tuple(a.shape) for a in inputs])
+        with torch.inference_mode(False), torch.no_grad():
+            example = tuple(a.clone() for a in inputs)  # export takes no inference-mode tensors
+            with self._modules_lock:
+                exported = torch.export.export(self._module, example, strict=False)
+            unexpected = [spec for spec in exported.graph_signature.input_specs
+                          if spec.kind not in (*_WEIGHTS, InputKind.USER_INPUT)]
+            if unexpected:
+                raise TypeError(f"the {self._name} has inputs that are neither weights nor arguments: {unexpected}")
+            names = [spec.target if spec.kind in _WEIGHTS else None for spec in exported.graph_signature.input_specs]
+            weights = self._weights(names)
+            flat = _BoundGraph.arguments(weights, example)
+            compiled = torch._inductor.standalone_compile(exported.graph_module, flat,
+                                                          dynamic_shapes="from_example_inputs", options={})
+        self._save(path, compiled, names)
+        return _BoundGraph(compiled, weights)
+
+    def _save(self, path: Path, compiled: torch._inductor.CompiledArtifact, names: list[str | None]) -> None:
+        """Keep the graph for the next start; a failed write (a full disk) costs only that."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = _names_path(path).with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(names))
+            partial.replace(_names_path(path))
+            compiled.save(path=str(path), format="binary")  # written whole or not at all
+        except (OSError, RuntimeError) as error:
+            log.warning("the compiled %s was not saved to %s (%s): the next start compiles it again",
+                        self._name, path, error)
+
+    def _weights(self, names: list[str | None]) -> list[torch.Tensor | None]:
+        """The module's tensors of `names`, in their order (None for the call's own inputs)."""
+        tensors = dict(self._module.named_parameters(remove_duplicate=False))
+        tensors.update(self._module.named_buffers(remove_duplicate=False))
+        missing = [name for name in names if name is not None and name not in tensors]
+        if missing:
+            raise KeyError(f"the model has no tensors named {missing[:3]}")
+        return [tensors[name] if name is not None else None for name in names]
+
+
+class _BoundGraph:
+    """A compiled graph with the module's weights bound: called with the graph's own inputs only."""
+
+    def __init__(self, compiled: torch._inductor.CompiledArtifact, weights: list[torch.Tensor | None]):
+        self._compiled = compiled
+        self._weights = weights
+
+    @staticmethod
+    def arguments(weights: list[torch.Tensor | None], inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The compiled graph's inputs: the weights, with the call's inputs where they are None."""
+        given = iter(inputs)
+        return [weight if weight is not None else next(given) for weight in weights]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self._compiled(*self.arguments(self._weights, inputs))
+        return outputs[0]
+
+
+def _names_path(path: Path) -> Path:
+    return path.with_suffix(".inputs.json")

@@ -1,0 +1,133 @@
+"""Compiled graphs saved in the engine cache and loaded by later engines without tracing
+(engines/torch_engine/saved_graphs.py), with real parts: the torch engine on the CPU with a tiny
+model and Inductor's C++ code generation. Only the motion encoder is compiled (~30 s each on a
+2-core machine); one compile is shared by the tests that only read it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from liveanim.engines import EngineConfig
+from liveanim.engines.torch_engine import prefill
+from liveanim.engines.torch_engine.backend import TorchEngine
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore
+from liveanim.export.verify import TOLERANCES, errors, within
+
+CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, cuda_graphs=False, precision="fp32")
+IMAGE = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
+TIMEOUT_S = 300.0
+
+
+def _codes(model: torch.nn.Module, cache: Path, background: bool = False) -> tuple[torch.Tensor, TorchEngine]:
+    """The motion codes of IMAGE from a compiled engine over `cache`: compiled at the first call,
+    or, with `background`, by the compiler thread while this thread goes on calling the engine."""
+    engine = TorchEngine(replace(CONFIG, cache_dir=cache, compile_in_background=background), torch.device("cpu"),
+                         model=copy.deepcopy(model))
+    try:
+        codes = engine.encode_motion({"image": IMAGE})["alpha"]
+        if background:
+            engine.encode_motion({"image": IMAGE})  # the second call of a shape asks for its compiled graph
+            while not engine.wait_until_compiled(timeout=0.05):
+                engine.encode_motion({"image": IMAGE})  # the uncompiled graph, while the thread exports
+            assert engine.optimizing().failed == 0
+            codes = engine.encode_motion({"image": IMAGE})["alpha"]
+    finally:
+        engine.close()
+    return codes, engine
+
+
+def _saved_files(cache: Path) -> list[Path]:
+    return sorted((cache / GRAPHS_DIR).glob("motion-encoder-*.pt2"))
+
+
+def _messages(records: list[logging.LogRecord], level: int = logging.INFO) -> list[str]:
+    return [record.getMessage() for record in records if record.levelno >= level and record.name.startswith("liveanim")]
+
+
+def _assert_codes(actual: torch.Tensor, model: torch.nn.Module) -> None:
+    error = errors(actual, model.encode_motion(IMAGE), is_code=True)
+    assert within(error, TOLERANCES["fp32"], True), error
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model, tmp_path_factory) -> Path:
+    """An engine cache holding the compiled motion encoder of the tiny model."""
+    cache = tmp_path_factory.mktemp("saved")
+    codes, _ = _codes(tiny_model, cache)
+    _assert_codes(codes, tiny_model)
+    assert len(_saved_files(cache)) == 1
+    return cache
+
+
+def test_a_later_engine_loads_the_saved_graph_without_compiling(saved, tiny_model, tmp_path, caplog):
+    shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        codes, _ = _codes(tiny_model, tmp_path)
+    messages = _messages(caplog.records)
+    assert any(message.startswith("loaded the compiled motion encoder from ") for message in messages)
+    assert not [message for message in messages if message.startswith("compiling")]
+    _assert_codes(codes, tiny_model)
+
+
+def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model, tmp_path, caplog):
+    """A file cut short (a crash while copying a cache, a full disk elsewhere) costs a compile."""
+    shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+    file, = _saved_files(tmp_path)
+    whole = file.read_bytes()
+    file.write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        codes, _ = _codes(tiny_model, tmp_path)
+    warning, = _messages(caplog.records, logging.WARNING)
+    assert warning.startswith(f"the compiled motion encoder in {file} cannot be used (") and \
+        warning.endswith("); compiling it again")
+    _assert_codes(codes, tiny_model)
+    assert file.stat().st_size == len(whole), "saved whole again"
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_saving(tiny_model, tmp_path, caplog):
+    (tmp_path / GRAPHS_DIR).parent.mkdir(parents=True)
+    (tmp_path / GRAPHS_DIR).write_text("a file where the folder of saved graphs belongs")
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        codes, _ = _codes(tiny_model, tmp_path)
+    warning, = _messages(caplog.records, logging.WARNING)
+    assert warning.startswith("the compiled motion encoder was not saved to ")
+    assert warning.endswith("the next start compiles it again")
+    _assert_codes(codes, tiny_model)
+
+
+def test_a_graph_is_exported_while_another_thread_calls_the_engine(tiny_model, tmp_path, monkeypatch):
+    """Compiled in this process (no child), while the caller keeps running the uncompiled graph:
+    export patches torch.nn.Module's calls process-wide, and a module called meanwhile failed."""
+    monkeypatch.setattr(prefill, "IN_CHILD", False)
+    calls_before = threading.active_count()
+    codes, engine = _codes(tiny_model, tmp_path, background=True)
+    _assert_codes(codes, tiny_model)
+    assert engine.optimizing().finished == 1 and len(_saved_files(tmp_path)) == 1
+    assert threading.active_count() <= calls_before + 1  # the compiler thread, ended with the engine
+
+
+def test_a_saved_graph_is_named_by_everything_its_code_depends_on(tmp_path, monkeypatch):
+    store = GraphStore(tmp_path, "cpu | torch x | fp32 | width 0.125 | forms")
+    image = torch.zeros(1, 3, 512, 512)
+    name = store.path("motion encoder", image)
+    assert name.parent == tmp_path and name.name.startswith("motion-encoder-")
+    assert store.path("motion encoder", torch.zeros(1, 3, 512, 512)) == name, "the same for the same inputs"
+    others = [
+        store.path("renderer", image),
+        store.path("motion encoder", torch.zeros(8, 3, 512, 512)),
+        store.path("motion encoder", image.half()),
+        store.path("motion encoder", image.contiguous(memory_format=torch.channels_last)),
+        GraphStore(tmp_path, "cpu | torch x | fp16 | width 0.125 | forms").path("motion encoder", image),
+    ]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
+    others.append(store.path("motion encoder", image))
+    assert len({name, *others}) == len(others) + 1
