@@ -164,8 +164,12 @@ def test_a_start_with_the_graph_saved_starts_no_child(first_start, tiny_model, t
     _use_caches(tmp_path, monkeypatch)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
         start = _start(tiny_model, tmp_path, caplog.records)
-    assert not [message for message in _messages(start.log) if IN_CHILD in message]
+    messages = _messages(start.log)
+    assert not [message for message in messages if IN_CHILD in message]
+    assert any(re.fullmatch(f"loaded {re.escape(MOTION_JOB)} in [0-9.]+ s", message) for message in messages), \
+        "loaded where it was first called: compiled from the first call on"
     assert (start.cache_hits, start.cache_misses) == (1, 0)
+    assert not _messages(start.log, logging.WARNING)
     _assert_same_codes(start)
 
 

@@ -16,8 +16,9 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   graphs (captured in under a second) while a thread of the engine's own prepares the fast ones;
   then every call takes the fast path. On the first start with this GPU and PyTorch a child process
   compiles and saves each graph (prefill.py: minutes, outside this process, so the uncompiled frames
-  keep their pace: Inductor holds Python's lock while it compiles), and the thread then loads it, as
-  it does straight away on later starts (1-4 s per graph on an H200).
+  keep their pace: Inductor holds Python's lock while it compiles), and the thread then loads it.
+  On later starts each saved graph is loaded where it is first called (1-4 s per graph on an
+  H200): full speed from the first frame.
   The live loop starts this way: its first frames come seconds after the weights are read, and it
   shows `optimizing()`'s progress, timed against the last start (compile_times.py).
 The renderer reads the source maps from `SourceMaps`, converted once per source, not per frame.
@@ -126,15 +127,13 @@ class TorchEngine(Engine):
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
         if not self.compiled:
             return replay(eager)
-        compiled = replay(called(SavedGraph(name, module, self._store, self._modules_lock)))
+        saved = SavedGraph(name, module, self._store, self._modules_lock)
+        compiled = replay(called(saved))
         if self._compiler is not None:
             child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
                                str(self._cache))
-            def saved(x: torch.Tensor) -> bool:
-                return self._store.has(name, x)
-
-            return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, child, saved),
-                                COMPILED_BATCH)
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, child,
+                                                  lambda x: saved.load(x, *held())), COMPILED_BATCH)
         return BatchBuckets(compiled, COMPILED_BATCH)
 
     @property

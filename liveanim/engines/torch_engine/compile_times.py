@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -44,9 +45,9 @@ class CompileTimes:
         entries.setdefault(self.key, {})[job] = round(seconds, 1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+            partial = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
-            partial.replace(self.path)  # whole or not at all, also with two processes writing
+            partial.replace(self.path)  # whole or not at all, also with two writers at once
         except OSError as error:
             log.info("compile times not kept in %s (%s): the next start shows no estimate", self.path, error)
 

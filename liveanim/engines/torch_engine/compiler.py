@@ -1,5 +1,6 @@
 """Compiling the per-frame graphs without making callers wait: one background thread prepares the
-compiled graph for each input shape while the uncompiled one serves the calls.
+compiled graph for each input shape while the uncompiled one serves the calls, unless the graph
+was saved by an earlier start: then it is loaded where it is first called.
 
 Inductor holds Python's lock for most of a compile, so on a fresh machine a compile on that thread
 alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job whose graph
@@ -19,7 +20,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -31,6 +32,7 @@ from liveanim.engines.torch_engine.cuda_graphs import GraphReplay
 from liveanim.engines.torch_engine.prefill import ChildCompiler, ChildFailed, PrefillJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Python's lock goes to a waiting thread after this long (its default: 5 ms) while the compiler
 # thread loads a graph. The live loop gives the lock up dozens of times a frame (GPU waits, numpy,
@@ -83,6 +85,28 @@ class BackgroundCompiler:
         if child is not None and prefill.IN_CHILD and not self._closed:
             compiling = self._children.submit(self._child.run, child, label)
         self._jobs.put((label, job, compiling, time.monotonic()))
+
+    def run_here(self, label: str, job: Callable[[], T | None]) -> T | None:
+        """Run `job()` on this thread instead (a saved graph loaded where it is called first); it
+        counts as a job done, and is timed like one, only when it returns something. A job that
+        raises is logged, and None returned: the caller goes on as if it had found nothing."""
+        started = time.monotonic()
+        try:
+            result = job()
+        except Exception:
+            log.warning("loading %s failed; it is prepared in the background instead", label, exc_info=True)
+            return None
+        if result is None:
+            return None
+        seconds = time.monotonic() - started
+        log.info("loaded %s in %.1f s", label, seconds)
+        if self._times is not None:
+            self._times.record(label, seconds)
+        with self._state:
+            self._submitted += 1
+            self._finished += 1
+            self._state.notify_all()
+        return result
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far has finished; False on timeout."""
@@ -172,22 +196,25 @@ def _quick_handoffs() -> Iterator[None]:
 
 
 class CompiledWhenReady:
-    """Calls the compiled graph for the input shapes it is ready for; any other shape goes to
-    `interim` while the background compiler prepares the compiled graph for it (its first call
-    there loads or compiles it, and captures its CUDA graph). A failed preparation leaves that
-    shape on `interim`. A shape is prepared from its second call on, so that the compiler thread
-    does not slow down the first, which captures the interim graph (the live loop's warm-up).
+    """Calls the compiled graph for the input shapes it is ready for. At the first call of a
+    shape, a saved graph (saved_graphs.py) is loaded on the caller's thread: seconds, and full
+    speed from that frame on. Without one, the shape goes to `interim` while the background
+    compiler prepares the compiled graph for it (its first call there compiles it, or loads what a
+    child process compiled, and captures its CUDA graph). A failed preparation leaves that shape on
+    `interim`. A shape is prepared from its second call on, so that the compiler thread does not
+    slow down the first, which captures the interim graph (the live loop's warm-up).
     """
 
     def __init__(self, name: str, compiled: GraphFn, interim: GraphFn, compiler: BackgroundCompiler,
-                 child: PrefillJob | None = None, saved: Callable[[torch.Tensor], bool] = lambda x: False):
-        """name:  the graph, for the compiler's job labels (e.g. 'renderer').
-        child: what a child process needs to compile this graph first, less the input shape
-               (filled in per shape); None compiles in this process only.
-        saved: whether the compiled graph for an input like this is saved already: no child then."""
+                 child: PrefillJob | None = None, load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
+        """name:       the graph, for the compiler's job labels (e.g. 'renderer').
+        child:      what a child process needs to compile this graph first, less the input shape
+                    (filled in per shape); None compiles in this process only.
+        load_saved: loads the saved compiled graph for an input like this one, if there is a
+                    usable one, and says whether it did (never compiles)."""
         self._name = name
         self._child = child
-        self._saved = saved
+        self._load_saved = load_saved
         self._compiled = compiled
         self._interim = interim
         self._compiler = compiler
@@ -202,15 +229,27 @@ class CompiledWhenReady:
                 self._interim.release(key)  # here, not on the compiler thread: no replay of it is under way
             self._released.add(key)
             return self._compiled(*args)
+        label = f"{self._name} {[shape for shape, _ in key]}"
+        if key not in self._calls:
+            output = self._compiler.run_here(label, lambda: self._loaded(key, args))
+            if output is not None:
+                return output
         self._calls[key] = calls = self._calls.get(key, 0) + 1
         if calls == 2:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
-            label = f"{self._name} {[shape for shape, _ in key]}"
-            wanted = self._child is not None and not self._saved(args[0])
-            child = replace(self._child, shape=tuple(args[0].shape)) if wanted else None
+            child = replace(self._child, shape=tuple(args[0].shape)) if self._child is not None else None
             self._compiler.submit(label, lambda: self._prepare(key, example), child)
         return self._interim(*args)
+
+    def _loaded(self, key: ShapeKey, args: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        """The compiled graph's output, where its saved graph loaded (None: there is none)."""
+        if not self._load_saved(args[0]):
+            return None
+        output = self._compiled(*args)  # its CUDA graph is captured here
+        self._ready.add(key)
+        self._released.add(key)  # no interim graph was made for it
+        return output
 
     def _prepare(self, key: ShapeKey, example: tuple[torch.Tensor, ...]) -> None:
         self._compiled(*example)

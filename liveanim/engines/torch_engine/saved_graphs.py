@@ -63,9 +63,6 @@ class GraphStore:
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
         return self.folder / f"{graph.replace(' ', '-')}-{digest}.pt2"
 
-    def has(self, graph: str, example: torch.Tensor) -> bool:
-        return self.path(graph, example).is_file()
-
 
 class SavedGraph:
     """Calls `module` compiled: per input shape, the graph saved in `store`, or, where none is
@@ -91,6 +88,19 @@ class SavedGraph:
                 graph = self._graphs.get(key) or self._prepare(inputs)
                 self._graphs[key] = graph
         return graph(*inputs)
+
+    def load(self, *inputs: torch.Tensor) -> bool:
+        """Load the saved graph for inputs like these, if there is a usable one (seconds; never a
+        compile); whether the graph for them is ready now."""
+        key = shape_key(inputs)
+        with self._lock:
+            if key not in self._graphs:
+                path = self._store.path(self._name, inputs[0])
+                graph = self._load(path) if path.is_file() else None
+                if graph is None:
+                    return False
+                self._graphs[key] = graph
+        return True
 
     def _prepare(self, inputs: tuple[torch.Tensor, ...]) -> _BoundGraph:
         path = self._store.path(self._name, inputs[0])
