@@ -768,7 +768,7 @@ def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):
         return x * 2
 
     compiler = BackgroundCompiler(torch.device("cpu"))
-    graph = CompiledWhenReady("doubler", lambda: compiled, interim, compiler)
+    graph = CompiledWhenReady("doubler", compiled, interim, compiler)
     x = torch.arange(4.0)
     torch.testing.assert_close(graph(x), x * 2)
     assert compiler.wait(timeout=0.1), "the first call (the warm-up) is left alone"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from liveanim.engines import EngineConfig
+from liveanim.contract import FEATURE_NAMES
+from liveanim.engines import EngineConfig, create_engine
 from liveanim.engines.torch_engine import prefill
 from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore
@@ -131,3 +132,37 @@ def test_a_saved_graph_is_named_by_everything_its_code_depends_on(tmp_path, monk
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
     others.append(store.path("motion encoder", image))
     assert len({name, *others}) == len(others) + 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled graphs on a GPU need an NVIDIA GPU")
+def test_build_engines_saves_the_graphs_that_a_live_start_loads_at_its_first_frame(tmp_path, caplog):
+    """README's `build-engines --engine torch --precision fp16`, then an engine made as `live` makes
+    it: both graphs loaded where first called, no child, no compile, and the frame matches the
+    uncompiled engine's."""
+    from liveanim.app.cli import main
+
+    arguments = ["--seeded", "0.125", "--cache-dir", str(tmp_path)]
+    assert main(["build-engines", "--engine", "torch", "--precision", "fp16", *arguments]) == 0
+    saved = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / GRAPHS_DIR).glob("*.pt2"))
+    assert saved == ["motion-encoder", "renderer"]
+    config = EngineConfig(backend="torch", device="cuda", precision="fp16", seeded=True, width=0.125,
+                          cache_dir=tmp_path)
+    frames = {}
+    for background in (True, False):
+        engine = create_engine(replace(config, compile_in_background=background, compile=background))
+        try:
+            with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+                source = engine.encode_source({"image": IMAGE})
+                alpha = engine.encode_motion({"image": IMAGE})["alpha"]
+                frames[background] = engine.render({"z_target": engine.target_latent(source["z"], alpha),
+                                                    **{name: source[name] for name in FEATURE_NAMES}})["image"]
+            if background:
+                assert engine.optimizing().done
+        finally:
+            engine.close()
+    messages = _messages(caplog.records)
+    assert any(message.startswith("loaded motion encoder [(1, 3, 512, 512)] in ") for message in messages)
+    assert any(message.startswith("loaded renderer [(1, 64)] in ") for message in messages)
+    assert not [message for message in messages if message.startswith("compiling")]
+    error = errors(frames[True], frames[False], is_code=False)
+    assert within(error, TOLERANCES["fp16"], False), error
