@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from liveanim.contract import FEATURE_NAMES
 from liveanim.engines import EngineConfig, create_engine
 from liveanim.engines.torch_engine import prefill
 from liveanim.engines.torch_engine.backend import TorchEngine
-from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, UNUSED_DAYS, GraphStore
 from liveanim.export.verify import TOLERANCES, errors, within
 
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, cuda_graphs=False, precision="fp32")
@@ -44,6 +46,12 @@ def _codes(model: torch.nn.Module, cache: Path, background: bool = False) -> tup
     finally:
         engine.close()
     return codes, engine
+
+
+def _age(path: Path, days: float) -> None:
+    """Make `path` look last used `days` ago."""
+    when = time.time() - days * 86400
+    os.utime(path, (when, when))
 
 
 def _saved_files(cache: Path) -> list[Path]:
@@ -71,12 +79,15 @@ def saved(tiny_model, tmp_path_factory) -> Path:
 
 def test_a_later_engine_loads_the_saved_graph_without_compiling(saved, tiny_model, tmp_path, caplog):
     shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+    file, = _saved_files(tmp_path)
+    _age(file, UNUSED_DAYS + 10)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
         codes, _ = _codes(tiny_model, tmp_path)
     messages = _messages(caplog.records)
     assert any(message.startswith("loaded the compiled motion encoder from ") for message in messages)
     assert not [message for message in messages if message.startswith("compiling")]
     _assert_codes(codes, tiny_model)
+    assert file.stat().st_mtime > time.time() - 3600, "marked as used: not pruned"
 
 
 def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model, tmp_path, caplog):
@@ -85,6 +96,10 @@ def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model,
     file, = _saved_files(tmp_path)
     whole = file.read_bytes()
     file.write_bytes(whole[: len(whole) // 2])
+    stale = file.with_name("renderer-of-another-pytorch.pt2")
+    stale.write_bytes(b"unused for long")
+    stale.with_suffix(".inputs.json").write_text("[]")
+    _age(stale, UNUSED_DAYS + 1)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
         codes, _ = _codes(tiny_model, tmp_path)
     warning, = _messages(caplog.records, logging.WARNING)
@@ -92,6 +107,8 @@ def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model,
         warning.endswith("); compiling it again")
     _assert_codes(codes, tiny_model)
     assert file.stat().st_size == len(whole), "saved whole again"
+    assert sorted((tmp_path / GRAPHS_DIR).iterdir()) == sorted([file, file.with_suffix(".inputs.json")]), \
+        "the graph unused for a month was removed when this one was saved"
 
 
 def test_a_cache_that_cannot_be_written_costs_only_the_saving(tiny_model, tmp_path, caplog):
