@@ -20,7 +20,7 @@ import torch
 
 from liveanim.contract import FEATURE_NAMES
 from liveanim.engines import EngineConfig, create_engine
-from liveanim.engines.torch_engine import prefill
+from liveanim.engines.torch_engine import prefill, saved_graphs
 from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, UNUSED_DAYS, GraphStore
 from liveanim.export.verify import TOLERANCES, errors, within
@@ -146,6 +146,8 @@ def test_a_saved_graph_is_named_by_everything_its_code_depends_on(tmp_path, monk
         store.path("motion encoder", image.contiguous(memory_format=torch.channels_last)),
         GraphStore(tmp_path, "cpu | torch x | fp16 | width 0.125 | forms").path("motion encoder", image),
     ]
+    monkeypatch.setattr(saved_graphs, "_triton_version", lambda: "another Triton")
+    others.append(store.path("motion encoder", image))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
     others.append(store.path("motion encoder", image))
     assert len({name, *others}) == len(others) + 1

@@ -9,9 +9,9 @@ H200) and calls it with the module's tensors of those names.
 
 A file's name holds a digest of everything its code depends on: the engine's compile key (GPU,
 PyTorch, precision, width, kernel forms), the graph and its input's shape, layout and dtype, the
-process settings Inductor compiles for, and the model's source code. A file that cannot be used
-(unreadable, another PyTorch's, inputs the module lacks) is compiled again. Saved graphs unused
-for `UNUSED_DAYS` are removed when another one is saved.
+process settings Inductor compiles for, Triton's version and the model's source code. A file
+that cannot be used (unreadable, another PyTorch's, inputs the module lacks) is compiled again.
+Saved graphs unused for `UNUSED_DAYS` are removed when another one is saved.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def model_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def _triton_version() -> str | None:
+    """Triton's version: the saved kernels are its binaries, launched through its runtime."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 class GraphStore:
     """The folder of saved graphs for one engine's compile key (`compile_times.compile_key`)."""
 
@@ -65,7 +74,7 @@ class GraphStore:
             "compile_key": self.compile_key, "graph": graph, "shape": list(example.shape),
             "stride": list(example.stride()), "dtype": str(example.dtype), "threads": torch.get_num_threads(),
             "matmul_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
-            "model_code": model_code_digest(),
+            "model_code": model_code_digest(), "triton": _triton_version(),
         }
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
         return self.folder / f"{graph.replace(' ', '-')}-{digest}.pt2"
