@@ -97,10 +97,10 @@ class TorchEngine(Engine):
         forms = gpu_forms(self.dtype) if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
         fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
         if fast_gpu_path:
-            log.info("the per-frame graphs are compiled %s: a few minutes on the first start with this GPU "
-                     "and PyTorch, seconds later (saved in the engine cache)",
-                     "in the background, uncompiled (slower) until then" if config.compile_in_background
-                     else "on their first frame")
+            log.info("the per-frame graphs are compiled %s on the first start with this GPU and PyTorch "
+                     "(minutes) and saved in the engine cache; later starts load them in seconds",
+                     "in the background, running uncompiled (slower) meanwhile," if config.compile_in_background
+                     else "at their first frame")
         self._cache = cache_root(config.cache_dir) if self.compiled else None
         key = compile_key(device, self.precision, self.model.width, forms)
         self._store = GraphStore(self._cache / GRAPHS_DIR, key) if self._cache is not None else None
@@ -207,7 +207,7 @@ class RenderGraph(torch.nn.Module):
 
 
 def compile_decision(asked: bool | None, device: torch.device) -> bool:
-    """Whether to torch.compile the per-frame graphs: as asked, and by default on CUDA, where it is
+    """Whether to compile the per-frame graphs (Inductor): as asked, and by default on CUDA, where it is
     3x faster, wherever Triton can make the kernels; without it the uncompiled graphs run (CUDA
     graphs still on). Compiling asked for where it cannot run is an error, not a quiet fallback:
     a run (or a benchmark) that asked for compiled graphs would otherwise report the slow ones."""

@@ -6,9 +6,8 @@ Inductor holds Python's lock for most of a compile, so on a fresh machine a comp
 alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job whose graph
 is not saved yet (saved_graphs.py) first has it compiled and saved by a child process (prefill.py)
 while the thread only waits; then the thread loads it. The children of the jobs submitted run at
-once, up to the slots the machine has. Where a graph is saved already, the thread loads it straight
-away. While the thread loads, Python hands its lock over more often (`_quick_handoffs`), so that
-the callers keep their pace."""
+once, up to the slots the machine has. While the thread loads, Python hands its lock over more
+often (`_quick_handoffs`), so that the callers keep their pace."""
 
 from __future__ import annotations
 
