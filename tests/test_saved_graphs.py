@@ -185,3 +185,32 @@ def test_build_engines_saves_the_graphs_that_a_live_start_loads_at_its_first_fra
     assert not [message for message in messages if message.startswith("compiling")]
     error = errors(frames[True], frames[False], is_code=False)
     assert within(error, TOLERANCES["fp16"], False), error
+
+
+def test_loading_never_waits_for_a_compile_under_way_on_another_thread(tmp_path, monkeypatch):
+    """The live loop's first call of a shape tries the saved graph; while the compiler thread
+    compiles the same graph (minutes), it must get its answer at once and go on uncompiled."""
+    compiling, release = threading.Event(), threading.Event()
+
+    def slow_compile(graph, path, inputs):
+        compiling.set()
+        assert release.wait(TIMEOUT_S)
+        return graph._module
+
+    monkeypatch.setattr(saved_graphs.SavedGraph, "_compile", slow_compile)
+    graph = saved_graphs.SavedGraph("doubler", torch.nn.Identity(), GraphStore(tmp_path, "key"), threading.Lock())
+    x = torch.ones(2)
+    worker = threading.Thread(target=graph, args=(x,))
+    worker.start()
+    try:
+        assert compiling.wait(TIMEOUT_S)
+        answers: list[bool] = []
+        asker = threading.Thread(target=lambda: answers.append(graph.load(x)))
+        asker.start()
+        asker.join(30.0)  # the compile goes on until the test releases it
+        assert answers == [False], "answered while the compile was still under way"
+    finally:
+        release.set()
+        worker.join(TIMEOUT_S)
+        asker.join(TIMEOUT_S)
+    assert graph.load(x) is True, "ready once the compile is done"

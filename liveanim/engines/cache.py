@@ -9,6 +9,8 @@
     <cache>/onnxruntime-tensorrt/<export folder name>/                     ONNX Runtime's TensorRT provider
     <cache>/torch/compile_times.json                                       how long the torch engine's
                                                                            graphs took to compile, for estimates
+    <cache>/torch/graphs/<graph>-<digest>.pt2 (and .inputs.json)           the torch engine's compiled
+                                                                           graphs (torch_engine/saved_graphs.py)
 
 <library> is 'tensorrt' or 'tensorrt-rtx'. A TensorRT engine only runs on the GPU model and
 TensorRT version it was built with, so its key holds those next to the ONNX file's hash, the
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -35,6 +39,18 @@ def cache_root(cache_dir: Path | None) -> Path:
     from liveanim.weights import default_cache_dir
 
     return default_cache_dir()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file beside it, then a rename), also
+    with several writers at once. Raises OSError, and leaves no temporary file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def seeded_fingerprint(width: float, seed: int) -> str:

@@ -101,13 +101,14 @@ class TorchEngine(Engine):
                      "(minutes) and saved in the engine cache; later starts load them in seconds",
                      "in the background, running uncompiled (slower) meanwhile," if config.compile_in_background
                      else "at their first frame")
-        self._cache = cache_root(config.cache_dir) if self.compiled else None
-        key = compile_key(device, self.precision, self.model.width, forms)
-        self._store = GraphStore(self._cache / GRAPHS_DIR, key) if self._cache is not None else None
-        self._compiler = None
-        if self.compiled and config.compile_in_background:
-            self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
-                                                child_slots(device, self.model.width, self.precision))
+        self._cache = self._store = self._compiler = None
+        if self.compiled:
+            self._cache = cache_root(config.cache_dir)
+            key = compile_key(device, self.precision, self.model.width, forms)
+            self._store = GraphStore(self._cache / GRAPHS_DIR, key)
+            if config.compile_in_background:
+                self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
+                                                    child_slots(device, self.model.width, self.precision))
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)

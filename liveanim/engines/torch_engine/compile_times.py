@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 from pathlib import Path
 
 import torch
 
+from liveanim.engines.cache import write_atomically
 from liveanim.engines.devices import cuda_gpu
 from liveanim.model.layers import KernelForms
 
@@ -44,10 +43,7 @@ class CompileTimes:
         entries = self._read()
         entries.setdefault(self.key, {})[job] = round(seconds, 1)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            partial.write_text(json.dumps(entries, indent=1, sort_keys=True))
-            partial.replace(self.path)  # whole or not at all, also with two writers at once
+            write_atomically(self.path, json.dumps(entries, indent=1, sort_keys=True))
         except OSError as error:
             log.info("compile times not kept in %s (%s): the next start shows no estimate", self.path, error)
 

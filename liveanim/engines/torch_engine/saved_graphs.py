@@ -31,6 +31,7 @@ from torch import nn
 from torch.export.graph_signature import InputKind
 
 import liveanim.model
+from liveanim.engines.cache import write_atomically
 from liveanim.engines.torch_engine.batching import ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,11 @@ class GraphStore:
         removed = 0
         for path in self.folder.glob("*.pt2"):
             try:
-                if path.stat().st_mtime < cutoff:
-                    size = path.stat().st_size
+                status = path.stat()
+                if status.st_mtime < cutoff:
                     path.unlink()
                     _names_path(path).unlink(missing_ok=True)
-                    removed += size
+                    removed += status.st_size
             except OSError:
                 continue
         if removed:
@@ -125,27 +126,28 @@ class SavedGraph:
 
     def load(self, *inputs: torch.Tensor) -> bool:
         """Load the saved graph for inputs like these, if there is a usable one (seconds; never a
-        compile); whether the graph for them is ready now."""
+        compile, nor a wait for one under way on another thread); whether the graph for them is
+        ready now."""
         key = shape_key(inputs)
-        with self._lock:
-            if key not in self._graphs:
-                path = self._store.path(self._name, inputs[0])
-                graph = self._load(path) if path.is_file() else None
-                if graph is None:
-                    return False
-                self._graphs[key] = graph
+        if not self._lock.acquire(blocking=False):
+            return key in self._graphs
+        try:
+            graph = self._graphs.get(key) or self._load(self._store.path(self._name, inputs[0]))
+            if graph is None:
+                return False
+            self._graphs[key] = graph
+        finally:
+            self._lock.release()
         return True
 
     def _prepare(self, inputs: tuple[torch.Tensor, ...]) -> _BoundGraph:
         path = self._store.path(self._name, inputs[0])
-        if path.is_file():
-            graph = self._load(path)
-            if graph is not None:
-                return graph
-        return self._compile(path, inputs)
+        return self._load(path) or self._compile(path, inputs)
 
     def _load(self, path: Path) -> _BoundGraph | None:
-        """The graph saved at `path`, or None (logged) where it cannot be used."""
+        """The graph saved at `path`, or None where there is none or (logged) it cannot be used."""
+        if not path.is_file():
+            return None
         try:
             names = json.loads(_names_path(path).read_text())
             weights = self._weights(names)
@@ -180,10 +182,7 @@ class SavedGraph:
     def _save(self, path: Path, compiled: torch._inductor.CompiledArtifact, names: list[str | None]) -> None:
         """Keep the graph for the next start; a failed write (a full disk) costs only that."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = _names_path(path).with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(names))
-            partial.replace(_names_path(path))
+            write_atomically(_names_path(path), json.dumps(names))
             compiled.save(path=str(path), format="binary")  # written whole or not at all
         except (OSError, RuntimeError) as error:
             log.warning("the compiled %s was not saved to %s (%s): the next start compiles it again",
