@@ -90,8 +90,12 @@ def test_a_later_engine_loads_the_saved_graph_without_compiling(saved, tiny_mode
     assert file.stat().st_mtime > time.time() - 3600, "marked as used: not pruned"
 
 
-def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model, tmp_path, caplog):
-    """A file cut short (a crash while copying a cache, a full disk elsewhere) costs a compile."""
+@pytest.mark.parametrize("background", [False, True], ids=["at-first-call", "in-background"])
+def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model, tmp_path, caplog, monkeypatch,
+                                                              background):
+    """A file cut short (a crash while copying a cache, a full disk elsewhere) costs a compile and
+    one warning, also in the background (tried at the first call, then compiled in this process)."""
+    monkeypatch.setattr(prefill, "IN_CHILD", False)
     shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
     file, = _saved_files(tmp_path)
     whole = file.read_bytes()
@@ -101,7 +105,7 @@ def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model,
     stale.with_suffix(".inputs.json").write_text("[]")
     _age(stale, UNUSED_DAYS + 1)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
-        codes, _ = _codes(tiny_model, tmp_path)
+        codes, _ = _codes(tiny_model, tmp_path, background)
     warning, = _messages(caplog.records, logging.WARNING)
     assert warning.startswith(f"the compiled motion encoder in {file} cannot be used (") and \
         warning.endswith("); compiling it again")

@@ -113,6 +113,7 @@ class SavedGraph:
         self._store = store
         self._modules_lock = modules_lock
         self._graphs: dict[ShapeKey, _BoundGraph] = {}
+        self._unusable: set[Path] = set()  # files found damaged or foreign: warned about once
         self._lock = threading.Lock()  # one load or compile of a shape at a time
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -146,13 +147,14 @@ class SavedGraph:
 
     def _load(self, path: Path) -> _BoundGraph | None:
         """The graph saved at `path`, or None where there is none or (logged) it cannot be used."""
-        if not path.is_file():
+        if path in self._unusable or not path.is_file():
             return None
         try:
             names = json.loads(_names_path(path).read_text())
             weights = self._weights(names)
             compiled = torch._inductor.CompiledArtifact.load(path=str(path), format="binary")
         except Exception as error:  # a damaged or foreign cache file costs a compile, never the session
+            self._unusable.add(path)
             log.warning("the compiled %s in %s cannot be used (%s: %s); compiling it again",
                         self._name, path, type(error).__name__, error)
             return None
