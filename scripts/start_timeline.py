@@ -6,12 +6,14 @@ them outside the live process (engines/torch_engine/prefill.py).
     PREFILL=0 python3 scripts/start_timeline.py    # compiled in the live process, as before
 
 The engine starts as `live` starts it (torch backend, compiled in the background, CUDA graphs,
-fp16, seeded weights). One source is encoded; then each frame is a motion encoding and a render at
-batch 1 (Animator.motion, Animator.render; live runs the two on two threads, here they run one
-after the other), until the graphs have run compiled for 10 s or BUDGET_S has passed. The frame
-rate is counted in one-second windows from the end of the first frame.
+fp16; seeded weights, or the checkpoint WEIGHTS names). One source is encoded; then each frame is
+a motion encoding and a render at batch 1 (Animator.motion, Animator.render; live runs the two on
+two threads, here they run one after the other), until the graphs have run compiled for 10 s or
+BUDGET_S has passed. The frame rate is counted in one-second windows from the end of the first
+frame.
 
-Environment: OUT (results; default out/start-timeline), WIDTH (2.0), BUDGET_S (420), PREFILL (1),
+Environment: OUT (results; default out/start-timeline), WIDTH (2.0, seeded weights), WEIGHTS (a
+checkpoint to load instead of seeded weights), BUDGET_S (420), PREFILL (1),
 HANDOFFS (1; 0: Python's lock handed over at its default interval while a graph loads),
 DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), CACHE (Inductor's and the
 engine's caches; default a new empty folder, removed afterwards: a first start; the same folder
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OUT = Path(os.environ.get("OUT", "out/start-timeline"))
 WIDTH = float(os.environ.get("WIDTH", "2.0"))
+WEIGHTS = Path(os.environ["WEIGHTS"]) if os.environ.get("WEIGHTS") else None
 BUDGET_S = float(os.environ.get("BUDGET_S", "420"))
 PREFILL = os.environ.get("PREFILL", "1") != "0"
 HANDOFFS = os.environ.get("HANDOFFS", "1") != "0"
@@ -76,14 +79,15 @@ def run() -> dict[str, Any]:
     if not HANDOFFS:
         compiler.HANDOFF_S = sys.getswitchinterval()
     cuda = DEVICE == "cuda"
-    config = EngineConfig(backend="torch", device=DEVICE, precision="fp16" if cuda else "fp32", seeded=True,
-                          width=WIDTH, compile=True, cuda_graphs=cuda, compile_in_background=True,
-                          cache_dir=CACHE / "engine")
+    config = EngineConfig(backend="torch", device=DEVICE, precision="fp16" if cuda else "fp32",
+                          seeded=WEIGHTS is None, weights=WEIGHTS, width=WIDTH, compile=True, cuda_graphs=cuda,
+                          compile_in_background=True, cache_dir=CACHE / "engine")
     t0 = time.monotonic()
     records = _Records(t0)
     logging.getLogger("liveanim").addHandler(records)
     engine = create_engine(config)
     ready_s = time.monotonic() - t0
+    engine_width = engine.model.width
     animator = Animator(engine)
     rng = np.random.default_rng(0)
     avatar = animator.encode_avatar(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
@@ -115,7 +119,8 @@ def run() -> dict[str, Any]:
     report = _summary(frames, ready_s, compiled_at)
     report.update(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
-        gpu=torch.cuda.get_device_name() if cuda else None, device=DEVICE, width=WIDTH,
+        gpu=torch.cuda.get_device_name() if cuda else None, device=DEVICE, width=engine_width,
+        weights=str(WEIGHTS) if WEIGHTS else "seeded",
         precision=config.precision, prefill_in_child=PREFILL, quick_handoffs=HANDOFFS, budget_s=BUDGET_S,
         fresh_cache=FRESH,
         gpu_memory_peak_gib={"this_process": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,

@@ -221,17 +221,20 @@ def test_a_child_ends_soon_after_its_parent_is_killed(tmp_path, monkeypatch):
     assert not _running(child), "the child went on compiling for nobody"
 
 
-def test_the_start_timeline_script_runs_on_the_cpu(tmp_path):
+def test_the_start_timeline_script_runs_on_the_cpu(tmp_path, tiny_model):
     """scripts/start_timeline.py's smoke test (its numbers are for a GPU): a few seconds of frames
-    while the child compiles, a report, and no child left when it ends."""
-    env = {**os.environ, "DEVICE": "cpu", "WIDTH": "0.125", "BUDGET_S": "12", "OUT": str(tmp_path),
-           "CACHE": str(tmp_path / "cache")}
+    while the child compiles, a report, and no child left when it ends; with a checkpoint's weights."""
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), checkpoint)
+    env = {**os.environ, "DEVICE": "cpu", "WEIGHTS": str(checkpoint), "BUDGET_S": "12", "OUT": str(tmp_path),
+           "CACHE": str(tmp_path / "cache"), "LIVEANIM_CACHE": str(tmp_path / "weights-cache")}
     result = subprocess.run([sys.executable, "scripts/start_timeline.py"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == ""
     report = json.loads((tmp_path / "start-timeline-prefill-on.json").read_text())
     assert report["prefill_in_child"] and report["device"] == "cpu" and report["frames"] >= 1
+    assert (report["weights"], report["width"]) == (str(checkpoint), 0.125)
     assert report["first_frame_s"] > report["time_to_engine_ready_s"] > 0
     started = [re.search(r"\(pid (\d+)\)", line) for line in report["engine_log"]]
     pids = [int(found.group(1)) for found in started if found]
