@@ -8,7 +8,8 @@ layer fails, naming the file, the line and both layers; so does a module that no
 new package is given its place here first).
 
     rank  layer     modules                                   what it holds
-    0     errors    liveanim.errors, liveanim (its __init__)  the exception types every layer raises
+    0     errors    liveanim.errors, liveanim.files,          the exception types every layer raises,
+                    liveanim (its __init__)                   files written whole or not at all
     1     core      liveanim.model, liveanim.motion,          the network, its checkpoints and
                     liveanim.weights                          downloads, motion arithmetic on arrays
     2     face      liveanim.face                             face tracking and the crop (its face
@@ -46,7 +47,7 @@ class Layer:
 
 
 LAYERS = (
-    Layer("errors", 0, ("liveanim.errors",)),
+    Layer("errors", 0, ("liveanim.errors", "liveanim.files")),
     Layer("core", 1, ("liveanim.model", "liveanim.motion", "liveanim.weights")),
     Layer("face", 2, ("liveanim.face",)),
     Layer("contract", 3, ("liveanim.contract",)),

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -39,18 +37,6 @@ def cache_root(cache_dir: Path | None) -> Path:
     from liveanim.weights import default_cache_dir
 
     return default_cache_dir()
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all (a temporary file beside it, then a rename), also
-    with several writers at once. Raises OSError, and leaves no temporary file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def seeded_fingerprint(width: float, seed: int) -> str:

@@ -46,6 +46,7 @@ from liveanim.engines.exported import ExportedGraphsEngine
 from liveanim.errors import BackendUnavailable, EngineError, Fix, UsageError
 from liveanim.export.manifest import read_manifest
 from liveanim.export.precision import FP32_MODULE_PREFIXES, HALF_GRAPHS, keeps_fp32
+from liveanim.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +290,7 @@ class _Builder:
         log.info("building the %s %s engine (%s) for %s: %s", self.library.title, spec.name, precision, target, reason)
         started = time.perf_counter()
         data = self._serialized(onnx_path, spec, precision, key)
-        tmp = files.engine.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(files.engine)
+        write_atomically(files.engine, data)
         files.key.write_text(key.to_json())
         log.info("built the %s %s engine in %.0f s (%.1f MB)", self.library.title, spec.name,
                  time.perf_counter() - started, len(data) / 1e6)
@@ -359,9 +358,7 @@ class _RuntimeCache:
     def save(self) -> None:
         if self.cache is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(memoryview(self.cache.serialize()))
-        tmp.replace(self.path)
+        write_atomically(self.path, memoryview(self.cache.serialize()))
 
 
 def _pin_fp32_layers(trt: ModuleType, network: Any, spec: GraphSpec) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from liveanim.contract import DIRECTIONS_FILE, GRAPH_NAMES, MANIFEST_FILE, GraphSpec
 from liveanim.errors import EngineError
+from liveanim.files import write_atomically
 
 FORMAT = 1  # bump when the export changes in a way old exports cannot serve
 CHUNK = 1 << 24
@@ -96,10 +97,8 @@ class Manifest:
                    data["opset"], graphs, data["tools"], data["format"])
 
     def write(self, folder: Path) -> None:
-        """Written through a temporary file, so a reader never sees half a manifest."""
-        tmp = folder / (MANIFEST_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(folder / MANIFEST_FILE)
+        """Written whole or not at all: a reader never sees half a manifest."""
+        write_atomically(folder / MANIFEST_FILE, json.dumps(self.to_json(), indent=2))
 
 
 def read_manifest(folder: Path) -> Manifest:

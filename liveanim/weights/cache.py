@@ -15,16 +15,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from liveanim.files import write_atomically
 from liveanim.weights.checkpoint import check_state, existing_size, read_state_dict
 from liveanim.weights.download import default_cache_dir, resolve_weights
 
@@ -61,7 +60,7 @@ def cached_safetensors(pt_path: Path, cache_dir: Path) -> Path:
     state = read_state_dict(pt_path)
     check_state(state, source=pt_path)  # never spend gigabytes of cache on a file the model cannot use
     log.info("Converting %s to %s once; later loads take seconds", pt_path, target)
-    if not _write_atomically(state, target):
+    if not _write_copy(state, target):
         return pt_path
     _remember(target, source)
     _forget(source, keep=target)
@@ -89,26 +88,18 @@ def _sample_offsets(size: int) -> list[int]:
     return [round(block * step) for block in range(SAMPLE_BLOCKS)]
 
 
-def _write_atomically(state: Mapping[str, torch.Tensor], target: Path) -> bool:
-    """Write to a temp file then rename, so no reader ever sees half a cache file."""
-    partial: Path | None = None
+def _write_copy(state: Mapping[str, torch.Tensor], target: Path) -> bool:
+    """Write the safetensors copy whole or not at all: no reader ever sees half a cache file."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _ensure_room(target.parent, sum(t.numel() * t.element_size() for t in state.values()))
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".partial")
-        os.close(handle)
-        partial = Path(name)
-        save_file({key: tensor.contiguous() for key, tensor in state.items()}, partial)
-        os.replace(partial, target)
+        write_atomically(target, lambda partial: save_file({key: t.contiguous() for key, t in state.items()}, partial))
     except OSError as exc:
         log.warning(
             "Could not write the safetensors cache %s (%s); loading the .pt directly, which is "
             "slower. Free some disk space or set LIVEANIM_CACHE to a writable folder.", target, exc
         )
         return False
-    finally:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
     return True
 
 
@@ -140,13 +131,10 @@ def _remember(copy: Path, source: str) -> None:
 
 def _write_sources(copy: Path, sources: list[str]) -> None:
     target = _sources_file(copy)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        partial.write_text("".join(f"{source}\n" for source in sources), encoding="utf-8")
-        os.replace(partial, target)
+        write_atomically(target, "".join(f"{source}\n" for source in sources))
     except OSError as exc:
         log.debug("Could not update %s (%s)", target, exc)
-        partial.unlink(missing_ok=True)
 
 
 def _forget(source: str, keep: Path) -> None:

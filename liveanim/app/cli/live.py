@@ -32,6 +32,7 @@ from liveanim.app.cli.options import (
 )
 from liveanim.app.cli.stop_signals import StopSignals
 from liveanim.errors import LiveAnimError, UsageError
+from liveanim.files import write_atomically
 from liveanim.motion.controller import Dials, MotionConfig
 from liveanim.motion.dials import GROUPS, check_intensity, parse_assignments
 from liveanim.motion.limits import LIMITS
@@ -312,10 +313,8 @@ class _Report:
             "failed_outputs": outcome.failed if outcome is not None else [],
             "samples": self._samples,
         }
-        partial = self.path.with_name(self.path.name + ".partial")
         try:
-            partial.write_text(json.dumps(report, indent=2))
-            os.replace(partial, self.path)
+            write_atomically(self.path, json.dumps(report, indent=2))
         except OSError as error:
             log.error("could not write the statistics to %s: %s", self.path, error.strerror or error)
             return

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from liveanim.engines.cache import write_atomically
 from liveanim.engines.devices import cuda_gpu
+from liveanim.files import write_atomically
 from liveanim.model.layers import KernelForms
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from torch import nn
 from torch.export.graph_signature import InputKind
 
 import liveanim.model
-from liveanim.engines.cache import write_atomically
 from liveanim.engines.torch_engine.batching import ShapeKey, shape_key
+from liveanim.files import write_atomically
 
 log = logging.getLogger(__name__)
 
