@@ -115,6 +115,34 @@ def test_a_damaged_saved_graph_is_compiled_again_and_replaced(saved, tiny_model,
         "the graph unused for a month was removed when this one was saved"
 
 
+def test_a_damaged_saved_graph_rewritten_meanwhile_is_loaded_not_compiled(saved, tiny_model, tmp_path, caplog,
+                                                                          monkeypatch):
+    """The first call finds the file damaged (one warning); a child process then compiles and saves
+    it anew, as on a first start: the compiler thread loads that file instead of compiling again."""
+    monkeypatch.setattr(prefill, "IN_CHILD", False)  # the test rewrites the file, as the child would
+    shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+    file, = _saved_files(tmp_path)
+    whole = file.read_bytes()
+    file.write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        engine = TorchEngine(replace(CONFIG, cache_dir=tmp_path, compile_in_background=True), torch.device("cpu"),
+                             model=copy.deepcopy(tiny_model))
+        try:
+            engine.encode_motion({"image": IMAGE})  # tries the damaged file, runs uncompiled
+            file.write_bytes(whole)
+            _age(file, -1)  # rewritten after the failed try
+            engine.encode_motion({"image": IMAGE})  # the second call asks for the compiled graph
+            assert engine.wait_until_compiled(timeout=TIMEOUT_S) and engine.optimizing().failed == 0
+            codes = engine.encode_motion({"image": IMAGE})["alpha"]
+        finally:
+            engine.close()
+    messages = _messages(caplog.records)
+    assert len(_messages(caplog.records, logging.WARNING)) == 1
+    assert not [message for message in messages if message.startswith("compiling")]
+    assert any(message.startswith("loaded the compiled motion encoder from ") for message in messages)
+    _assert_codes(codes, tiny_model)
+
+
 def test_a_cache_that_cannot_be_written_costs_only_the_saving(tiny_model, tmp_path, caplog):
     (tmp_path / GRAPHS_DIR).parent.mkdir(parents=True)
     (tmp_path / GRAPHS_DIR).write_text("a file where the folder of saved graphs belongs")

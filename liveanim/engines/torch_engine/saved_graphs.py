@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -113,7 +114,9 @@ class SavedGraph:
         self._store = store
         self._modules_lock = modules_lock
         self._graphs: dict[ShapeKey, _BoundGraph] = {}
-        self._unusable: set[Path] = set()  # files found damaged or foreign: warned about once
+        # files found damaged or foreign, as they were then (size, time): warned about once, and
+        # tried again once rewritten (a child process compiles and saves the graph anew)
+        self._unusable: set[tuple[Path, int, int]] = set()
         self._lock = threading.Lock()  # one load or compile of a shape at a time
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -147,14 +150,21 @@ class SavedGraph:
 
     def _load(self, path: Path) -> _BoundGraph | None:
         """The graph saved at `path`, or None where there is none or (logged) it cannot be used."""
-        if path in self._unusable or not path.is_file():
+        try:
+            status = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        version = (path, status.st_size, status.st_mtime_ns)
+        if version in self._unusable:
             return None
         try:
             names = json.loads(_names_path(path).read_text())
             weights = self._weights(names)
             compiled = torch._inductor.CompiledArtifact.load(path=str(path), format="binary")
         except Exception as error:  # a damaged or foreign cache file costs a compile, never the session
-            self._unusable.add(path)
+            self._unusable.add(version)
             log.warning("the compiled %s in %s cannot be used (%s: %s); compiling it again",
                         self._name, path, type(error).__name__, error)
             return None
