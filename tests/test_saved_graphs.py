@@ -182,6 +182,8 @@ def test_a_saved_graph_is_named_by_everything_its_code_depends_on(tmp_path, monk
     others.append(store.path("motion encoder", image))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
     others.append(store.path("motion encoder", image))
+    monkeypatch.setattr(saved_graphs, "INDUCTOR_SETTINGS", {"triton.autotune_pointwise": True})
+    others.append(store.path("motion encoder", image))
     assert len({name, *others}) == len(others) + 1
 
 
@@ -194,8 +196,11 @@ def test_build_engines_saves_the_graphs_that_a_live_start_loads_at_its_first_fra
 
     arguments = ["--seeded", "0.125", "--cache-dir", str(tmp_path)]
     assert main(["build-engines", "--engine", "torch", "--precision", "fp16", *arguments]) == 0
-    saved = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / GRAPHS_DIR).glob("*.pt2"))
-    assert saved == ["motion-encoder", "renderer"]
+    files = sorted((tmp_path / GRAPHS_DIR).glob("*.pt2"))
+    assert [path.name.rsplit("-", 1)[0] for path in files] == ["motion-encoder", "renderer"]
+    for path in files:  # INDUCTOR_SETTINGS: pointwise kernels made with one block size, not tuned at run time
+        code = path.read_bytes()
+        assert b"'autotune_pointwise': False" in code and b"'autotune_pointwise': True" not in code
     config = EngineConfig(backend="torch", device="cuda", precision="fp16", seeded=True, width=0.125,
                           cache_dir=tmp_path)
     frames = {}

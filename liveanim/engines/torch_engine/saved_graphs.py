@@ -9,8 +9,9 @@ H200) and calls it with the module's tensors of those names.
 
 A file's name holds a digest of everything its code depends on: the engine's compile key (GPU,
 PyTorch, precision, width, kernel forms), the graph and its input's shape, layout and dtype, the
-process settings Inductor compiles for, Triton's version and the model's source code. A file
-that cannot be used (unreadable, another PyTorch's, inputs the module lacks) is compiled again.
+process settings Inductor compiles for, our own Inductor settings (`INDUCTOR_SETTINGS`), Triton's
+version and the model's source code. A file that cannot be used (unreadable, another PyTorch's,
+inputs the module lacks) is compiled again.
 Saved graphs unused for `UNUSED_DAYS` are removed when another one is saved.
 """
 
@@ -43,6 +44,12 @@ GRAPHS_DIR = Path("torch") / "graphs"
 # full width in fp16) that nothing would read again.
 UNUSED_DAYS = 30
 _WEIGHTS = (InputKind.PARAMETER, InputKind.BUFFER)
+# Inductor's settings for our graphs, besides its defaults. Pointwise kernels get Inductor's one
+# heuristic block size instead of 2-3 benchmarked at their first run: fewer Triton compiles, and no
+# GPU benchmarks in the child, which slowed the live frames beside it. On an H200 the renderer's
+# child compiled in 94-114 s instead of 128 s on a first start (99 s instead of 152 s with 7
+# compiles at once), and the frames were as fast (docs/performance.md).
+INDUCTOR_SETTINGS = {"triton.autotune_pointwise": False}
 
 
 @functools.cache
@@ -76,7 +83,7 @@ class GraphStore:
             "compile_key": self.compile_key, "graph": graph, "shape": list(example.shape),
             "stride": list(example.stride()), "dtype": str(example.dtype), "threads": torch.get_num_threads(),
             "matmul_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
-            "model_code": model_code_digest(), "triton": _triton_version(),
+            "model_code": model_code_digest(), "triton": _triton_version(), "inductor": INDUCTOR_SETTINGS,
         }
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
         return self.folder / f"{graph.replace(' ', '-')}-{digest}.pt2"
@@ -186,8 +193,9 @@ class SavedGraph:
             names = [spec.target if spec.kind in _WEIGHTS else None for spec in exported.graph_signature.input_specs]
             weights = self._weights(names)
             flat = _BoundGraph.arguments(weights, example)
-            compiled = torch._inductor.standalone_compile(exported.graph_module, flat,
-                                                          dynamic_shapes="from_example_inputs", options={})
+            with torch._inductor.config.patch(INDUCTOR_SETTINGS):
+                compiled = torch._inductor.standalone_compile(exported.graph_module, flat,
+                                                              dynamic_shapes="from_example_inputs", options={})
         self._save(path, compiled, names)
         return _BoundGraph(compiled, weights)
 
