@@ -10,6 +10,8 @@ import copy
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -28,6 +30,7 @@ from liveanim.export.verify import TOLERANCES, errors, within
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, cuda_graphs=False, precision="fp32")
 IMAGE = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
 TIMEOUT_S = 300.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _codes(model: torch.nn.Module, cache: Path, background: bool = False) -> tuple[torch.Tensor, TorchEngine]:
@@ -185,6 +188,29 @@ def test_a_saved_graph_is_named_by_everything_its_code_depends_on(tmp_path, monk
     monkeypatch.setattr(saved_graphs, "INDUCTOR_SETTINGS", {"triton.autotune_pointwise": True})
     others.append(store.path("motion encoder", image))
     assert len({name, *others}) == len(others) + 1
+
+
+_LOADER = "torch._inductor.standalone_compile"
+_ENGINE_IN_A_FRESH_PROCESS = f"""
+import sys, torch
+from liveanim.engines import EngineConfig
+from liveanim.engines.torch_engine.backend import TorchEngine
+from liveanim.model import LIAX
+before = {_LOADER!r} in sys.modules
+config = EngineConfig(backend="torch", device="cpu", precision="fp32", compile=True, cuda_graphs=False,
+                      cache_dir=sys.argv[1])
+TorchEngine(config, torch.device("cpu"), LIAX(0.125)).close()
+print(before, {_LOADER!r} in sys.modules)
+"""
+
+
+def test_an_engine_that_compiles_has_imported_the_loader_before_its_first_frame(tmp_path):
+    """Imported at the first load instead, Inductor's loading code held Python's lock for seconds
+    while the live loop ran (8 FPS on an H200 machine in those seconds of a first start)."""
+    result = subprocess.run([sys.executable, "-c", _ENGINE_IN_A_FRESH_PROCESS, str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled graphs on a GPU need an NVIDIA GPU")

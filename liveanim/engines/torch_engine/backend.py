@@ -43,7 +43,7 @@ from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_ke
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
 from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots
-from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore, SavedGraph
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore, SavedGraph, import_loader
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
@@ -106,6 +106,7 @@ class TorchEngine(Engine):
             self._cache = cache_root(config.cache_dir)
             key = compile_key(device, self.precision, self.model.width, forms)
             self._store = GraphStore(self._cache / GRAPHS_DIR, key)
+            import_loader()
             if config.compile_in_background:
                 self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
                                                     child_slots(device, self.model.width, self.precision))

@@ -70,6 +70,16 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def import_loader() -> None:
+    """Import the code that loads a saved graph (Inductor's compile and load modules, ~2-3 s)
+    before the first frame. Imported at the first load instead, it held Python's lock while the
+    frames ran: on a first start on an H200 machine the motion encoder's load took 4.1 s, the loop
+    fell to 8 FPS, and now it takes 0.8 s without a dip (the engine is ready ~3.5 s later). On a
+    later start it is part of the first frame's wait either way (6.3-7.0 s against 6.4-11.5 s)."""
+    import torch._inductor.compile_fx  # noqa: F401
+    import torch._inductor.standalone_compile  # noqa: F401
+
+
 class GraphStore:
     """The folder of saved graphs for one engine's compile key (`compile_times.compile_key`)."""
 
