@@ -33,6 +33,7 @@ from liveanim.engines.torch_engine import backend, prefill
 from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.engines.torch_engine.compiler import HANDOFF_S, BackgroundCompiler
 from liveanim.engines.torch_engine.prefill import PrefillJob
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR
 from liveanim.export.verify import TOLERANCES, errors, within
 
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, compile_in_background=True, cuda_graphs=False,
@@ -219,6 +220,18 @@ def test_a_child_ends_soon_after_its_parent_is_killed(tmp_path, monkeypatch):
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _running(child), "the child went on compiling for nobody"
+
+
+def test_the_child_s_command_runs_by_hand(tmp_path, monkeypatch):
+    """The module's documented command, with no parent pipe on stdin (run by hand, stdin closed):
+    it compiles and saves the graph rather than taking the closed stdin for its parent's end."""
+    _use_caches(tmp_path, monkeypatch)
+    job = PrefillJob("motion encoder", (1, 3, 512, 512), 0.125, "fp32", "cpu", False, str(tmp_path / "engine"))
+    result = subprocess.run([sys.executable, "-m", "liveanim.engines.torch_engine.prefill", job.to_json()], cwd=REPO,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    assert len(list((tmp_path / "engine" / GRAPHS_DIR).glob("motion-encoder-*.pt2"))) == 1
 
 
 def test_the_start_timeline_script_runs_on_the_cpu(tmp_path, tiny_model):

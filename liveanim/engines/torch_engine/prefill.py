@@ -18,7 +18,9 @@ change (CPU threads, the fp32 matmul precision: one test helper leaves it change
 
     python -m liveanim.engines.torch_engine.prefill '<PrefillJob as JSON>'
 
-exits 0 once the graph is compiled; it logs to stderr and prints nothing on stdout.
+exits 0 once the graph is compiled; it logs to stderr and prints nothing on stdout. Where its
+stdin is a pipe (`ChildCompiler` holds the other end and never writes), it exits once that pipe
+closes: its parent ended, however it ended.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,7 +65,6 @@ CHILD_WORKSPACE_BYTES = 1 << 30
 GPU_HEADROOM_BYTES = 2 << 30
 FULL_WIDTH, FULL_WIDTH_PARAMETERS = 2.0, 0.91e9  # the released model
 _STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
-_PARENT_POLL_S = 0.5  # how often a child looks for its parent
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class ChildCompiler:
                 _end(process)
                 raise ChildFailed(f"it did not finish in {TIMEOUT_S:.0f} s{_tail(output)}") from None
             finally:
+                process.stdin.close()
                 with self._lock:
                     self._processes.discard(process)
             if code != 0:
@@ -151,7 +154,7 @@ class ChildCompiler:
                 raise ChildFailed("the engine was closed")
             try:  # a session of its own: its compile workers are ended with it
                 process = subprocess.Popen(
-                    [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.DEVNULL,
+                    [sys.executable, "-m", __spec__.name, job.to_json()], stdin=subprocess.PIPE,
                     stdout=output, stderr=output, env=_environment(self.slots), start_new_session=True)
             except OSError as error:
                 raise ChildFailed(f"it could not start ({error})") from None
@@ -263,20 +266,23 @@ def _placeholder_model(job: PrefillJob, device: torch.device) -> LIAX:
     return model.eval().requires_grad_(False)
 
 
-def _exit_with_parent(parent: int) -> None:
+def _exit_with_parent() -> None:
     """End this process soon after its parent ends (killed, crashed): a compile nobody waits for
-    would hold a GPU and CPU cores for minutes. An orphan is adopted by another process, so its
-    parent's pid changes (POSIX; on Windows the pid stays, and the child compiles to its end)."""
+    would hold a GPU and CPU cores for minutes. The parent holds the only writing end of this
+    process's stdin pipe; the system closes it when the parent ends, on every platform, and the
+    read here then returns (a parent's pid is no such sign: on Windows it does not change)."""
+    if not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+        return  # run by hand: no parent to follow
+
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
+        sys.stdin.buffer.read()
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    _exit_with_parent(os.getppid())
+    _exit_with_parent()
     if hasattr(os, "nice"):
         os.nice(CHILD_NICENESS)  # the live process first when the cores are short (its compile workers too)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
