@@ -25,6 +25,7 @@ closes: its parent ended, however it ended.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -271,11 +272,12 @@ def _exit_with_parent() -> None:
     would hold a GPU and CPU cores for minutes. The parent holds the only writing end of this
     process's stdin pipe; the system closes it when the parent ends, on every platform, and the
     read here then returns (a parent's pid is no such sign: on Windows it does not change)."""
-    if not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+    if sys.stdin is None or not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
         return  # run by hand: no parent to follow
 
     def watch() -> None:
-        sys.stdin.buffer.read()
+        with contextlib.suppress(OSError):  # a broken pipe is the same news
+            sys.stdin.buffer.read()
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
