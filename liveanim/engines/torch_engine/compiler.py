@@ -97,10 +97,7 @@ class BackgroundCompiler:
             return None
         if result is None:
             return None
-        seconds = time.monotonic() - started
-        log.info("loaded %s in %.1f s", label, seconds)
-        if self._times is not None:
-            self._times.record(label, seconds)
+        self._done_in("loaded", label, started)
         with self._state:
             self._submitted += 1
             self._finished += 1
@@ -155,10 +152,7 @@ class BackgroundCompiler:
                 started = time.monotonic()
                 with _quick_handoffs():
                     job()
-                seconds = time.monotonic() - started
-                log.info("compiled %s in %.0f s", label, seconds)
-                if self._times is not None:  # what the next start takes: no children then
-                    self._times.record(label, seconds)
+                self._done_in("compiled", label, started)  # what the next start takes: no children then
         except Exception:
             failed = True
             log.warning("compiling %s failed; it keeps running uncompiled (slower)", label, exc_info=True)
@@ -168,6 +162,13 @@ class BackgroundCompiler:
                 self._finished += 1
                 self._failed += failed
                 self._state.notify_all()
+
+    def _done_in(self, verb: str, label: str, started: float) -> None:
+        """Log how long a job took since `started`, and keep it for the next start's estimates."""
+        seconds = time.monotonic() - started
+        log.info("%s %s in %.1f s", verb, label, seconds)
+        if self._times is not None:
+            self._times.record(label, seconds)
 
     def _wait_for_child(self, label: str, child: Future, submitted: float) -> None:
         """Wait for the job's child process (started when the job was submitted)."""
