@@ -271,13 +271,17 @@ def _exit_with_parent() -> None:
     """End this process soon after its parent ends (killed, crashed): a compile nobody waits for
     would hold a GPU and CPU cores for minutes. The parent holds the only writing end of this
     process's stdin pipe; the system closes it when the parent ends, on every platform, and the
-    read here then returns (a parent's pid is no such sign: on Windows it does not change)."""
+    read here then returns (a parent's pid is no such sign: on Windows it does not change). The
+    read goes to the descriptor, not to `sys.stdin`, whose lock a reading thread would hold when
+    the interpreter shuts down (a fatal error)."""
     if sys.stdin is None or not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
         return  # run by hand: no parent to follow
+    descriptor = sys.stdin.fileno()
 
     def watch() -> None:
         with contextlib.suppress(OSError):  # a broken pipe is the same news
-            sys.stdin.buffer.read()
+            while os.read(descriptor, 4096):
+                pass
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
