@@ -274,9 +274,9 @@ def _exit_with_parent() -> None:
     read here then returns (a parent's pid is no such sign: on Windows it does not change). The
     read goes to the descriptor, not to `sys.stdin`, whose lock a reading thread would hold when
     the interpreter shuts down (a fatal error)."""
-    if sys.stdin is None or not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+    descriptor = sys.stdin.fileno() if sys.stdin is not None else None
+    if descriptor is None or not stat.S_ISFIFO(os.fstat(descriptor).st_mode):
         return  # run by hand: no parent to follow
-    descriptor = sys.stdin.fileno()
 
     def watch() -> None:
         with contextlib.suppress(OSError):  # a broken pipe is the same news
