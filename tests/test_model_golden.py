@@ -230,6 +230,73 @@ def test_upsampling_convs_in_phases_are_exact():
             torch.testing.assert_close(fast(x), reference(x.contiguous()), rtol=1e-12, atol=1e-12)
 
 
+def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_exports(monkeypatch):
+    """The uncompiled GPU forms (modulation, demodulation, gain and a residual's divisor in the
+    weight, GroupNorm in one pass, box blurs after transposed convs, warped maps made channels-last)
+    compute what the reference forms compute, in float64, batched or not, in either layout. A batch of 1 folds where the
+    weight is smaller than the map, and an exported graph (what Inductor compiles) never folds."""
+    from liveanim.model.decoder import FlowResBlock, ResBlock, ToFlow
+    from liveanim.model.layers import KernelForms, Modulation, ModulatedConv2d, StyledConv, set_kernel_forms
+
+    torch.manual_seed(0)
+    folds = []
+    folded = ModulatedConv2d.folded
+    monkeypatch.setattr(ModulatedConv2d, "folded", lambda self, *args: folds.append(self) or folded(self, *args))
+    eager = KernelForms(filters="stencil", eager_forms=True)
+
+    def styles_of(module: torch.nn.Module, latent: torch.Tensor) -> dict:
+        return {conv: conv.modulate(latent) for conv in module.modules() if isinstance(conv, ModulatedConv2d)}
+
+    def batched(styles: dict, batch: int) -> dict:
+        return {conv: Modulation(*(t.expand(batch, -1) if t is not None else None for t in m)) for conv, m in styles.items()}
+
+    for reference in (FlowResBlock(16, 8), ResBlock(16), StyledConv(16, 8, 3, 8, upsample=True)):
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter.normal_(0.0, 0.5)
+        reference = reference.double()
+        fast = copy.deepcopy(reference)
+        set_kernel_forms(fast, eager)
+        latent = torch.randn(1, 8, dtype=torch.float64)
+        for batch, side, layout in [(1, 24, torch.contiguous_format), (1, 24, torch.channels_last),
+                                    (2, 24, torch.channels_last), (1, 6, torch.channels_last)]:
+            x = torch.randn(batch, 16, side, side - 1, dtype=torch.float64).contiguous(memory_format=layout)
+            if isinstance(reference, ResBlock):
+                expected, actual = reference(x.contiguous()), fast(x)
+            else:
+                expected = reference(x.contiguous(), batched(styles_of(reference, latent), batch))
+                actual = fast(x, batched(styles_of(fast, latent), batch))
+            torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+    # FlowResBlock's two convs and the upsampling conv, at batch 1 on the larger map, in two layouts
+    assert len(folds) == 3 * 2
+
+    reference = ToFlow(16, 8).double()  # grid sampling between an NCHW source map and channels-last maps
+    fast = copy.deepcopy(reference)
+    set_kernel_forms(fast, eager)
+    h, feat = torch.randn(1, 16, 12, 12, dtype=torch.float64), torch.randn(1, 16, 12, 12, dtype=torch.float64)
+    latent = torch.randn(1, 8, dtype=torch.float64)
+    expected = reference(h, styles_of(reference, latent), feat)
+    actual = fast(h.contiguous(memory_format=torch.channels_last), styles_of(fast, latent), feat)
+    assert actual[1].is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+    block = FlowResBlock(16, 8).eval().requires_grad_(False)
+    set_kernel_forms(block, eager)
+    styles = styles_of(block, torch.randn(1, 8))
+
+    class Traced(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return block(x, styles)
+
+    x = torch.randn(1, 16, 24, 20)
+    folds.clear()
+    exported = torch.export.export(Traced(), (x,), strict=False)
+    assert folds == [], "an exported graph keeps the unfolded form"
+    torch.testing.assert_close(exported.module()(x), Traced()(x), rtol=1e-5, atol=1e-5)
+    assert len(folds) == 2, "the same block called eagerly folds"
+
+
 def test_loading_a_checkpoint_leaves_the_compiler_unloaded():
     """Building the model for a checkpoint touches no random fill or arithmetic on the meta
     device: those load torch's compiler, seconds of every start (the live loop loads it later,

@@ -17,7 +17,7 @@ from torch import nn
 from liveanim.model.dictionary import MotionDictionary
 from liveanim.model.fused_conv import Residual
 from liveanim.model.layers import (ConstantInput, ConvLayer, ModulatedConv2d, StyledConv, Styles, Upsample,
-                                   group_norm)
+                                   group_norm, runs_eager)
 
 STAGE_NAMES = ("_512", "2", "3", "4", "5", "6", "7")  # checkpoint prefixes; 8x8 .. 512x512
 BLOCKS_PER_STAGE = 4
@@ -92,7 +92,13 @@ class ToFlow(nn.Module):
         # contiguous: grid sampling would otherwise copy it (and a channels-last `feat`) first
         grid = (torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1) + identity_grid(out.shape[-1], out)).contiguous()
         mask = torch.sigmoid(out[:, 2:3])
-        warped = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True) * mask
+        sampled = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        if runs_eager(self.conv.forms) and h.is_contiguous(memory_format=torch.channels_last):
+            # kernel by kernel, maps of one layout: grid sampling writes NCHW, the maps after it are
+            # channels-last, and every op between the two layouts ran at a fraction of its speed
+            sampled = sampled.contiguous(memory_format=torch.channels_last)
+            return sampled * mask, torch.lerp(h, sampled, mask), out
+        warped = sampled * mask
         return warped, warped + (1 - mask) * h, out
 
 

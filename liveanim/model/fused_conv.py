@@ -40,6 +40,18 @@ class Residual(NamedTuple):
         out = (out if self.gain is None else self.gain * out) + self.skip
         return out if self.divisor == 1.0 else out / self.divisor
 
+    def folded_gain(self) -> float:
+        """The positive factor that the conv before it can carry for `add_to_scaled_` (the
+        divisor, where no per-channel gain, which may be negative, comes first)."""
+        return 1.0 / self.divisor if self.gain is None else 1.0
+
+    def add_to_scaled_(self, out: torch.Tensor) -> torch.Tensor:
+        """add_to(out / folded_gain()), overwriting `out`: one pass where the divisor was folded."""
+        if self.gain is None:
+            return out.add_(self.skip, alpha=1.0 / self.divisor)
+        out = torch.addcmul(self.skip, self.gain, out)
+        return out if self.divisor == 1.0 else out.div_(self.divisor)
+
 
 def triton_available() -> bool:
     """Whether Triton is installed (it is not on Windows or macOS), without importing it."""

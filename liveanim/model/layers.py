@@ -68,6 +68,14 @@ class KernelForms:
                    once; needs Triton (CUDA, or its CPU interpreter). 0: never.
     fused_impl:    how those convs run: 'triton' (the kernel) or 'reference' (the same sums
                    unfused, in float32: for tests, and FP8's reference form where no GPU is).
+    eager_forms:   uncompiled calls take forms made for kernels that run one by one: the blur
+                   after a transposed conv as three 2x2 box averages (4 passes over the map,
+                   where the stencil's 16 shifted slices take 31), upsampling as bilinear
+                   interpolation, and with a batch of 1, where the conv's weight is smaller than
+                   its input map, the style, the demodulation and the activation's gain folded
+                   into the weight, with the conv's output finished in place: about 2 passes
+                   over each map around its conv instead of 5-6. Compiled and exported graphs
+                   keep the other forms, which the compiler fuses into one pass each.
     """
 
     filters: str = "conv"
@@ -76,6 +84,7 @@ class KernelForms:
     phase_min_side: int = 0
     triton_min_side: int = 0
     fused_impl: str = "triton"
+    eager_forms: bool = False
 
     def __post_init__(self) -> None:
         sizes = (self.gemm_max_side, self.pointwise_max_in, self.phase_min_side, self.triton_min_side)
@@ -142,6 +151,27 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def _fused(forms: KernelForms, x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
     """Whether `forms` runs this size-preserving 3x3 conv as the fused Triton kernel."""
     return 0 < forms.triton_min_side <= min(x.shape[-2:]) and weight.shape[-2:] == (3, 3) and padding == 1
+
+
+def runs_eager(forms: KernelForms) -> bool:
+    """Whether this call runs in `KernelForms.eager_forms`."""
+    return forms.eager_forms and not torch.compiler.is_compiling()
+
+
+def _folds(forms: KernelForms, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call folds its modulation and gain into `weight` (`KernelForms.eager_forms`):
+    where the weight is the smaller of the two (from 128x128 up in the decoder; on the small maps
+    of 1024 channels the weight's products took longer than the map's passes they saved)."""
+    return x.shape[0] == 1 and weight.numel() <= x[0].numel() and runs_eager(forms)
+
+
+def _box_blur(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """The blur outer([1,3,3,1])/64 after `pad` zeros on every side, as three 2x2 box averages
+    ([1,3,3,1]/8 = [1,1]/2 three times over, per axis)."""
+    x = F.pad(x, [pad] * 4) if pad else x
+    for _ in range(3):
+        x = F.avg_pool2d(x, 2, stride=1)
+    return x
 
 
 def _scaled(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -216,6 +246,7 @@ class Blur(nn.Module):
         """
         super().__init__()
         self.pad = pad
+        self.gain = gain  # what the kernel sums to
         self.forms = REFERENCE_FORMS
         self.register_buffer("kernel", blur_kernel(gain))
 
@@ -240,7 +271,7 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", blur_kernel(gain=4.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forms.filters == "stencil":
+        if self.forms.filters == "stencil" or runs_eager(self.forms):
             return _upsample_bilinear(x)
         channels = x.shape[1]
         weight = _depthwise(self.kernel, channels, x)
@@ -260,6 +291,12 @@ class FusedLeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.view(1, -1, *([1] * (x.ndim - 2)))
         return F.leaky_relu(x + bias, LEAKY_SLOPE) * LEAKY_GAIN
+
+    def finish_scaled_(self, x: torch.Tensor, gain: float) -> torch.Tensor:
+        """`forward(x / gain) * gain / LEAKY_GAIN` for gain > 0, computed in x's place (the leaky
+        ReLU is positively homogeneous, so a conv's weight can carry the gain): two passes."""
+        bias = self.bias.view(1, -1, *([1] * (x.ndim - 2)))
+        return F.leaky_relu_(x.add_(bias, alpha=gain), LEAKY_SLOPE)
 
 
 class EqualConv2d(nn.Module):
@@ -353,9 +390,22 @@ class ConvLayer(nn.Sequential):
         if self.phase_weight is not None:
             x = self._upsampled_conv_in_phases(x, self.phase_weight)
             layers = layers[2:]
+        elif isinstance(layers[-1], FusedLeakyReLU) and _folds(conv.forms, x, layers[-2].weight):
+            return self._folded(x, residual)
         for layer in layers:
             x = layer(x)
         return x if residual is None else residual.add_to(x)
+
+    def _folded(self, x: torch.Tensor, residual: Residual | None) -> torch.Tensor:
+        """forward in `KernelForms.eager_forms`'s form: the activation's gain (and the residual's
+        divisor) in the conv's weight, the rest in place."""
+        *resampling, conv, activation = self
+        for layer in resampling:
+            x = layer(x)
+        gain = LEAKY_GAIN * (residual.folded_gain() if residual is not None else 1.0)
+        out = conv2d(x, _scaled(conv.weight, conv.scale) * gain, conv.forms, None, conv.stride, conv.padding)
+        out = activation.finish_scaled_(out, gain)
+        return out if residual is None else residual.add_to_scaled_(out)
 
     def _upsampled_conv_in_phases(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """conv(upsample(x)) as one conv of `x` with the four phases' kernels, interleaved.
@@ -444,6 +494,15 @@ class ModulatedConv2d(nn.Module):
             out = out * modulation.demod[:, :, None, None]
         return out
 
+    def folded(self, x: torch.Tensor, modulation: Modulation, gain: float) -> torch.Tensor:
+        """forward(x, modulation) * gain for a batch of 1, with the style, the demodulation and
+        `gain` in the weight (`KernelForms.eager_forms`): the map is read once, by the conv."""
+        out_scale = gain if modulation.demod is None else modulation.demod[0][:, None, None, None] * gain
+        weight = _scaled(self.weight[0], self.scale) * modulation.scale[0][:, None, None] * out_scale
+        if self.upsample:
+            return self._upsampling_conv(x, weight)
+        return conv2d(x, weight, self.forms, padding=weight.shape[-1] // 2)
+
     def _upsampling_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """2x transposed conv, then the blur (pad 1).
 
@@ -453,6 +512,8 @@ class ModulatedConv2d(nn.Module):
         between (with the demodulation and activation after it: one kernel when compiled).
         """
         weight = weight.transpose(0, 1)
+        if runs_eager(self.forms):
+            return _box_blur(F.conv_transpose2d(x, weight * self.blur.gain, stride=2), pad=1)
         if self.forms.filters != "stencil":
             return self.blur(F.conv_transpose2d(x, weight, stride=2))
         padded = F.conv_transpose2d(F.pad(x, [1] * 4), weight, stride=2)  # the output, 2 zeros around
@@ -489,6 +550,10 @@ class StyledConv(nn.Module):
                 scale, shift = scale * factor, scale * offset
             return conv3x3_fused(x, self.conv_weight(), scale, shift, modulation.demod, self.activate.bias,
                                  residual=residual, operands=self.operands, impl=conv.forms.fused_impl)
+        if _folds(conv.forms, x, conv.weight):
+            gain = LEAKY_GAIN * (residual.folded_gain() if residual is not None else 1.0)
+            out = self.activate.finish_scaled_(conv.folded(x if norm is None else norm.one_pass(x), modulation, gain), gain)
+            return out if residual is None else residual.add_to_scaled_(out)
         out = self.activate(conv(x if norm is None else norm(x), modulation))
         return out if residual is None else residual.add_to(out)
 
@@ -529,17 +594,42 @@ class GroupNorm(nn.GroupNorm):
     def channel_affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(factor, offset), each (B, C) in float32 or wider, with norm(x) = factor * x + offset per
         channel: what a conv that reads x applies as it loads it."""
-        mean, rstd = self._channel_statistics(x)
+        return self._affine(*self._channel_statistics(x))
+
+    def one_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """forward(x) for uncompiled calls (`KernelForms.eager_forms`), in any layout: statistics from
+        sums that read x as it is (no float32 copy), then one pass over it."""
+        compute = torch.promote_types(x.dtype, torch.float32)
+        batch, channels, height, width = x.shape
+        if _is_channels_last(x):  # rows of W * C values: a reduction over H has that many outputs to share
+            rows = x.permute(0, 2, 3, 1).reshape(batch, height, width * channels)
+            column_sums = rows.sum(dim=1, dtype=compute)
+            column_energies = torch.linalg.vector_norm(rows, dim=1, dtype=compute).square()
+            channel_sum, channel_energy = (t.view(batch, width, channels).sum(dim=1) for t in (column_sums, column_energies))
+        else:
+            channel_sum = x.sum(dim=(2, 3), dtype=compute)
+            channel_energy = torch.linalg.vector_norm(x, dim=(2, 3), dtype=compute).square()
+        channel_mean, channel_energy = channel_sum / (height * width), channel_energy / (height * width)
+        factor, offset = self._affine(*self._group_statistics((channel_energy - channel_mean.square()).clamp_min(0.0),
+                                                              channel_mean))
+        return torch.addcmul(offset[:, :, None, None].to(x.dtype), x, factor[:, :, None, None].to(x.dtype))
+
+    def _affine(self, mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factor, offset) of `channel_affine` from the group statistics."""
         factor = rstd * self.weight
         return factor, self.bias - mean * factor
 
     def _channel_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each channel's group mean and 1/std, (B, C), in float32 or wider."""
         batch, channels, height, width = x.shape
-        size = channels // self.num_groups
         compute = torch.promote_types(x.dtype, torch.float32)
         pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels).to(compute)
-        channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (B, C)
+        return self._group_statistics(*torch.var_mean(pixels, dim=1, correction=0))
+
+    def _group_statistics(self, channel_var: torch.Tensor, channel_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each channel's group mean and 1/std, (B, C), from its own variance and mean (B, C)."""
+        batch, channels = channel_mean.shape
+        size = channels // self.num_groups
         channel_var, channel_mean = (t.view(batch, self.num_groups, size) for t in (channel_var, channel_mean))
         mean = channel_mean.mean(dim=2)  # (B, groups)
         var = (channel_var + (channel_mean - mean[:, :, None]).square()).mean(dim=2)
