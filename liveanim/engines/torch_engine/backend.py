@@ -8,7 +8,9 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   load it without tracing (saved_graphs.py); with the compiler's forms (`KernelForms`): blur and upsampling
   as stencils, which Inductor fuses, and on CUDA channels-last weights, small-map convolutions as
   matrix products and large-map upsampling convolutions in phases (docs/performance.md); only
-  for a batch of 1 or `COMPILED_BATCH` (batching.py);
+  for a batch of 1 or `COMPILED_BATCH` (batching.py). On CUDA the uncompiled graphs (where Triton
+  is absent, and while a first start compiles) run in the same forms, channels-last, with their
+  eager forms (`KernelForms.eager_forms`: 37.5 ms per frame against 47.7-49.7 on an H200);
 - `cuda_graphs` (cuda_graphs.py): each is captured once per input shape and replayed, which removes the
   launch overhead of its ~1500 kernels; inputs are copied into the captured buffers, outputs cloned.
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 # input as one pass of products with its activation; from 128x128 up, the upsampling convs in
 # phases (docs/performance.md).
 COMPILED_FORMS = KernelForms(filters="stencil")
-GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128)
+GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128, eager_forms=True)
 # Our fused Triton convs (3x3 from 64x64 up, modulation and epilogue inside) in fp16/bf16 where
 # Triton exists: off until scripts/triton_conv_gpu.py measures them faster than cuDNN + Inductor's
 # epilogues (fp32 keeps cuDNN's TF32 convs; the kernel's fp32 path is exact, for tests).
@@ -93,10 +95,12 @@ class TorchEngine(Engine):
         except torch.cuda.OutOfMemoryError:
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
-        fast_gpu_path = self.compiled and device.type == "cuda"
-        forms = gpu_forms(self.dtype) if fast_gpu_path else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
-        fold_for_inference(self.model, forms, channels_last=fast_gpu_path)
-        if fast_gpu_path:
+        on_gpu = device.type == "cuda"  # the GPU forms run uncompiled too (`KernelForms.eager_forms`)
+        forms = gpu_forms(self.dtype) if on_gpu else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
+        fold_for_inference(self.model, forms, channels_last=on_gpu)
+        # compiled: one layout for every caller, so one compiled graph, found in the cache
+        self._image_layout = torch.channels_last if self.compiled or on_gpu else torch.preserve_format
+        if self.compiled and on_gpu:
             log.info("the per-frame graphs are compiled %s on the first start with this GPU and PyTorch "
                      "(minutes) and saved in the engine cache; later starts load them in seconds",
                      "in the background, running uncompiled (slower) meanwhile," if config.compile_in_background
@@ -160,9 +164,7 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def encode_motion(self, inputs: Tensors) -> Tensors:
-        # compiled: one layout for every caller, so one compiled graph, found in the cache
-        layout = torch.channels_last if self.compiled else torch.preserve_format
-        image = inputs["image"].to(self.device, self.dtype, memory_format=layout)
+        image = inputs["image"].to(self.device, self.dtype, memory_format=self._image_layout)
         return {"alpha": self._motion(image).float()}
 
     @torch.inference_mode()
