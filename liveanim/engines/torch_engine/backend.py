@@ -98,7 +98,7 @@ class TorchEngine(Engine):
         on_gpu = device.type == "cuda"  # the GPU forms run uncompiled too (`KernelForms.eager_forms`)
         forms = gpu_forms(self.dtype) if on_gpu else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
         fold_for_inference(self.model, forms, channels_last=on_gpu)
-        # compiled: one layout for every caller, so one compiled graph, found in the cache
+        # one layout for every caller: one compiled graph (found in the cache); on CUDA the convs are channels-last
         self._image_layout = torch.channels_last if self.compiled or on_gpu else torch.preserve_format
         if self.compiled and on_gpu:
             log.info("the per-frame graphs are compiled %s on the first start with this GPU and PyTorch "
