@@ -50,7 +50,7 @@ from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.fused_conv import triton_available
-from liveanim.model.layers import REFERENCE_FORMS, KernelForms
+from liveanim.model.layers import KernelForms
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 # input as one pass of products with its activation; from 128x128 up, the upsampling convs in
 # phases (docs/performance.md).
 COMPILED_FORMS = KernelForms(filters="stencil")
+# Uncompiled off CUDA (the CPU, MPS): the reference forms with their eager forms, 13% less time per
+# render and 19% per motion code on a 2-core CPU (fp32, width 1.0).
+UNCOMPILED_FORMS = KernelForms(eager_forms=True)
 GPU_FORMS = KernelForms(filters="stencil", gemm_max_side=32, pointwise_max_in=3, phase_min_side=128, eager_forms=True)
 # Our fused Triton convs (3x3 from 64x64 up, modulation and epilogue inside) in fp16/bf16 where
 # Triton exists: off until scripts/triton_conv_gpu.py measures them faster than cuDNN + Inductor's
@@ -96,7 +99,7 @@ class TorchEngine(Engine):
             raise out_of_memory(device, "loading the model") from None
         self._directions = self.model.directions().float()
         on_gpu = device.type == "cuda"  # the GPU forms run uncompiled too (`KernelForms.eager_forms`)
-        forms = gpu_forms(self.dtype) if on_gpu else COMPILED_FORMS if self.compiled else REFERENCE_FORMS
+        forms = gpu_forms(self.dtype) if on_gpu else COMPILED_FORMS if self.compiled else UNCOMPILED_FORMS
         fold_for_inference(self.model, forms, channels_last=on_gpu)
         # one layout for every caller: one compiled graph (found in the cache); on CUDA the convs are channels-last
         self._image_layout = torch.channels_last if self.compiled or on_gpu else torch.preserve_format
