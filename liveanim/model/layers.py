@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -168,7 +168,7 @@ def _folds(forms: KernelForms, x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _box_blur(x: torch.Tensor, pad: int) -> torch.Tensor:
     """The blur outer([1,3,3,1])/64 after `pad` zeros on every side, as three 2x2 box averages
     ([1,3,3,1]/8 = [1,1]/2 three times over, per axis)."""
-    x = F.pad(x, [pad] * 4) if pad else x
+    x = F.pad(x, [pad] * 4)
     for _ in range(3):
         x = F.avg_pool2d(x, 2, stride=1)
     return x
@@ -292,11 +292,15 @@ class FusedLeakyReLU(nn.Module):
         bias = self.bias.view(1, -1, *([1] * (x.ndim - 2)))
         return F.leaky_relu(x + bias, LEAKY_SLOPE) * LEAKY_GAIN
 
-    def finish_scaled_(self, x: torch.Tensor, gain: float) -> torch.Tensor:
-        """`forward(x / gain) * gain / LEAKY_GAIN` for gain > 0, computed in x's place (the leaky
-        ReLU is positively homogeneous, so a conv's weight can carry the gain): two passes."""
+    def after_folded_conv(self, conv: Callable[[float], torch.Tensor], residual: Residual | None) -> torch.Tensor:
+        """forward(conv(1)), then the residual, where `conv(gain)` is the conv with `gain` in its
+        weight (`KernelForms.eager_forms`): the leaky ReLU is positively homogeneous, so the weight
+        carries the gain sqrt(2) (and the residual's divisor), and the rest runs in the conv's output."""
+        gain = LEAKY_GAIN * (residual.folded_gain() if residual is not None else 1.0)
+        x = conv(gain)
         bias = self.bias.view(1, -1, *([1] * (x.ndim - 2)))
-        return F.leaky_relu_(x.add_(bias, alpha=gain), LEAKY_SLOPE)
+        out = F.leaky_relu_(x.add_(bias, alpha=gain), LEAKY_SLOPE)
+        return out if residual is None else residual.add_to_scaled_(out)
 
 
 class EqualConv2d(nn.Module):
@@ -402,10 +406,9 @@ class ConvLayer(nn.Sequential):
         *resampling, conv, activation = self
         for layer in resampling:
             x = layer(x)
-        gain = LEAKY_GAIN * (residual.folded_gain() if residual is not None else 1.0)
-        out = conv2d(x, _scaled(conv.weight, conv.scale) * gain, conv.forms, None, conv.stride, conv.padding)
-        out = activation.finish_scaled_(out, gain)
-        return out if residual is None else residual.add_to_scaled_(out)
+        return activation.after_folded_conv(
+            lambda gain: conv2d(x, _scaled(conv.weight, conv.scale) * gain, conv.forms, None, conv.stride, conv.padding),
+            residual)
 
     def _upsampled_conv_in_phases(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """conv(upsample(x)) as one conv of `x` with the four phases' kernels, interleaved.
@@ -551,9 +554,8 @@ class StyledConv(nn.Module):
             return conv3x3_fused(x, self.conv_weight(), scale, shift, modulation.demod, self.activate.bias,
                                  residual=residual, operands=self.operands, impl=conv.forms.fused_impl)
         if _folds(conv.forms, x, conv.weight):
-            gain = LEAKY_GAIN * (residual.folded_gain() if residual is not None else 1.0)
-            out = self.activate.finish_scaled_(conv.folded(x if norm is None else norm.one_pass(x), modulation, gain), gain)
-            return out if residual is None else residual.add_to_scaled_(out)
+            x = x if norm is None else norm.one_pass(x)
+            return self.activate.after_folded_conv(lambda gain: conv.folded(x, modulation, gain), residual)
         out = self.activate(conv(x if norm is None else norm(x), modulation))
         return out if residual is None else residual.add_to(out)
 
