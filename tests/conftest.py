@@ -73,6 +73,18 @@ def tiny_model():
     return LIAX(0.125).eval().requires_grad_(False)
 
 
+@pytest.fixture
+def folded_convs(monkeypatch) -> list:
+    """The modulated convs that ran with their modulation in the weight (`KernelForms.eager_forms`),
+    one entry per call, from now on in this test."""
+    from liveanim.model.layers import ModulatedConv2d
+
+    calls: list = []
+    folded = ModulatedConv2d.folded
+    monkeypatch.setattr(ModulatedConv2d, "folded", lambda self, *args: calls.append(self) or folded(self, *args))
+    return calls
+
+
 def assert_image_close(actual: torch.Tensor, expected: np.ndarray) -> None:
     """The golden README's image tolerance: mean abs <= 1e-3, 99.9th percentile <= 5e-2."""
     diff = (actual.detach().float().cpu() - torch.from_numpy(expected)).abs().flatten()

@@ -626,24 +626,20 @@ def cpu_reference(tiny_model, tiny_inputs) -> Tensors:
     return _pipeline(engine, tiny_inputs)
 
 
-def test_the_cpu_engine_runs_the_eager_forms_and_agrees_with_the_reference_forms(tiny_model, tiny_inputs, monkeypatch):
+def test_the_cpu_engine_runs_the_eager_forms_and_agrees_with_the_reference_forms(tiny_model, tiny_inputs, folded_convs):
     """Uncompiled off CUDA the engine runs the reference forms with their eager forms (13-19% less
     time on a CPU): its batch-1 calls fold the modulation into the weights, within fp32's tolerance
     of the model in the reference forms."""
     import copy
 
     from liveanim.model.folding import fold_for_inference
-    from liveanim.model.layers import ModulatedConv2d
 
-    folds = []
-    folded = ModulatedConv2d.folded
-    monkeypatch.setattr(ModulatedConv2d, "folded", lambda self, *args: folds.append(self) or folded(self, *args))
     engine = TorchEngine(EngineConfig(backend="torch", device="cpu", precision="fp32"), torch.device("cpu"),
                          copy.deepcopy(tiny_model))
     reference = copy.deepcopy(tiny_model)
     fold_for_inference(reference)
     actual = _pipeline(engine, {"source": tiny_inputs["source"], "driving": tiny_inputs["driving"][:1]})
-    assert folds, "a batch-1 render folds its modulation into the weights"
+    assert folded_convs, "a batch-1 render folds its modulation into the weights"
     with torch.inference_mode():
         source = reference.encode_source(tiny_inputs["source"])
         alpha = reference.encode_motion(tiny_inputs["driving"][:1])

@@ -230,18 +230,16 @@ def test_upsampling_convs_in_phases_are_exact():
             torch.testing.assert_close(fast(x), reference(x.contiguous()), rtol=1e-12, atol=1e-12)
 
 
-def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_exports(monkeypatch):
+def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_exports(folded_convs):
     """The uncompiled GPU forms (modulation, demodulation, gain and a residual's divisor in the
     weight, GroupNorm in one pass, box blurs after transposed convs, warped maps made channels-last)
-    compute what the reference forms compute, in float64, batched or not, in either layout. A batch of 1 folds where the
-    weight is smaller than the map, and an exported graph (what Inductor compiles) never folds."""
+    compute what the reference forms compute, in float64, batched or not, in either layout. A batch
+    of 1 folded_convs where the weight is smaller than the map, and an exported graph (what Inductor
+    compiles) never folded_convs."""
     from liveanim.model.decoder import FlowResBlock, ResBlock, ToFlow
     from liveanim.model.layers import KernelForms, Modulation, ModulatedConv2d, StyledConv, set_kernel_forms
 
     torch.manual_seed(0)
-    folds = []
-    folded = ModulatedConv2d.folded
-    monkeypatch.setattr(ModulatedConv2d, "folded", lambda self, *args: folds.append(self) or folded(self, *args))
     eager = KernelForms(filters="stencil", eager_forms=True)
 
     def styles_of(module: torch.nn.Module, latent: torch.Tensor) -> dict:
@@ -268,7 +266,7 @@ def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_
                 actual = fast(x, batched(styles_of(fast, latent), batch))
             torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
     # FlowResBlock's two convs and the upsampling conv, at batch 1 on the larger map, in two layouts
-    assert len(folds) == 3 * 2
+    assert len(folded_convs) == 3 * 2
 
     reference = ToFlow(16, 8).double()  # grid sampling between an NCHW source map and channels-last maps
     fast = copy.deepcopy(reference)
@@ -290,11 +288,11 @@ def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_
             return block(x, styles)
 
     x = torch.randn(1, 16, 24, 20)
-    folds.clear()
+    folded_convs.clear()
     exported = torch.export.export(Traced(), (x,), strict=False)
-    assert folds == [], "an exported graph keeps the unfolded form"
+    assert folded_convs == [], "an exported graph keeps the unfolded form"
     torch.testing.assert_close(exported.module()(x), Traced()(x), rtol=1e-5, atol=1e-5)
-    assert len(folds) == 2, "the same block called eagerly folds"
+    assert len(folded_convs) == 2, "the same block called eagerly folded_convs"
 
 
 def test_loading_a_checkpoint_leaves_the_compiler_unloaded():
