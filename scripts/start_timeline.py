@@ -4,6 +4,8 @@ them outside the live process (engines/torch_engine/prefill.py).
 
     PREFILL=1 python3 scripts/start_timeline.py    # compiled in a child process (the default)
     PREFILL=0 python3 scripts/start_timeline.py    # compiled in the live process, as before
+    PREPARE=1 SETUP_S=30 python3 scripts/start_timeline.py   # the window's start: the engine
+                                                  # prepared as it is built, the stream 30 s later
 
 The engine starts as `live` starts it (torch backend, compiled in the background, CUDA graphs,
 fp16; seeded weights, or the checkpoint WEIGHTS names). One source is encoded; then each frame is
@@ -15,6 +17,8 @@ frame.
 Environment: OUT (results; default out/start-timeline), WIDTH (2.0, seeded weights), WEIGHTS (a
 checkpoint to load instead of seeded weights), BUDGET_S (420), PREFILL (1),
 HANDOFFS (1; 0: Python's lock handed over at its default interval while a graph loads),
+PREPARE (0: as `live` starts; 1: as the window starts, `Engine.prepare` as the engine is built),
+SETUP_S (0; seconds between the engine's preparation and the stream's start: a user setting up),
 DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), CACHE (Inductor's and the
 engine's caches; default a new empty folder, removed afterwards: a first start; the same folder
 twice: a later start).
@@ -41,6 +45,8 @@ WIDTH = float(os.environ.get("WIDTH", "2.0"))
 WEIGHTS = Path(os.environ["WEIGHTS"]) if os.environ.get("WEIGHTS") else None
 BUDGET_S = float(os.environ.get("BUDGET_S", "420"))
 PREFILL = os.environ.get("PREFILL", "1") != "0"
+PREPARE = os.environ.get("PREPARE", "0") != "0"
+SETUP_S = float(os.environ.get("SETUP_S", "0"))
 HANDOFFS = os.environ.get("HANDOFFS", "1") != "0"
 DEVICE = os.environ.get("DEVICE", "cuda")
 FRESH = not os.environ.get("CACHE")
@@ -87,6 +93,11 @@ def run() -> dict[str, Any]:
     logging.getLogger("liveanim").addHandler(records)
     engine = create_engine(config)
     ready_s = time.monotonic() - t0
+    if PREPARE:
+        engine.prepare()
+    prepared_s = time.monotonic() - t0
+    time.sleep(SETUP_S)  # no frames: the children and the compiler thread go on
+    stream_s = time.monotonic() - t0
     engine_width = engine.model.width
     animator = Animator(engine)
     rng = np.random.default_rng(0)
@@ -122,6 +133,7 @@ def run() -> dict[str, Any]:
         gpu=torch.cuda.get_device_name() if cuda else None, device=DEVICE, width=engine_width,
         weights=str(WEIGHTS) if WEIGHTS else "seeded",
         precision=config.precision, prefill_in_child=PREFILL, quick_handoffs=HANDOFFS, budget_s=BUDGET_S,
+        prepared=PREPARE, time_to_prepared_s=prepared_s, setup_s=SETUP_S, stream_start_s=stream_s,
         fresh_cache=FRESH,
         gpu_memory_peak_gib={"this_process": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                              "device_used_sampled": used_peak / 2**30 if cuda else None},

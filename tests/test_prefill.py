@@ -68,7 +68,7 @@ def matmul_precision() -> Iterator[None]:
     torch.backends.cuda.matmul.fp32_precision = saved
 
 
-def _use_caches(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def use_caches(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inductor's caches in `folder`, for this process and the children it starts."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(folder / "triton"))
@@ -116,7 +116,7 @@ def first_start(tiny_model, tmp_path_factory) -> Start:
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
             caches = tmp_path_factory.mktemp("first-start")
-            _use_caches(caches, monkeypatch)
+            use_caches(caches, monkeypatch)
             return _start(tiny_model, caches, records.records)
     finally:
         logger.removeHandler(records)
@@ -148,7 +148,7 @@ def test_the_child_compiles_and_this_process_loads_the_saved_graph(first_start, 
 def test_a_failing_child_leaves_the_compile_to_this_process(tiny_model, tmp_path, monkeypatch, caplog):
     """A child that cannot build its graph (here: the engine names it otherwise than the child's copy
     of the code does): one warning with the child's own error, and the graph is compiled here."""
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     monkeypatch.setattr(backend, "MOTION_GRAPH", "motion encoder of another version")
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
         start = _start(tiny_model, tmp_path, caplog.records)
@@ -162,7 +162,7 @@ def test_a_failing_child_leaves_the_compile_to_this_process(tiny_model, tmp_path
 
 def test_a_start_with_the_graph_saved_starts_no_child(first_start, tiny_model, tmp_path, monkeypatch, caplog):
     shutil.copytree(first_start.caches, tmp_path, dirs_exist_ok=True)
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
         start = _start(tiny_model, tmp_path, caplog.records)
     messages = _messages(start.log)
@@ -174,8 +174,31 @@ def test_a_start_with_the_graph_saved_starts_no_child(first_start, tiny_model, t
     _assert_same_codes(start)
 
 
+def test_prepare_loads_what_is_saved_and_starts_compiling_the_rest_before_any_frame(first_start, tiny_model, tmp_path,
+                                                                                 monkeypatch, caplog):
+    """What the window does as it builds the engine: the motion encoder, saved by the first start,
+    is loaded, and the renderer's child is started, before any frame is asked for."""
+    shutil.copytree(first_start.caches, tmp_path, dirs_exist_ok=True)
+    use_caches(tmp_path, monkeypatch)
+    engine = _engine(tiny_model, tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+            engine.prepare()
+            progress = engine.optimizing()
+            assert (progress.finished, progress.jobs) == (1, 2), "the motion encoder loaded, the renderer asked for"
+            assert any(re.fullmatch(f"loaded {re.escape(MOTION_JOB)} in [0-9.]+ s", message)
+                       for message in _messages(caplog.records))
+            pid = _wait_for_child(caplog.records)
+            assert _alive(pid)
+            assert any(message.startswith("compiling renderer [(1, ") and message.endswith(f"{IN_CHILD} (pid {pid})")
+                       for message in _messages(caplog.records))
+    finally:
+        engine.close()
+    assert not _messages(caplog.records, logging.WARNING)
+
+
 def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, caplog):
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     engine = _engine(tiny_model, tmp_path)
     image = torch.zeros(1, 3, 512, 512)
     with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
@@ -202,7 +225,7 @@ ChildCompiler().run(PrefillJob("motion encoder", (1, 3, 512, 512), 0.125, "fp32"
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads processes from /proc (Linux)")
 def test_a_child_ends_soon_after_its_parent_is_killed(tmp_path, monkeypatch):
     """A live process killed hard (SIGKILL, a crash) must not leave minutes of compiling behind."""
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         child = None
@@ -225,7 +248,7 @@ def test_a_child_ends_soon_after_its_parent_is_killed(tmp_path, monkeypatch):
 def test_the_child_s_command_runs_by_hand(tmp_path, monkeypatch):
     """The module's documented command, with no parent pipe on stdin (run by hand, stdin closed):
     it compiles and saves the graph rather than taking the closed stdin for its parent's end."""
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     job = PrefillJob("motion encoder", (1, 3, 512, 512), 0.125, "fp32", "cpu", False, str(tmp_path / "engine"))
     result = subprocess.run([sys.executable, "-m", "liveanim.engines.torch_engine.prefill", job.to_json()], cwd=REPO,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -234,13 +257,17 @@ def test_the_child_s_command_runs_by_hand(tmp_path, monkeypatch):
     assert len(list((tmp_path / "engine" / GRAPHS_DIR).glob("motion-encoder-*.pt2"))) == 1
 
 
-def test_the_start_timeline_script_runs_on_the_cpu(tmp_path, tiny_model):
+@pytest.mark.parametrize("prepare", [False, True], ids=["as-live-starts", "as-the-window-starts"])
+def test_the_start_timeline_script_runs_on_the_cpu(tmp_path, tiny_model, prepare):
     """scripts/start_timeline.py's smoke test (its numbers are for a GPU): a few seconds of frames
-    while the child compiles, a report, and no child left when it ends; with a checkpoint's weights."""
+    while the child compiles, a report, and no child left when it ends; with a checkpoint's weights.
+    As the window starts, the compiles are under way before the stream, which starts a second later."""
     checkpoint = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), checkpoint)
-    env = {**os.environ, "DEVICE": "cpu", "WEIGHTS": str(checkpoint), "BUDGET_S": "12", "OUT": str(tmp_path),
-           "CACHE": str(tmp_path / "cache"), "LIVEANIM_CACHE": str(tmp_path / "weights-cache")}
+    env = {**os.environ, "DEVICE": "cpu", "WEIGHTS": str(checkpoint), "OUT": str(tmp_path),
+           "BUDGET_S": "25" if prepare else "12",  # preparing takes seconds of it on this CPU
+           "CACHE": str(tmp_path / "cache"), "LIVEANIM_CACHE": str(tmp_path / "weights-cache"),
+           "PREPARE": str(int(prepare)), "SETUP_S": "1" if prepare else "0"}
     result = subprocess.run([sys.executable, "scripts/start_timeline.py"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -248,10 +275,16 @@ def test_the_start_timeline_script_runs_on_the_cpu(tmp_path, tiny_model):
     report = json.loads((tmp_path / "start-timeline-prefill-on.json").read_text())
     assert report["prefill_in_child"] and report["device"] == "cpu" and report["frames"] >= 1
     assert (report["weights"], report["width"]) == (str(checkpoint), 0.125)
-    assert report["first_frame_s"] > report["time_to_engine_ready_s"] > 0
-    started = [re.search(r"\(pid (\d+)\)", line) for line in report["engine_log"]]
-    pids = [int(found.group(1)) for found in started if found]
-    assert pids and not any(map(_alive, pids))
+    assert report["first_frame_s"] > report["stream_start_s"] >= report["time_to_engine_ready_s"] > 0
+    assert report["prepared"] == prepare
+    started = [re.search(r"^ *([0-9.]+) s .*\(pid (\d+)\)", line) for line in report["engine_log"]]
+    children = {int(found.group(2)): float(found.group(1)) for found in started if found}
+    assert children and not any(map(_alive, children))
+    if prepare:
+        assert report["stream_start_s"] >= report["time_to_prepared_s"] + 1.0
+        assert min(children.values()) < report["stream_start_s"], "compiling before the stream"
+    else:
+        assert min(children.values()) >= report["stream_start_s"], "from the stream's second call on"
 
 
 def _wait_for_child(records: list[logging.LogRecord]) -> int:
@@ -309,7 +342,7 @@ def test_child_slots_follow_the_cores_and_the_gpu_memory(monkeypatch):
 def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
     """A live start asks for both graphs at once: their children start together, not one after
     the other (here both fail fast: graphs the child does not know)."""
-    _use_caches(tmp_path, monkeypatch)
+    use_caches(tmp_path, monkeypatch)
     compiler = BackgroundCompiler(torch.device("cpu"), child_slots=2)
     jobs = [PrefillJob(f"graph {index}", (1, 3, 512, 512), 0.125, "fp32", "cpu", False) for index in range(2)]
     try:

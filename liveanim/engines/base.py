@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from liveanim.contract import Tensors
+from liveanim.contract import FEATURE_NAMES, Tensors
 from liveanim.engines.devices import resolve_precision
-from liveanim.model import RELEASED_WIDTH
+from liveanim.model import RELEASED_WIDTH, RESOLUTION
 from liveanim.model.dictionary import moved_latent
 
 # The choices the command line, the window and the configs offer, each written once here.
@@ -94,6 +94,8 @@ class Engine(ABC):
     """An LIA-X runtime: the three graphs and the dictionary basis Q."""
 
     name: str = "base"
+    # The frames `prepare` runs: as many as this engine's first-call work takes.
+    prepare_frames: int = 1
 
     def __init__(self, config: EngineConfig, device: torch.device):
         self.config = replace(config, precision=resolve_precision(config.precision, device))
@@ -127,6 +129,20 @@ class Engine(ABC):
         code: (B or 1, 40) the summed motion code.
         """
         return moved_latent(z, code, self.directions)
+
+    def prepare(self) -> None:
+        """Do the work of the first frames before there are any (the window calls it as it builds
+        the engine, while the user sets up): `prepare_frames` frames of a blank image at batch 1.
+        What that work is depends on the engine: ONNX Runtime's TensorRT provider builds its engine
+        at its first run; the torch engine loads its saved graphs, or starts compiling them."""
+        image = torch.zeros(1, 3, RESOLUTION, RESOLUTION, device=self.device)
+        source = self.encode_source({"image": image})
+        maps = {name: source[name] for name in FEATURE_NAMES}
+        for _ in range(self.prepare_frames):
+            alpha = self.encode_motion({"image": image})["alpha"]
+            self.render({"z_target": self.target_latent(source["z"], alpha), **maps})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def optimizing(self) -> OptimizingProgress | None:
         """The background work that makes this engine faster, while frames are served the slower

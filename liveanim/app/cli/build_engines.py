@@ -17,11 +17,9 @@ import time
 import torch
 
 from liveanim.app.cli.export import add_weights_options, weights_config
-from liveanim.contract import FEATURE_NAMES
-from liveanim.engines import DEVICES, ENGINE_CHOICES, Engine, EngineConfig, build_for_targets, create_engine
+from liveanim.engines import DEVICES, ENGINE_CHOICES, EngineConfig, build_for_targets, create_engine
 from liveanim.engines.onnxruntime_engine import GPU_PROVIDERS
 from liveanim.export import EXPORT_PRECISIONS
-from liveanim.export.graphs import smooth_images
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +57,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         engine = create_engine(config)
         try:
-            _first_frame(engine)  # ONNX Runtime's TensorRT provider builds on the first run
+            engine.prepare()  # ONNX Runtime's TensorRT provider builds at its first run
             log.info("ready: %s (%.0f s)", engine.describe(), time.perf_counter() - started)
         finally:
             engine.close()
     return 0
-
-
-def _first_frame(engine: Engine) -> None:
-    """One source encoding, motion encoding and render, at the engine's batch of one."""
-    image = smooth_images(1, seed=0).to(engine.device)
-    source = engine.encode_source({"image": image})
-    alpha = engine.encode_motion({"image": image})["alpha"]
-    z_target = engine.target_latent(source["z"], alpha)
-    engine.render({"z_target": z_target, **{name: source[name] for name in FEATURE_NAMES}})
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)

@@ -82,6 +82,9 @@ class TorchEngine(Engine):
     """Runs our `LIAX` module directly; the reference every other backend is checked against."""
 
     name = "torch"
+    # A shape's first call loads its saved graph (or captures the uncompiled one); its second
+    # starts compiling it (`CompiledWhenReady`).
+    prepare_frames = 2
 
     def __init__(self, config: EngineConfig, device: torch.device, model: LIAX | None = None):
         """model: an already loaded model, which the engine takes over (moved to `device` and the
