@@ -33,6 +33,7 @@ from liveanim.app.ui.avatar_gallery import AvatarThumbnails  # noqa: E402
 from liveanim.app.ui.frame_view import LOST_COLOUR, InputView  # noqa: E402
 from liveanim.app.ui.main_window import MainWindow, WindowDeps  # noqa: E402
 from liveanim.app.ui.model_source import ModelSource  # noqa: E402
+from liveanim.app.ui.session_controller import EngineInfo  # noqa: E402
 from liveanim.app.ui.presets import PresetStore  # noqa: E402
 from liveanim.app.ui.settings import AppSettings  # noqa: E402
 from liveanim.app.ui.source_picker import SourceSpec  # noqa: E402
@@ -46,6 +47,7 @@ from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession  # noqa: E
 from liveanim.pipeline.video import VideoReader, VideoWriter, read_image, write_image  # noqa: E402
 from tests.test_face import without_egl  # noqa: E402
 from tests.test_live import ScriptedSource  # noqa: E402
+from tests.test_prefill import use_caches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = ModelSource(seeded_width=0.125)
@@ -451,8 +453,34 @@ def test_status_bar_shows_the_engine_optimizing_and_clears_it_when_done(qtbot, t
     assert window.status.currentMessage() == "Optimized for this GPU: full speed from now on"
     window.controller.session_event.emit(Optimizing(1, 2, None, True))
     assert window.status.optimizing.text().endswith("1 of 2, first time on this GPU: a few minutes")
-    window.status.show_idle()  # the session stopped: the next one reports again
+    window.status.show_idle()  # the stream stopped: the engine goes on optimizing
+    assert window.status.optimizing.isVisibleTo(window)
+    window.status.show_engine(EngineInfo("torch on cpu", "torch", "fp32"))  # another engine reports its own
     assert not window.status.optimizing.isVisibleTo(window)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompilingModel(ModelSource):
+    """Seeded weights on an engine that compiles on the CPU (the window's compile only on CUDA by
+    default), with its cache in `cache_dir`."""
+
+    cache_dir: Path = Path()
+
+    def engine_config(self, backend: str, precision: str, weights: Path | None) -> EngineConfig:
+        return dataclasses.replace(super().engine_config(backend, precision, weights), compile=True,
+                                   cache_dir=self.cache_dir)
+
+
+def test_the_engine_starts_optimizing_as_the_window_builds_it_before_any_stream(qtbot, tmp_path, monkeypatch):
+    """A first start's compiles begin while the user sets up, not at the first frame, and the
+    status bar says so with no stream running."""
+    use_caches(tmp_path, monkeypatch)
+    window = open_window(make_deps(tmp_path, CompilingModel(seeded_width=0.125, cache_dir=tmp_path / "engine")))
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.status.optimizing.isVisibleTo(window), timeout=STREAM_TIMEOUT_MS)
+    assert window.status.optimizing.text() == "Optimizing for this GPU: 1 of 2, first time on this GPU: a few minutes"
+    assert window.controller.has_engine and window.controller.session is None
+    window.close()  # ends the children
 
 
 def test_background_work_does_not_hide_a_message_the_session_just_gave(qtbot, tmp_path):

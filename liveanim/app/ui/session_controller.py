@@ -30,7 +30,8 @@ from liveanim.motion.controller import Dials
 from liveanim.pipeline.animator import Animator
 from liveanim.pipeline.avatar_list import AvatarList
 from liveanim.pipeline.avatars import Portrait, uncropped_event
-from liveanim.pipeline.events import EngineSwitched, FrameDelivered, SessionEvent, VirtualCameraFailed, log_event
+from liveanim.pipeline.events import (EngineSwitched, FrameDelivered, Optimized, Optimizing, OptimizingReports,
+                                      SessionEvent, VirtualCameraFailed, log_event)
 from liveanim.pipeline.live import LiveConfig, LiveFrame, LiveSession
 from liveanim.pipeline.offline import Written
 
@@ -61,7 +62,8 @@ class SessionController(QObject):
     """
 
     frame_ready = pyqtSignal(object)  # LiveFrame, emitted from the session's output thread
-    session_event = pyqtSignal(object)  # every other SessionEvent (recording, virtual camera, source, errors)
+    session_event = pyqtSignal(object)  # every other SessionEvent (recording, virtual camera, source, errors),
+    # and the engine's optimizing progress, with or without a session
     stats_changed = pyqtSignal(object)  # LiveStats, a few times a second while running
     running_changed = pyqtSignal(bool)
     engine_changed = pyqtSignal(object)  # EngineInfo
@@ -88,8 +90,9 @@ class SessionController(QObject):
         self._running = False
         self._busy: list[str] = []
         self._frame_pending = False
+        self._optimizing = OptimizingReports()  # of the engine in use
         self.frame_ready.connect(self._frame_taken)
-        self._poll = QTimer(self, interval=STATS_INTERVAL_MS, timeout=self._poll_session)
+        self._poll = QTimer(self, interval=STATS_INTERVAL_MS, timeout=self._poll_engine)  # runs once there is an engine
 
     # ----- state the window reads ----------------------------------------------------------
 
@@ -254,7 +257,13 @@ class SessionController(QObject):
     # ----- work done on the serial worker ------------------------------------------------
 
     def _swap_engine(self, config: EngineConfig) -> EngineInfo:
-        animator = Animator(create_engine(config))
+        engine = create_engine(config)
+        try:
+            engine.prepare()  # its compiles start now, while the user sets up, not at the first frame
+        except BaseException:
+            engine.close()
+            raise
+        animator = Animator(engine)
         old = self._animator
         restart = self._stop_session()
         self._animator = animator  # the avatars keep the old engine's encodings, for a switch back
@@ -262,7 +271,6 @@ class SessionController(QObject):
             self._open_session()
         if old is not None and not self._offline.active:
             old.engine.close()
-        engine = animator.engine
         description = f"{engine.name} on {engine.device}" + (" (seeded weights)" if self._seeded else "")
         return EngineInfo(description, config.backend, engine.precision)  # 'auto' resolved
 
@@ -336,6 +344,8 @@ class SessionController(QObject):
         if isinstance(event, FrameDelivered):
             self._on_frame(event.frame)
             return
+        if isinstance(event, (Optimizing, Optimized)):
+            return  # the controller reports the engine's progress itself (`_poll_engine`), sessions or not
         log_event(log, event)
         if isinstance(event, VirtualCameraFailed):
             self._vcam = False  # not asked for again at the next start
@@ -375,7 +385,9 @@ class SessionController(QObject):
     def _engine_ready(self, info: EngineInfo) -> None:
         switched = self._engine_info is not None and self._session is not None  # the stream moved over
         self._engine_info = info
+        self._optimizing = OptimizingReports()
         self.engine_changed.emit(info)
+        self._poll.start()
         if switched:
             self._on_event(EngineSwitched(info.description))
         self._set_running(self._session is not None)
@@ -393,10 +405,6 @@ class SessionController(QObject):
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
-        if running:
-            self._poll.start()
-        else:
-            self._poll.stop()
         if running != self._running:
             self._running = running
             self.running_changed.emit(running)
@@ -410,6 +418,16 @@ class SessionController(QObject):
             self.select_avatar(min(first_new if select is None else select, len(portraits) - 1))
         if errors:
             self.error.emit("\n".join(errors))
+
+    def _poll_engine(self) -> None:
+        """Publish the engine's optimizing progress, then the session's state."""
+        animator = self._animator
+        if animator is not None:
+            event = self._optimizing.update(animator.engine.optimizing())
+            if event is not None:
+                log_event(log, event)
+                self.session_event.emit(event)
+        self._poll_session()
 
     def _poll_session(self) -> None:
         """Publish the stats; notice a session that ended by itself (input over, camera lost: its

@@ -41,6 +41,8 @@ class LiveStatusBar(QStatusBar):
             self.addPermanentWidget(label)
 
     def show_engine(self, info: EngineInfo) -> None:
+        """A new engine: its own optimizing progress comes next, if it has any."""
+        self.optimizing.setVisible(False)
         self.engine.setText(f"Engine: {info.description}")
         self.precision.setText(f"Precision: {info.precision}")
 
@@ -51,10 +53,9 @@ class LiveStatusBar(QStatusBar):
         self.fps.setToolTip(f"{stats.frames} frames, {stats.dropped} dropped; {stages}")
 
     def show_idle(self) -> None:
-        """No session: no numbers, and no optimizing shown (the next session reports it again)."""
+        """No session: no numbers (the engine's optimizing goes on, and stays shown)."""
         self.fps.setText("-- fps")
         self.latency.setText("latency --")
-        self.optimizing.setVisible(False)
 
     def show_optimizing(self, event: Optimizing | Optimized) -> None:
         """The engine's progress while it optimizes for this GPU; at the end the field goes and
