@@ -647,6 +647,18 @@ def test_the_cpu_engine_runs_the_eager_forms_and_agrees_with_the_reference_forms
     _assert_close(actual, {"alpha": alpha, "image": image}, TOLERANCES["fp32"])
 
 
+def test_preparing_an_uncompiled_cpu_engine_runs_no_frame(tiny_model, folded_convs):
+    """On the CPU an uncompiled engine's first frame sets nothing up (no compile, no CUDA graphs):
+    preparing it, as the window does when it builds it, must not cost a frame's seconds (~14 s at
+    full width on a 2-core CPU)."""
+    import copy
+
+    engine = TorchEngine(EngineConfig(backend="torch", device="cpu", precision="fp32"), torch.device("cpu"),
+                         copy.deepcopy(tiny_model))
+    engine.prepare()
+    assert not folded_convs, "a frame ran"
+
+
 def _assert_close(actual: Tensors, expected: Tensors, tolerance: Tolerance) -> None:
     alpha = errors(actual["alpha"], expected["alpha"], is_code=True)
     image = errors(actual["image"], expected["image"], is_code=False)

@@ -94,8 +94,6 @@ class Engine(ABC):
     """An LIA-X runtime: the three graphs and the dictionary basis Q."""
 
     name: str = "base"
-    # The frames `prepare` runs: as many as this engine's first-call work takes.
-    prepare_frames: int = 1
 
     def __init__(self, config: EngineConfig, device: torch.device):
         self.config = replace(config, precision=resolve_precision(config.precision, device))
@@ -130,11 +128,20 @@ class Engine(ABC):
         """
         return moved_latent(z, code, self.directions)
 
+    @property
+    def prepare_frames(self) -> int:
+        """How many frames `prepare` runs: one on a GPU, whose first frame sets up (cuDNN's
+        autotuning, ONNX Runtime's TensorRT provider's build); none elsewhere, where a first frame
+        only costs its seconds."""
+        return 1 if self.device.type == "cuda" else 0
+
     def prepare(self) -> None:
         """Do the work of the first frames before there are any (the window calls it as it builds
         the engine, while the user sets up): `prepare_frames` frames of a blank image at batch 1.
         What that work is depends on the engine: ONNX Runtime's TensorRT provider builds its engine
         at its first run; the torch engine loads its saved graphs, or starts compiling them."""
+        if self.prepare_frames == 0:
+            return
         image = torch.zeros(1, 3, RESOLUTION, RESOLUTION, device=self.device)
         source = self.encode_source({"image": image})
         maps = {name: source[name] for name in FEATURE_NAMES}

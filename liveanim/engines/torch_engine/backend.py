@@ -82,9 +82,6 @@ class TorchEngine(Engine):
     """Runs our `LIAX` module directly; the reference every other backend is checked against."""
 
     name = "torch"
-    # A shape's first call loads its saved graph (or captures the uncompiled one); its second
-    # starts compiling it (`CompiledWhenReady`).
-    prepare_frames = 2
 
     def __init__(self, config: EngineConfig, device: torch.device, model: LIAX | None = None):
         """model: an already loaded model, which the engine takes over (moved to `device` and the
@@ -151,6 +148,12 @@ class TorchEngine(Engine):
     @property
     def directions(self) -> torch.Tensor:
         return self._directions
+
+    @property
+    def prepare_frames(self) -> int:
+        """Compiled: two, since a shape's first call loads its saved graph (or captures the
+        uncompiled one) and its second starts compiling it (`CompiledWhenReady`)."""
+        return 2 if self.compiled else super().prepare_frames
 
     def wait_until_compiled(self, timeout: float | None = None) -> bool:
         """With `compile_in_background`: wait until the graphs of every shape called so far run
