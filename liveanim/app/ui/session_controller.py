@@ -385,8 +385,7 @@ class SessionController(QObject):
     def _engine_ready(self, info: EngineInfo) -> None:
         switched = self._engine_info is not None and self._session is not None  # the stream moved over
         self._engine_info = info
-        self._optimizing = OptimizingReports()
-        self.engine_changed.emit(info)
+        self._show_engine(info)
         self._poll.start()
         if switched:
             self._on_event(EngineSwitched(info.description))
@@ -396,7 +395,13 @@ class SessionController(QObject):
         """Say why, and show the engine that is still in use (if any) again."""
         self.error.emit(message)
         if self._engine_info is not None:
-            self.engine_changed.emit(self._engine_info)
+            self._show_engine(self._engine_info)
+
+    def _show_engine(self, info: EngineInfo) -> None:
+        """Show the engine in use, whose optimizing progress the window shows afresh: reported again
+        at the next poll, from nothing (showing an engine clears it)."""
+        self._optimizing = OptimizingReports()
+        self.engine_changed.emit(info)
 
     def _started(self, _: bool) -> None:
         self._set_running(True)
