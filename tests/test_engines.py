@@ -634,8 +634,7 @@ def test_the_cpu_engine_runs_the_eager_forms_and_agrees_with_the_reference_forms
 
     from liveanim.model.folding import fold_for_inference
 
-    engine = TorchEngine(EngineConfig(backend="torch", device="cpu", precision="fp32"), torch.device("cpu"),
-                         copy.deepcopy(tiny_model))
+    engine = _uncompiled_cpu_engine(tiny_model)
     reference = copy.deepcopy(tiny_model)
     fold_for_inference(reference)
     actual = _pipeline(engine, {"source": tiny_inputs["source"], "driving": tiny_inputs["driving"][:1]})
@@ -651,12 +650,17 @@ def test_preparing_an_uncompiled_cpu_engine_runs_no_frame(tiny_model, folded_con
     """On the CPU an uncompiled engine's first frame sets nothing up (no compile, no CUDA graphs):
     preparing it, as the window does when it builds it, must not cost a frame's seconds (~14 s at
     full width on a 2-core CPU)."""
-    import copy
-
-    engine = TorchEngine(EngineConfig(backend="torch", device="cpu", precision="fp32"), torch.device("cpu"),
-                         copy.deepcopy(tiny_model))
+    engine = _uncompiled_cpu_engine(tiny_model)
     engine.prepare()
     assert not folded_convs, "a frame ran"
+
+
+def _uncompiled_cpu_engine(model: torch.nn.Module) -> TorchEngine:
+    """The torch engine as it runs on a CPU, on a copy of `model` (the engine folds its model in place)."""
+    import copy
+
+    return TorchEngine(EngineConfig(backend="torch", device="cpu", precision="fp32"), torch.device("cpu"),
+                       copy.deepcopy(model))
 
 
 def _assert_close(actual: Tensors, expected: Tensors, tolerance: Tolerance) -> None:
