@@ -295,6 +295,23 @@ def test_eager_forms_are_exact_fold_where_the_weight_is_smaller_and_stay_out_of_
     assert len(folded_convs) == 2, "the same block called eagerly folded_convs"
 
 
+def test_a_bf16_map_on_the_cpu_is_warped_as_closely_as_bf16_holds_the_result():
+    """PyTorch's CPU grid sampling computes a bf16 map's positions and weights in bf16: at 256x256
+    its values came out off by more than their size, and the bf16 model's output was NaN. Against
+    float64 on the same bf16 inputs, the warp is off by no more than the output's own rounding."""
+    from liveanim.model.decoder import warp
+
+    torch.manual_seed(0)
+    feat = torch.randn(1, 32, 256, 256).bfloat16()
+    flow = torch.randn(1, 2, 256, 256).bfloat16()
+    exact = warp(feat.double(), flow.double())
+    warped = warp(feat, flow)
+    assert warped.dtype == torch.bfloat16
+    bf16_rounding = 2.0**-8 * exact.abs()  # half a unit in the last place
+    float32_positions = 1e-3  # float32 against float64 was off by 1.2e-4 at most here
+    assert ((warped.double() - exact).abs() <= bf16_rounding + float32_positions).all()
+
+
 def test_loading_a_checkpoint_leaves_the_compiler_unloaded():
     """Building the model for a checkpoint touches no random fill or arithmetic on the meta
     device: those load torch's compiler, seconds of every start (the live loop loads it later,

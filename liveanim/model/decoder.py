@@ -71,6 +71,20 @@ def identity_grid(size: int, like: torch.Tensor) -> torch.Tensor:
     return torch.stack((xs, ys), dim=-1).unsqueeze(0)
 
 
+def warp(feat: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """`feat` sampled bilinearly where the identity grid moved by tanh(flow) points.
+
+    On the CPU a bf16 map is warped in float32: PyTorch's CPU kernel computes a bf16 map's sampling
+    positions and weights in bf16, which at 256x256 put its values off by more than their size (and
+    made the model's output NaN), and a bf16 grid alone is off by up to half a pixel at 512x512.
+    """
+    if feat.dtype == torch.bfloat16 and feat.device.type == "cpu":
+        return warp(feat.float(), flow.float()).to(feat.dtype)
+    # contiguous: grid sampling would otherwise copy it (and a channels-last `feat`) first
+    grid = (torch.tanh(flow).permute(0, 2, 3, 1) + identity_grid(flow.shape[-1], flow)).contiguous()
+    return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 class ToFlow(nn.Module):
     """Predicts a flow (2 channels, tanh) and a mask (sigmoid) and warps the source features.
 
@@ -89,10 +103,8 @@ class ToFlow(nn.Module):
         out = self.conv(h, styles[self.conv]) + self.bias
         if skip is not None:
             out = out + self.up(skip)
-        # contiguous: grid sampling would otherwise copy it (and a channels-last `feat`) first
-        grid = (torch.tanh(out[:, 0:2]).permute(0, 2, 3, 1) + identity_grid(out.shape[-1], out)).contiguous()
         mask = torch.sigmoid(out[:, 2:3])
-        sampled = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = warp(feat, out[:, 0:2])
         if runs_eager(self.conv.forms) and h.is_contiguous(memory_format=torch.channels_last):
             # kernel by kernel, maps of one layout: grid sampling writes NCHW, the maps after it are
             # channels-last, and every op between the two layouts ran at a fraction of its speed
