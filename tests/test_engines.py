@@ -30,7 +30,7 @@ from liveanim.engines.bench import (BenchConfig, CaseResult, _accuracy, _Inputs,
                                     run_bench)
 from liveanim.engines.cache import (EngineFiles, EngineKey, export_dir, file_fingerprint, model_fingerprint,
                                     seeded_fingerprint, stale_reason)
-from liveanim.engines.devices import Gpu, cuda_gpu
+from liveanim.engines.devices import Gpu, cpu_runs_bf16, cuda_gpu
 from liveanim.engines.onnxruntime_engine import PROVIDER_NAMES
 from liveanim.engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
 from liveanim.engines.torch_engine.backend import TorchEngine, compile_decision
@@ -254,10 +254,31 @@ def test_onnxruntime_gpu_provider_on_the_cpu_is_unavailable():
         create_engine(EngineConfig(backend="onnxruntime:cuda", device="cpu", seeded=True, width=0.125))
 
 
-@pytest.mark.parametrize("precision, message", [("fp16", "needs a GPU"), ("bf16", "needs a GPU")])
-def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precision, message):
+@pytest.mark.parametrize("precision, bf16_instructions, message", [
+    ("fp16", True, "fp16 needs a GPU"), ("bf16", True, "bf16 runs on the torch engine only"),
+    ("bf16", False, "bf16 on the CPU needs bf16 instructions")])
+def test_reduced_precision_of_exported_engines_on_the_cpu_is_unavailable(precision, bf16_instructions, message,
+                                                                         monkeypatch):
+    monkeypatch.setattr("liveanim.engines.devices.cpu_runs_bf16", lambda: bf16_instructions)  # the CPU's flags
     with pytest.raises(BackendUnavailable, match=message):
         create_engine(dataclasses.replace(CPU_ORT, precision=precision, seeded=True, width=0.125))
+
+
+def test_a_cpu_without_bf16_instructions_refuses_bf16_and_says_what_runs(tiny_model, monkeypatch):
+    monkeypatch.setattr("liveanim.engines.devices.cpu_runs_bf16", lambda: False)
+    with pytest.raises(BackendUnavailable) as refused:
+        create_engine(EngineConfig(backend="torch", device="cpu", precision="bf16"), model=tiny_model)
+    assert str(refused.value) == ("bf16 on the CPU needs bf16 instructions (AVX512-BF16 or AMX), which this CPU "
+                                  "lacks. On the CPU use --precision fp32.")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="the CPU's flags are read from Linux's /proc/cpuinfo")
+def test_bf16_instructions_are_found_where_the_cpu_has_them():
+    """`cpu_runs_bf16` reads PyTorch's private report of the CPU's features: checked against the
+    kernel's, so that a PyTorch that renames it cannot quietly turn bf16 off."""
+    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    assert cpu_runs_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_cli_window_and_build_engines_offer_the_one_list_of_backends(qtbot):
@@ -573,11 +594,11 @@ def test_bench_reports_every_case(monkeypatch, tiny_model):
 
 
 def test_bench_skips_what_a_machine_cannot_run(tiny_model):
-    bench = BenchConfig(engines=("torch",), precisions=("bf16",), frames=1, warmup=0)
+    bench = BenchConfig(engines=("torch",), precisions=("fp16",), frames=1, warmup=0)
     [result] = run_bench(EngineConfig(device="cpu"), bench, tiny_model)["results"]
     assert result["status"] == "skipped" and "needs a GPU" in result["reason"]
     assert "skipped" in format_table({"width": 0.125, "device": "cpu", "torch": "", "frames": 1,
-                                      "results": [dataclasses.asdict(CaseResult("torch", "bf16", "skipped", "x"))]})
+                                      "results": [dataclasses.asdict(CaseResult("torch", "fp16", "skipped", "x"))]})
 
 
 def test_bench_accuracy_against_the_reference():

@@ -207,8 +207,8 @@ def test_every_fix_has_window_words_without_command_line_options():
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="fp16 works on a GPU")
 def test_a_precision_the_cpu_lacks_points_to_the_toolbar(ready_window, qtbot):
     with qtbot.waitSignal(ready_window.controller.error, timeout=STREAM_TIMEOUT_MS) as error:
-        ready_window.engine_selector.precision.setCurrentText("bf16")
-    assert error.args[0] == "bf16 needs a GPU. On the CPU choose fp32 in the toolbar's Precision list."
+        ready_window.engine_selector.precision.setCurrentText("fp16")
+    assert error.args[0] == "fp16 needs a GPU. On the CPU choose fp32 in the toolbar's Precision list."
 
 
 def test_a_portrait_without_a_face_is_explained_without_command_line_options(ready_window, qtbot, tmp_path):

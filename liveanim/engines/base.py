@@ -36,8 +36,8 @@ class EngineConfig:
 
     backend:   one of BACKENDS ('auto' is resolved by `liveanim.engines.create_engine`).
     device:    'cuda', 'cpu' or 'mps' ('auto' picks the best present).
-    precision: 'auto' (fp16 on CUDA, fp32 elsewhere; resolved by `create_engine`), 'fp32', 'fp16' or
-               'bf16' (reduced precision on GPUs only).
+    precision: 'auto' (fp16 on CUDA, fp32 elsewhere; resolved by `create_engine`), 'fp32', 'fp16'
+               (GPUs only) or 'bf16' (GPUs, and CPUs with bf16 instructions).
     weights:   checkpoint path; None means the released model, downloaded on first use.
     seed:      with `weights=None` and `seeded=True`, random weights of the full model (benchmarks, tests).
     seeded:    use seeded random weights instead of a checkpoint.

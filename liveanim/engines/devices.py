@@ -15,6 +15,7 @@ from liveanim.model.fused_conv import triton_available
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux; elsewhere nvidia-smi is on PATH
 TRITON_MIN_CAPABILITY = (7, 0)  # Triton's oldest GPU generation (Volta); Inductor refuses older ones
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")  # x86 instructions that multiply bf16 in hardware
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16, AMX): there the torch engine's
+    bf16 frames took half the time of fp32's (docs/performance.md); elsewhere bf16 is emulated."""
+    capability = getattr(torch._C._cpu, "_get_cpu_capability", dict)()  # private; absent: none known
+    return any(capability.get(feature, False) for feature in BF16_CPU_FEATURES)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' precision: fp16 on CUDA (3-4x faster, PSNR ~67 dB against fp32: docs/performance.md),
-    fp32 elsewhere; any other precision as asked."""
+    fp32 elsewhere, also on CPUs that run bf16 twice as fast: its error there (PSNR 41-43 dB on seeded
+    weights) is not known on the released ones; any other precision as asked."""
     if precision != "auto":
         return precision
     return "fp16" if device.type == "cuda" else "fp32"
@@ -93,8 +102,11 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype; reduced precision only where the device runs it fast."""
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPES)}")
-    if precision != "fp32" and device.type == "cpu":
-        raise BackendUnavailable(f"{precision} needs a GPU.", fix=Fix.FP32)
+    if device.type == "cpu" and precision == "fp16":
+        raise BackendUnavailable("fp16 needs a GPU.", fix=Fix.FP32)
+    if device.type == "cpu" and precision == "bf16" and not cpu_runs_bf16():
+        raise BackendUnavailable("bf16 on the CPU needs bf16 instructions (AVX512-BF16 or AMX), which this CPU lacks.",
+                                 fix=Fix.FP32)
     return DTYPES[precision]
 
 

@@ -28,7 +28,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=EngineConfig.device, choices=DEVICES,
                        help="compute device (default: CUDA, then MPS, then CPU)")
     group.add_argument("--precision", default=EngineConfig.precision, choices=PRECISIONS,
-                       help="fp16/bf16 need a GPU (default: fp16 on CUDA, fp32 elsewhere)")
+                       help="fp16 needs a GPU; bf16 a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), "
+                            "where it takes half the time (default: fp16 on CUDA, fp32 elsewhere)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch: compile the per-frame graphs (default: on with CUDA and Triton, 3x faster; "
                             "the first start compiles for a few minutes, later starts reuse the compiled code)")

@@ -20,7 +20,8 @@ class EngineSelector(QWidget):
         self.backend.setToolTip("Inference backend ('auto' picks the fastest this machine has)")
         self.precision = QComboBox()
         self.precision.addItems(PRECISIONS)
-        self.precision.setToolTip("fp16 and bf16 need a GPU")
+        self.precision.setToolTip("fp16 needs a GPU; bf16 a GPU or a CPU with bf16 instructions, "
+                                  "where it takes half the time")
         self.show_choice(backend, precision)
         self.backend.currentTextChanged.connect(self._picked)
         self.precision.currentTextChanged.connect(self._picked)

@@ -1,4 +1,4 @@
-"""The PyTorch backend: eager fp32 (TF32 allowed on CUDA), fp16 or bf16 on GPUs.
+"""The PyTorch backend: eager fp32 (TF32 allowed on CUDA), fp16 or bf16 on GPUs, bf16 on CPUs with bf16 instructions.
 
 The engine takes its model over: it moves it to the device and dtype and folds the constant
 weight arithmetic into the weights (`fold_for_inference`), in place. Two speed-ups for the
@@ -38,7 +38,7 @@ import torch
 from liveanim.contract import FEATURE_NAMES, Tensors, shared_source
 from liveanim.engines.base import Engine, EngineConfig, OptimizingProgress
 from liveanim.engines.cache import cache_root
-from liveanim.engines.devices import gpu_compiler_missing, out_of_memory, resolve_dtype
+from liveanim.engines.devices import cpu_runs_bf16, gpu_compiler_missing, out_of_memory, resolve_dtype
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
@@ -121,6 +121,9 @@ class TorchEngine(Engine):
             if config.compile_in_background:
                 self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
                                                     child_slots(device, self.model.width, self.precision))
+        if device.type == "cpu" and self.dtype == torch.float32 and cpu_runs_bf16():
+            log.info("this CPU multiplies bf16 in hardware: precision bf16 takes about half the time per frame "
+                     "(PSNR 41-43 dB against fp32 on seeded weights; docs/performance.md)")
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)
