@@ -272,6 +272,14 @@ def test_a_cpu_without_bf16_instructions_refuses_bf16_and_says_what_runs(tiny_mo
                                   "lacks. On the CPU use --precision fp32.")
 
 
+@pytest.mark.parametrize("bf16_instructions", [True, False])
+def test_an_fp32_cpu_engine_says_where_bf16_would_be_faster(bf16_instructions, tiny_model, monkeypatch, caplog):
+    monkeypatch.setattr("liveanim.engines.torch_engine.backend.cpu_runs_bf16", lambda: bf16_instructions)
+    with caplog.at_level(logging.INFO, logger="liveanim.engines"):
+        _uncompiled_cpu_engine(tiny_model).close()
+    assert ("precision bf16 takes about half the time per frame" in caplog.text) == bf16_instructions
+
+
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="the CPU's flags are read from Linux's /proc/cpuinfo")
 def test_bf16_instructions_are_found_where_the_cpu_has_them():
     """`cpu_runs_bf16` reads PyTorch's private report of the CPU's features: checked against the

@@ -91,7 +91,7 @@ def cpu_runs_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' precision: fp16 on CUDA (3-4x faster, PSNR ~67 dB against fp32: docs/performance.md),
-    fp32 elsewhere, also on CPUs that run bf16 twice as fast: its error there (PSNR 41-43 dB on seeded
+    fp32 elsewhere, also on CPUs that run bf16 twice as fast: its error there (PSNR 41-47 dB on seeded
     weights) is not known on the released ones; any other precision as asked."""
     if precision != "auto":
         return precision

@@ -123,7 +123,7 @@ class TorchEngine(Engine):
                                                     child_slots(device, self.model.width, self.precision))
         if device.type == "cpu" and self.dtype == torch.float32 and cpu_runs_bf16():
             log.info("this CPU multiplies bf16 in hardware: precision bf16 takes about half the time per frame "
-                     "(PSNR 41-43 dB against fp32 on seeded weights; docs/performance.md)")
+                     "(PSNR 41-47 dB against fp32 on seeded weights; docs/performance.md)")
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)
