@@ -72,6 +72,10 @@ TRITON_FORMS = replace(GPU_FORMS, triton_min_side=64)
 # Where the convs run channels-last: cuDNN's fast kernels read it, and on a 2-core CPU (oneDNN, width
 # 1.0) a motion code took 1.3 s against 1.9 s in fp32 and 0.6 s against 0.8 s in bf16. MPS: not measured.
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+# Where the uncompiled graphs run a batch frame by frame: the eager forms fold a frame's style into
+# the conv weights at batch 1 only, and on a 2-core CPU batches of 4 took 1.6x (motion) and 1.7-1.8x
+# (render) the time per frame (width 0.5, fp32 and bf16). CUDA and MPS: not measured.
+FRAME_BY_FRAME_DEVICES = ("cpu",)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
@@ -142,7 +146,8 @@ class TorchEngine(Engine):
 
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
         if not self.compiled:
-            return replay(eager)
+            uncompiled = replay(eager)
+            return BatchBuckets(uncompiled, 1) if self.device.type in FRAME_BY_FRAME_DEVICES else uncompiled
         saved = SavedGraph(name, module, self._store, self._modules_lock)
         compiled = replay(called(saved))
         if self._compiler is not None:
