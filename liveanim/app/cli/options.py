@@ -72,8 +72,8 @@ def add_offline_options(parser: argparse.ArgumentParser, video: bool) -> None:
                         metavar="PIXELS", help=f"side of the square output (default: {OfflineConfig.size})")
     if video:
         parser.add_argument("--chunk", type=positive_int, default=OfflineConfig.chunk, metavar="FRAMES",
-                            help=f"frames per model batch; more is faster on a GPU and needs more memory "
-                                 f"(default: {OfflineConfig.chunk})")
+                            help=f"frames per model batch; more is faster on a GPU and needs more memory (the "
+                                 f"torch engine on the CPU runs them one by one; default: {OfflineConfig.chunk})")
     add_edit_options(parser)
     add_engine_options(parser)
 
