@@ -157,6 +157,35 @@ def test_batched_styles_equal_layer_by_layer_and_share_the_weights():
     assert not any(".bank." in name for name in model.state_dict()), "the bank is not saved"
 
 
+def test_a_range_of_stages_gets_the_styles_of_its_layers_alone():
+    """A renderer compiled in parts computes each part's styles from the bank's rows of its layers:
+    exactly those layers' styles, the same numbers as layer by layer, whatever the range."""
+    from liveanim.model.folding import fold_for_inference
+
+    torch.manual_seed(0)
+    model = LIAX(0.125).double().eval()
+    z = torch.randn(2, model.latent_dim, dtype=torch.float64)
+    convs = model.dec.modulated_convs()
+    with torch.inference_mode():
+        layer_by_layer = model.dec.styles(z)
+        fold_for_inference(model)
+        for first, stop in ((0, 1), (0, 3), (2, 5), (3, 4), (6, 7), (0, 7)):
+            part = model.dec.styles(z, first, stop)
+            stages = [model.dec.stage(index) for index in range(first, stop)]
+            expected = [conv for conv in convs if any(_within(conv, stage) for stage in stages)]
+            if first == 0:
+                expected.insert(0, model.dec.conv1.conv)
+            assert list(part) == expected, (first, stop)
+            for conv in expected:
+                torch.testing.assert_close(part[conv].scale, layer_by_layer[conv].scale, rtol=1e-12, atol=1e-12)
+                if conv.demodulate:
+                    torch.testing.assert_close(part[conv].demod, layer_by_layer[conv].demod, rtol=1e-12, atol=1e-12)
+
+
+def _within(layer: torch.nn.Module, stage: tuple[torch.nn.Module | None, ...]) -> bool:
+    return any(module is not None and any(layer is m for m in module.modules()) for module in stage)
+
+
 def test_convolutions_as_matrix_products_and_sums_of_products_are_exact():
     """The patch-matrix form equals F.conv2d for 1x1 and 3x3 convs, batched, either layout, and
     so does the sum of products of a 1x1 conv of an RGB input, whose result is channels-last."""

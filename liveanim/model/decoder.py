@@ -125,6 +125,16 @@ class Stage(NamedTuple):
     to_flow: ToFlow
 
 
+class Carry(NamedTuple):
+    """What one decoder stage hands the next: the motion path, the refined warped features, the
+    raw flow prediction and the RGB so far (None before the first stage)."""
+
+    h: torch.Tensor
+    warped: torch.Tensor | None
+    flow: torch.Tensor | None
+    rgb: torch.Tensor | None
+
+
 class Decoder(nn.Module):
     """G: (z_target, source features) -> image (B, 3, 512, 512), not clamped."""
 
@@ -152,6 +162,11 @@ class Decoder(nn.Module):
             setattr(self, f"flow{name}", ToFlow(cout, latent_dim))
             cin = cout
         self.register_module("bank", None)  # a ModulationBank once folded for inference
+        # where each stage's modulated convs begin in `modulated_convs()`, and their count: the convs
+        # are registered stage after stage (the first conv's before stage 0's)
+        convs = self.modulated_convs()
+        firsts = [convs.index(self.stage(index).conv_up.conv) for index in range(1, len(STAGE_NAMES))]
+        self.stage_bounds = (0, *firsts, len(convs))
 
     def upsampling_convs(self) -> list[tuple[int, ConvLayer]]:
         """(output side, layer) of the convs that upsample the warped features (every stage but
@@ -162,11 +177,13 @@ class Decoder(nn.Module):
     def modulated_convs(self) -> list[ModulatedConv2d]:
         return [layer for layer in self.modules() if isinstance(layer, ModulatedConv2d)]
 
-    def styles(self, z: torch.Tensor) -> Styles:
-        """Every modulated conv's modulation by z: layer by layer, or batched once folded."""
+    def styles(self, z: torch.Tensor, first: int = 0, stop: int = len(STAGE_NAMES)) -> Styles:
+        """The modulations by z of the modulated convs of stages `first`..`stop`-1 (all by default;
+        stage 0's include the first conv's): layer by layer, or batched once folded."""
+        start, end = self.stage_bounds[first], self.stage_bounds[stop]
         if self.bank is not None:
-            return self.bank(z)
-        return {conv: conv.modulate(z) for conv in self.modulated_convs()}
+            return self.bank(z, start, end)
+        return {conv: conv.modulate(z) for conv in self.modulated_convs()[start:end]}
 
     def stage(self, index: int) -> Stage:
         name = STAGE_NAMES[index]
@@ -176,20 +193,25 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
         """z: (B, L) target latent; feats: 7 source maps, coarsest first, batch 1 or B."""
-        batch = z.shape[0]
         styles = self.styles(z)
-        h = self.conv1(self.input(batch), styles)
-        warped = flow = rgb = None
+        carry = self.start(z.shape[0], styles)
         for index, feat in enumerate(feats):
-            stage = self.stage(index)
-            h = stage.conv_up(h, styles)
-            for block in stage.flow_blocks:
-                h = block(h, styles)
-            new_warped, h, flow = stage.to_flow(h, styles, feat.expand(batch, -1, -1, -1), flow)
-            if stage.skip_up is not None:
-                new_warped = new_warped + stage.skip_up(warped)
-            for block in stage.rgb_blocks:
-                new_warped = block(new_warped)
-            warped = new_warped
-            rgb = stage.to_rgb(warped, rgb)
-        return rgb
+            carry = self.run_stage(index, carry, styles, feat)
+        return carry.rgb
+
+    def start(self, batch: int, styles: Styles) -> Carry:
+        """What the first stage takes: the motion path from the learned constant."""
+        return Carry(self.conv1(self.input(batch), styles), None, None, None)
+
+    def run_stage(self, index: int, carry: Carry, styles: Styles, feat: torch.Tensor) -> Carry:
+        """Stage `index` (0: 8x8 .. 6: 512x512) on `carry`, warping `feat`, the source map of its scale."""
+        stage = self.stage(index)
+        h = stage.conv_up(carry.h, styles)
+        for block in stage.flow_blocks:
+            h = block(h, styles)
+        warped, h, flow = stage.to_flow(h, styles, feat.expand(h.shape[0], -1, -1, -1), carry.flow)
+        if stage.skip_up is not None:
+            warped = warped + stage.skip_up(carry.warped)
+        for block in stage.rgb_blocks:
+            warped = block(warped)
+        return Carry(h, warped, flow, stage.to_rgb(warped, carry.rgb))

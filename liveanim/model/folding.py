@@ -87,16 +87,25 @@ class ModulationBank(nn.Module):
                 convs[index].energy = energies[position]
             self.groups.append(members)
 
-    def forward(self, latent: torch.Tensor) -> Styles:
-        """latent: (B, style_dim) -> every layer's `Modulation`, as `layer.modulate(latent)` gives it."""
-        stacked = F.linear(latent, self.weight, self.bias)
-        scales = [stacked[:, start:stop] for start, stop in self.spans]
-        demods: list[torch.Tensor | None] = [None] * len(self.convs)
+    def forward(self, latent: torch.Tensor, first: int = 0, stop: int | None = None) -> Styles:
+        """latent: (B, style_dim) -> the `Modulation` of the layers `first`..`stop`-1 (all by
+        default), as `layer.modulate(latent)` gives it: a renderer compiled in parts computes each
+        part's own, from the bank's rows of those layers (a view: no copy)."""
+        stop = len(self.convs) if stop is None else stop
+        rows = slice(self.spans[first][0], self.spans[stop - 1][1])
+        stacked = F.linear(latent, self.weight[rows], self.bias[rows])
+        scales = {index: stacked[:, start - rows.start:end - rows.start]
+                  for index, (start, end) in enumerate(self.spans) if first <= index < stop}
+        demods: dict[int, torch.Tensor] = {}
         for group, members in enumerate(self.groups):
-            grouped = demodulation(torch.stack([scales[index] for index in members]), getattr(self, f"energy{group}"))
-            for position, index in enumerate(members):
-                demods[index] = grouped[position]
-        return {conv: Modulation(scale, demod) for conv, scale, demod in zip(self.convs, scales, demods)}
+            # a group's members are in layer order: those in range are consecutive energies
+            positions = [position for position, index in enumerate(members) if first <= index < stop]
+            if not positions:
+                continue
+            energies = getattr(self, f"energy{group}")[positions[0]:positions[-1] + 1]
+            grouped = demodulation(torch.stack([scales[members[p]] for p in positions]), energies)
+            demods.update((members[p], demod) for p, demod in zip(positions, grouped))
+        return {self.convs[index]: Modulation(scale, demods.get(index)) for index, scale in scales.items()}
 
     def extra_repr(self) -> str:
         return f"{len(self.convs)} layers, {len(self.groups)} demodulation groups"
