@@ -34,6 +34,7 @@ from liveanim.engines.devices import Gpu, cpu_runs_bf16, cuda_gpu
 from liveanim.engines.onnxruntime_engine import PROVIDER_NAMES, _GraphSession
 from liveanim.engines.tensorrt_engine import LIBRARIES, TENSORRT_RTX, _RuntimeCache, check_targets
 from liveanim.engines.torch_engine.backend import TorchEngine, compile_decision
+from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR
 from liveanim.errors import BackendUnavailable, EngineError, UsageError
 from liveanim.export.verify import TOLERANCES, Tolerance, errors, within
 from liveanim.pipeline.animator import Animator
@@ -825,6 +826,36 @@ def test_compiling_in_the_background_serves_the_same_frames_before_and_after(tin
         assert engine.wait_until_compiled(timeout=600)
         compiled = _pipeline(engine, tiny_inputs)
     _assert_close(compiled, interim, TOLERANCES["fp32"])
+
+
+@needs_cuda
+def test_a_prepared_cuda_engine_compiles_both_graphs_before_any_frame(tiny_model, tiny_inputs, tmp_path):
+    """The window prepares its engine as it builds it, before any stream: on a GPU the compiling
+    torch engine runs each graph twice at batch 1, on the window's thread, which starts both
+    compiles. A stream's frames after them come from the compiled graphs, as the uncompiled ones
+    compute them."""
+    import copy
+
+    from liveanim.export.verify import exact_fp32
+
+    config = EngineConfig(backend="torch", device="cuda", precision="fp32", compile=True, cuda_graphs=True,
+                          compile_in_background=True, cache_dir=tmp_path)
+    frame = {"source": tiny_inputs["source"], "driving": tiny_inputs["driving"][:1]}
+    with exact_fp32(), deterministic_cudnn():
+        engine = TorchEngine(config, torch.device("cuda"), model=copy.deepcopy(tiny_model))
+        prepared = threading.Thread(target=engine.prepare, name="window")
+        prepared.start()
+        prepared.join()
+        assert engine.optimizing().jobs == 2, "prepare() asked for both graphs' compiles"
+        assert engine.wait_until_compiled(timeout=600)
+        progress = engine.optimizing()
+        assert (progress.finished, progress.failed) == (2, 0)
+        compiled = _pipeline(engine, frame)
+        uncompiled = TorchEngine(dataclasses.replace(config, compile=False, compile_in_background=False),
+                                 torch.device("cuda"), model=copy.deepcopy(tiny_model))
+        reference = _pipeline(uncompiled, frame)
+    _assert_close(compiled, reference, TOLERANCES["fp32"])
+    assert len(list((tmp_path / GRAPHS_DIR).glob("*.pt2"))) == 2, "both graphs were saved for the next start"
 
 
 def test_calls_are_served_while_the_compiled_graph_is_prepared(caplog):

@@ -27,6 +27,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from liveanim.contract import FEATURE_NAMES
 from liveanim.engines import EngineConfig
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine import backend, prefill
@@ -155,7 +156,7 @@ def test_a_failing_child_leaves_the_compile_to_this_process(tiny_model, tmp_path
     warning, = _messages(start.log, logging.WARNING)
     assert warning.startswith(f"compiling motion encoder of another version [(1, 3, 512, 512)] {IN_CHILD} failed")
     assert "exit status 1" in warning
-    assert "ValueError: no graph named 'motion encoder of another version' in the torch engine" in warning
+    assert "ValueError: the torch engine compiles no graph 'motion encoder of another version'" in warning
     assert (start.cache_hits, start.cache_misses) == (0, 1), "compiled in this process"
     _assert_same_codes(start)
 
@@ -195,6 +196,52 @@ def test_prepare_loads_what_is_saved_and_starts_compiling_the_rest_before_any_fr
     finally:
         engine.close()
     assert not _messages(caplog.records, logging.WARNING)
+
+
+def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_uncompiled(tiny_model, tmp_path,
+                                                                                         monkeypatch, caplog):
+    """On CUDA the renderer is compiled in parts (`backend.RENDER_PARTS`), each by a child process of
+    its own at once: the first start's compiled frames must be the uncompiled ones, every part saved,
+    and a later start must load every part at its first frame."""
+    monkeypatch.setattr(backend, "RENDER_PARTS", {"cpu": ((0, 1), (1, 7))})
+    use_caches(tmp_path, monkeypatch)
+    image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def frames(engine: TorchEngine, count: int) -> list[torch.Tensor]:
+        source = engine.encode_source({"image": image})
+        inputs = {"z_target": source["z"], **{name: source[name] for name in FEATURE_NAMES}}
+        return [engine.render(inputs)["image"] for _ in range(count)]
+
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        engine = _engine(tiny_model, tmp_path)
+        try:
+            interim, _ = frames(engine, 2)  # the second call of a shape asks for its compiled graph
+            assert engine.wait_until_compiled(timeout=TIMEOUT_S)
+            assert engine.optimizing().failed == 0
+            compiled, = frames(engine, 1)
+        finally:
+            engine.close()
+        messages = _messages(caplog.records)
+        for stages in ("stage 0", "stages 1-6"):
+            assert any(re.fullmatch(f"compiling renderer \\[\\(1, \\d+\\)\\] \\({stages}\\) {IN_CHILD} \\(pid \\d+\\)",
+                                    message) for message in messages), stages
+        assert any(re.fullmatch(r"compiled renderer \[\(1, \d+\)\] in 2 separate processes in \d+ s; loading it",
+                                message) for message in messages)
+        saved = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / "engine" / GRAPHS_DIR).glob("renderer*.pt2"))
+        assert saved == ["renderer-stage-0", "renderer-stages-1-6"]
+        caplog.clear()
+        later = _engine(tiny_model, tmp_path)
+        try:
+            first_frame, = frames(later, 1)
+            assert later.wait_until_compiled(0), "a later start's first frame runs compiled"
+        finally:
+            later.close()
+    loaded = [message for message in _messages(caplog.records) if message.startswith("loaded the compiled renderer")]
+    assert len(loaded) == 2, loaded
+    assert not _messages(caplog.records, logging.WARNING)
+    for actual in (compiled, first_frame):
+        error = errors(actual, interim, is_code=False)
+        assert within(error, TOLERANCES["fp32"], False), error
 
 
 def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, caplog):
@@ -326,17 +373,32 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
-def test_child_slots_follow_the_cores_and_the_gpu_memory(monkeypatch):
-    """Two cores per child, and no more children than the GPU's free memory holds next to the
-    live process: on a small GPU the graphs are compiled one after the other."""
+def test_child_slots_follow_the_cores_the_memory_and_the_gpu_memory(monkeypatch):
+    """Two cores and 3 GiB of memory per child, and no more children than the GPU's free memory
+    holds next to the live process: on a small machine the graphs are compiled one after the other."""
+    gib = 2**30
+    monkeypatch.setattr(prefill, "available_memory", lambda: 64 * gib)
     monkeypatch.setattr(prefill.os, "cpu_count", lambda: 2)
     assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 1
-    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 16)
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == prefill.MAX_CHILDREN == 2
-    gib = 2**30
-    for free, slots in ((80 * gib, 2), (9 * gib, 1)):  # a full-width fp16 child needs ~4.4 GiB
+    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 32)
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == prefill.MAX_CHILDREN == 8
+    monkeypatch.setattr(prefill.os, "cpu_count", lambda: 8)
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 4
+    monkeypatch.setattr(prefill, "available_memory", lambda: 7 * gib)
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 2
+    monkeypatch.setattr(prefill, "available_memory", lambda: None)  # not Linux: the cores decide
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 4
+    for free, slots in ((80 * gib, 4), (16 * gib, 3), (9 * gib, 1)):  # a full-width fp16 child needs ~4.4 GiB
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 96 * gib))
         assert prefill.child_slots(torch.device("cuda"), 2.0, "fp16") == slots
+
+
+def test_this_machine_s_available_memory_is_read():
+    available = prefill.available_memory()
+    if Path("/proc/meminfo").exists():
+        assert available is not None and 0 < available < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        assert available is None
 
 
 def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
@@ -348,7 +410,7 @@ def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
             for job in jobs:
-                compiler.submit(job.graph, lambda: None, job)
+                compiler.submit(job.graph, lambda: None, [job])
             assert compiler.wait(timeout=TIMEOUT_S)
     finally:
         compiler.close()

@@ -26,6 +26,7 @@ from liveanim.engines.torch_engine import prefill, saved_graphs
 from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, UNUSED_DAYS, GraphStore
 from liveanim.export.verify import TOLERANCES, errors, within
+from liveanim.model.decoder import STAGE_NAMES
 
 CONFIG = EngineConfig(backend="torch", device="cpu", compile=True, cuda_graphs=False, precision="fp32")
 IMAGE = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -223,7 +224,8 @@ def test_build_engines_saves_the_graphs_that_a_live_start_loads_at_its_first_fra
     arguments = ["--seeded", "0.125", "--cache-dir", str(tmp_path)]
     assert main(["build-engines", "--engine", "torch", "--precision", "fp16", *arguments]) == 0
     files = sorted((tmp_path / GRAPHS_DIR).glob("*.pt2"))
-    assert [path.name.rsplit("-", 1)[0] for path in files] == ["motion-encoder", "renderer"]
+    parts = [f"renderer-stage-{stage}" for stage in range(len(STAGE_NAMES))]  # backend.RENDER_PARTS
+    assert [path.name.rsplit("-", 1)[0] for path in files] == ["motion-encoder", *parts]
     for path in files:  # INDUCTOR_SETTINGS: pointwise kernels made with one block size, not tuned at run time
         code = path.read_bytes()
         assert b"'autotune_pointwise': False" in code and b"'autotune_pointwise': True" not in code

@@ -16,9 +16,10 @@ per-frame graphs (motion encoder and renderer), from EngineConfig:
   Every graph is captured on a stream of its own (`capture_stream`: cuBLAS workspaces).
 - `compile_in_background` (compiler.py): the first calls of each shape are served by the uncompiled
   graphs (captured in under a second) while a thread of the engine's own prepares the fast ones;
-  then every call takes the fast path. On the first start with this GPU and PyTorch a child process
-  compiles and saves each graph (prefill.py: minutes, outside this process, so the uncompiled frames
-  keep their pace: Inductor holds Python's lock while it compiles), and the thread then loads it.
+  then every call takes the fast path. On the first start with this GPU and PyTorch child processes
+  compile and save each graph (prefill.py: minutes, outside this process, so the uncompiled frames
+  keep their pace: Inductor holds Python's lock while it compiles), the renderer on CUDA in parts
+  (`RENDER_PARTS`), all at once, and the thread then loads them.
   On later starts each saved graph is loaded where it is first called (1-4 s per graph on an
   H200): full speed from the first frame.
   The live loop starts this way: its first frames come seconds after the weights are read, and it
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -44,10 +45,11 @@ from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
 from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
-from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots
+from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots, stages_label
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore, SavedGraph, import_loader
 from liveanim.errors import BackendUnavailable, Fix
 from liveanim.model import LIAX
+from liveanim.model.decoder import STAGE_NAMES, Carry
 from liveanim.model.folding import fold_for_inference
 from liveanim.model.fused_conv import triton_available
 from liveanim.model.layers import KernelForms
@@ -79,6 +81,12 @@ FRAME_BY_FRAME_DEVICES = ("cpu",)
 # Compiled graphs are made for batch 1 (live, stills) and this batch (offline chunks): other
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
+# The compiled renderer in parts, by decoder stages (first, stop): on CUDA one graph per stage, each
+# compiled by its own child process at once on a first start. Inductor compiles a graph on one
+# thread: the whole renderer took 94-114 s on an H200 machine, and each stage alone 15-22 s beside
+# the others (docs/performance.md). Elsewhere one graph: the CPU's compiles were not measured so.
+RENDER_PARTS = {"cuda": tuple((stage, stage + 1) for stage in range(len(STAGE_NAMES)))}
+WHOLE_RENDERER = ((0, len(STAGE_NAMES)),)
 
 
 def gpu_forms(dtype: torch.dtype) -> KernelForms:
@@ -131,12 +139,22 @@ class TorchEngine(Engine):
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)
-        self._motion = self._accelerated(MOTION_GRAPH, MotionGraph(self.model))
-        self._decode = self._accelerated(RENDER_GRAPH, RenderGraph(self.model), lambda: self._source.maps)
+        motion = MotionGraph(self.model)
+        self._motion = self._accelerated(MOTION_GRAPH, motion, self._saved(MOTION_GRAPH, motion))
+        parts = [RenderPart(self.model, first, stop) for first, stop in render_parts(device)]
+        chain = RenderChain(parts, [self._saved(_part_name(part), part) for part in parts]) if self.compiled else None
+        self._decode = self._accelerated(RENDER_GRAPH, RenderPart(self.model), chain,
+                                         lambda: self._source.maps, [(part.first, part.stop) for part in parts])
 
-    def _accelerated(self, name: str, module: torch.nn.Module,
-                     held: Callable[[], tuple[torch.Tensor, ...]] = tuple) -> GraphFn:
-        """`module` as the engine calls it: with its first input only, `held()` passed after it."""
+    def _saved(self, name: str, module: torch.nn.Module) -> SavedGraph | None:
+        """`module`'s saved graph, where the engine compiles."""
+        return SavedGraph(name, module, self._store, self._modules_lock) if self.compiled else None
+
+    def _accelerated(self, name: str, module: torch.nn.Module, saved: SavedGraph | RenderChain | None,
+                     held: Callable[[], tuple[torch.Tensor, ...]] = tuple,
+                     parts: Sequence[tuple[int, int] | None] = (None,)) -> GraphFn:
+        """`module` as the engine calls it: with its first input only, `held()` passed after it;
+        compiled, `saved` (made of `parts`, each compiled by a child of its own on a first start)."""
         def called(graph: GraphFn) -> GraphFn:
             return lambda x: graph(x, *held())
 
@@ -145,17 +163,31 @@ class TorchEngine(Engine):
                 return module(x, *held())
 
         replay = (lambda f: GraphReplay(f, self.device)) if self.graphs else (lambda f: f)
-        if not self.compiled:
+        if saved is None:
             uncompiled = replay(eager)
             return BatchBuckets(uncompiled, 1) if self.device.type in FRAME_BY_FRAME_DEVICES else uncompiled
-        saved = SavedGraph(name, module, self._store, self._modules_lock)
         compiled = replay(called(saved))
         if self._compiler is not None:
-            child = PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
-                               str(self._cache))
-            return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, child,
+            children = tuple(PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
+                                        str(self._cache), part=part) for part in parts)
+            return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, children,
                                                   lambda x: saved.load(x, *held())), COMPILED_BATCH)
         return BatchBuckets(compiled, COMPILED_BATCH)
+
+    def compile_render_part(self, stages: tuple[int, int], z_target: torch.Tensor, maps: tuple[torch.Tensor, ...]) -> None:
+        """Compile (or load) the renderer's part of decoder stages `stages` for inputs like these,
+        after the stages before it, uncompiled: what a child process does (prefill.py), whatever
+        parts this engine's own renderer has."""
+        if not self.compiled:
+            raise BackendUnavailable("this engine does not compile its graphs")
+        first, stop = stages
+        part = RenderPart(self.model, first, stop)
+        z_target = z_target.to(self.device, self.dtype)
+        with torch.inference_mode(), self._render_lock:
+            self._source.hold(list(maps))  # the maps in the layout the renderer is called with
+            maps = self._source.maps
+            carry = RenderPart(self.model, 0, first)(z_target, *maps[:first]) if first > 0 else ()
+            self._saved(_part_name(part), part)(z_target, *carry, *maps[first:stop])
 
     @property
     def directions(self) -> torch.Tensor:
@@ -219,16 +251,58 @@ class MotionGraph(torch.nn.Module):
         return self.model.encode_motion(image)
 
 
-class RenderGraph(torch.nn.Module):
-    """The renderer with the source's maps as inputs (`SourceMaps`), not as state: a saved graph
-    is called with every tensor it reads."""
+class RenderPart(torch.nn.Module):
+    """Decoder stages `first`..`stop`-1 with the source's maps of those stages as inputs
+    (`SourceMaps`), not as state: a saved graph is called with every tensor it reads. The first
+    part starts from the latent; the others take the `Carry` of the part before them. The last
+    returns the image, the others their `Carry`. (0, 7): the whole renderer."""
 
-    def __init__(self, model: LIAX):
+    def __init__(self, model: LIAX, first: int = 0, stop: int = len(STAGE_NAMES)):
         super().__init__()
         self.model = model
+        self.first = first
+        self.stop = stop
 
-    def forward(self, z_target: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z_target, maps)
+    def forward(self, z_target: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        decoder = self.model.dec
+        styles = decoder.styles(z_target, self.first, self.stop)
+        if self.first == 0:
+            carry, maps = decoder.start(z_target.shape[0], styles), tensors
+        else:
+            carry, maps = Carry(*tensors[:len(Carry._fields)]), tensors[len(Carry._fields):]
+        for index, feat in zip(range(self.first, self.stop), maps, strict=True):
+            carry = decoder.run_stage(index, carry, styles, feat)
+        return carry.rgb if self.stop == len(STAGE_NAMES) else tuple(carry)
+
+
+class RenderChain:
+    """The compiled renderer: the saved graphs of its parts called one after the other (a CUDA
+    graph captures them all as one)."""
+
+    def __init__(self, parts: list[RenderPart], graphs: list[SavedGraph]):
+        self._parts = parts
+        self._graphs = graphs
+
+    def __call__(self, z_target: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        carry: tuple[torch.Tensor, ...] = ()
+        for part, graph in zip(self._parts, self._graphs, strict=True):
+            carry = graph(z_target, *carry, *maps[part.first:part.stop])
+        return carry
+
+    def load(self, z_target: torch.Tensor, *maps: torch.Tensor) -> bool:
+        """Load every part's saved graph that there is (`SavedGraph.load`); whether all are ready."""
+        return all([graph.load(z_target) for graph in self._graphs])  # a list: every part tried
+
+
+def _part_name(part: RenderPart) -> str:
+    """A render part's graph in the log and in its file's name."""
+    stages = stages_label((part.first, part.stop))
+    return f"{RENDER_GRAPH} {stages}" if stages else RENDER_GRAPH
+
+
+def render_parts(device: torch.device) -> tuple[tuple[int, int], ...]:
+    """The compiled renderer's parts on `device`, as decoder stage ranges (`RENDER_PARTS`)."""
+    return RENDER_PARTS.get(device.type, WHOLE_RENDERER)
 
 
 def compile_decision(asked: bool | None, device: torch.device) -> bool:

@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -54,9 +54,10 @@ class BackgroundCompiler:
         """child_slots: child processes at once (`prefill.child_slots`)."""
         self._device = device
         self._times = times
-        self._jobs: queue.Queue[tuple[str, Callable[[], None], Future | None, float] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, Callable[[], None], list[Future], float] | None] = queue.Queue()
         self._child = ChildCompiler(child_slots)
-        self._children = ThreadPoolExecutor(prefill.MAX_CHILDREN, thread_name_prefix="engine-child")  # waits, no lock
+        # threads that wait for the children (without Python's lock): one per child that can be asked for
+        self._children = ThreadPoolExecutor(prefill.MAX_CHILDREN, thread_name_prefix="engine-child")
         self._thread: threading.Thread | None = None
         self._state = threading.Condition()  # guards the counts below
         self._queued: list[str] = []  # labels of the jobs not started yet
@@ -64,15 +65,15 @@ class BackgroundCompiler:
         self._submitted = self._finished = self._failed = 0
         self._closed = False
 
-    def submit(self, label: str, job: Callable[[], None], child: PrefillJob | None = None) -> None:
+    def submit(self, label: str, job: Callable[[], None], children: Sequence[PrefillJob] = ()) -> None:
         """Run `job()` on the compiler thread (started on the first job), in inference mode.
 
-        label: names the job in the log and in the measured times, the same on every start
-               (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
-               running uncompiled.
-        child: the graph `job` prepares, to compile and save in a child process first
-               (`prefill.IN_CHILD`), started now, so that `job` loads it. A child that fails is
-               logged, and `job` compiles the graph itself.
+        label:    names the job in the log and in the measured times, the same on every start
+                  (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
+                  running uncompiled.
+        children: the graphs (or parts of one) that `job` prepares, to compile and save in child
+                  processes first (`prefill.IN_CHILD`), started now, so that `job` loads them. A
+                  child that fails is logged, and `job` compiles what it did not.
         """
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
@@ -80,9 +81,8 @@ class BackgroundCompiler:
         with self._state:
             self._submitted += 1
             self._queued.append(label)
-        compiling = None
-        if child is not None and prefill.IN_CHILD and not self._closed:
-            compiling = self._children.submit(self._child.run, child, label)
+        compiling = [self._children.submit(self._child.run, child, label + child.part_label())
+                     for child in children if prefill.IN_CHILD and not self._closed]
         self._jobs.put((label, job, compiling, time.monotonic()))
 
     def run_here(self, label: str, job: Callable[[], T | None]) -> T | None:
@@ -140,14 +140,14 @@ class BackgroundCompiler:
             while (item := self._jobs.get()) is not None:
                 self._run_job(*item)
 
-    def _run_job(self, label: str, job: Callable[[], None], child: Future | None, submitted: float) -> None:
+    def _run_job(self, label: str, job: Callable[[], None], children: list[Future], submitted: float) -> None:
         with self._state:
             self._queued.remove(label)
             self._running = (label, time.monotonic())
         failed = False
         try:
-            if child is not None:
-                self._wait_for_child(label, child, submitted)
+            if children:
+                self._wait_for_children(label, children, submitted)
             if not self._closed:
                 started = time.monotonic()
                 with _quick_handoffs():
@@ -170,17 +170,24 @@ class BackgroundCompiler:
         if self._times is not None:
             self._times.record(label, seconds)
 
-    def _wait_for_child(self, label: str, child: Future, submitted: float) -> None:
-        """Wait for the job's child process (started when the job was submitted)."""
-        try:
-            child.result()
-        except (ChildFailed, CancelledError) as failure:  # cancelled: the engine was closed
-            if not self._closed:
-                log.warning("compiling %s in a separate process failed, so it is compiled in this one (slower "
-                            "frames meanwhile): %s", label, failure)
+    def _wait_for_children(self, label: str, children: list[Future], submitted: float) -> None:
+        """Wait for the job's child processes (started when the job was submitted)."""
+        failures = []
+        for child in children:
+            try:
+                child.result()
+            except (ChildFailed, CancelledError) as failure:  # cancelled: the engine was closed
+                failures.append(failure)
+        if self._closed:
             return
-        if not self._closed:
-            log.info("compiled %s in a separate process in %.0f s; loading it", label, time.monotonic() - submitted)
+        where = "a separate process" if len(children) == 1 else f"{len(children)} separate processes"
+        if failures:
+            if len(children) > 1:
+                where = f"{len(failures)} of {where}"
+            log.warning("compiling %s in %s failed, so it is compiled in this one (slower frames meanwhile): %s",
+                        label, where, "; ".join(map(str, failures)))
+            return
+        log.info("compiled %s in %s in %.0f s; loading it", label, where, time.monotonic() - submitted)
 
 
 @contextlib.contextmanager
@@ -206,14 +213,14 @@ class CompiledWhenReady:
     """
 
     def __init__(self, name: str, compiled: GraphFn, interim: GraphFn, compiler: BackgroundCompiler,
-                 child: PrefillJob | None = None, load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
+                 children: Sequence[PrefillJob] = (), load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
         """name:       the graph, for the compiler's job labels (e.g. 'renderer').
-        child:      what a child process needs to compile this graph first, less the input shape
-                    (filled in per shape); None compiles in this process only.
+        children:   what child processes need to compile this graph (one per part) first, less the
+                    input shape (filled in per shape); none: compiled in this process only.
         load_saved: loads the saved compiled graph for an input like this one, if there is a
                     usable one, and says whether it did (never compiles)."""
         self._name = name
-        self._child = child
+        self._children = children
         self._load_saved = load_saved
         self._compiled = compiled
         self._interim = interim
@@ -238,8 +245,8 @@ class CompiledWhenReady:
         if calls == 2:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
-            child = replace(self._child, shape=tuple(args[0].shape)) if self._child is not None else None
-            self._compiler.submit(label, lambda: self._prepare(key, example), child)
+            children = [replace(child, shape=tuple(args[0].shape)) for child in self._children]
+            self._compiler.submit(label, lambda: self._prepare(key, example), children)
         return self._interim(*args)
 
     def _loaded(self, key: ShapeKey, args: tuple[torch.Tensor, ...]) -> torch.Tensor | None:

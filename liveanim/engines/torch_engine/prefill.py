@@ -5,8 +5,9 @@ on a fresh machine and holds Python's lock for most of it: on a thread of the li
 dropped the live loop to 3-20 FPS for ~4 minutes on an H200. A child process compiles the same
 graph instead and saves it in the engine cache (saved_graphs.py); the engine's compiler thread
 waits for it without holding the lock, then loads it (1-4 s per graph on an H200). The children
-of the two graphs run at once, each with its share of the CPU's cores and at a lower priority than
-the live process.
+of a start's graphs (on CUDA the renderer's parts each have their own: `backend.RENDER_PARTS`) run
+at once, as many as the machine holds, each with its share of the CPU's cores and at a lower
+priority than the live process.
 
 The child builds the graph through the engine itself (a `TorchEngine` of the same width,
 precision, device, kernel forms and cache folder, called with inputs of the job's shape), from
@@ -45,6 +46,7 @@ import torch
 
 from liveanim.engines.devices import resolve_dtype
 from liveanim.model import LIAX
+from liveanim.model.decoder import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,14 @@ IN_CHILD = True
 # A child still compiling after this long is ended, and the graph compiled in-process.
 TIMEOUT_S = 20 * 60.0
 TAIL_LINES = 6  # of the child's output, in the warning when it fails
-MAX_CHILDREN = 2  # children at once (`child_slots`): a live start compiles two graphs
+MAX_CHILDREN = 8  # children at once (`child_slots`): a live start's graphs on CUDA (backend.RENDER_PARTS)
 CORES_PER_CHILD = 2
 CHILD_NICENESS = 10
 # A child's GPU memory: its model (folded: about twice the weights) and this much for the rest;
 # the live process keeps this much free besides.
 CHILD_WORKSPACE_BYTES = 1 << 30
 GPU_HEADROOM_BYTES = 2 << 30
+CHILD_MEMORY_BYTES = 3 << 30  # a child's own memory: PyTorch, Inductor and its compile workers
 FULL_WIDTH, FULL_WIDTH_PARAMETERS = 2.0, 0.91e9  # the released model
 _STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
 
@@ -79,6 +82,8 @@ class PrefillJob:
     device:      the engine's device, e.g. 'cuda'.
     triton_conv: backend.TRITON_CONV when the engine was made: it picks the kernel forms.
     cache_dir:   the engine's cache folder, where the graph is saved; None: the user's cache.
+    part:        the renderer's part to compile, as decoder stages (first, stop)
+                 (`backend.RENDER_PARTS`); None for the motion encoder.
     threads, matmul_precision: this process's settings, taken when the job is made, that the
                  compiled code depends on: torch.get_num_threads() (the CPU's C++ kernels are
                  made for it) and torch.backends.cuda.matmul.fp32_precision (None before PyTorch 2.9).
@@ -91,6 +96,7 @@ class PrefillJob:
     device: str
     triton_conv: bool
     cache_dir: str | None = None
+    part: tuple[int, int] | None = None
     threads: int = field(default_factory=torch.get_num_threads)
     matmul_precision: str | None = field(
         default_factory=lambda: getattr(torch.backends.cuda.matmul, "fp32_precision", None))
@@ -101,7 +107,21 @@ class PrefillJob:
     @classmethod
     def from_json(cls, text: str) -> PrefillJob:
         fields = json.loads(text)
-        return cls(**{**fields, "shape": tuple(fields["shape"])})
+        part = tuple(fields["part"]) if fields.get("part") is not None else None
+        return cls(**{**fields, "shape": tuple(fields["shape"]), "part": part})
+
+    def part_label(self) -> str:
+        """The renderer's part in the log, after the graph's name ('' for a whole graph)."""
+        stages = stages_label(self.part)
+        return f" ({stages})" if stages else ""
+
+
+def stages_label(part: tuple[int, int] | None) -> str:
+    """A part of the renderer by its decoder stages ('stage 3', 'stages 0-1'); '' for a whole graph."""
+    if part is None or tuple(part) == (0, len(STAGE_NAMES)):
+        return ""
+    first, stop = part
+    return f"stage {first}" if stop == first + 1 else f"stages {first}-{stop - 1}"
 
 
 class ChildFailed(Exception):
@@ -165,15 +185,32 @@ class ChildCompiler:
 
 def child_slots(device: torch.device, width: float, precision: str) -> int:
     """How many children may compile at once here: two CPU cores each (Inductor's code generation
-    is one thread per child; Triton's compiles share the rest), as many as the GPU's free memory
-    holds next to this process, and one per graph a start compiles at most (`MAX_CHILDREN`)."""
+    is one thread per child; Triton's compiles share the rest), as many as the free memory and the
+    GPU's free memory hold next to this process, and one per graph a start compiles at most
+    (`MAX_CHILDREN`)."""
     slots = min(MAX_CHILDREN, max(1, (os.cpu_count() or 1) // CORES_PER_CHILD))
+    available = available_memory()
+    if available is not None:
+        slots = min(slots, max(1, available // CHILD_MEMORY_BYTES))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         parameters = FULL_WIDTH_PARAMETERS * (width / FULL_WIDTH) ** 2
         needs = parameters * resolve_dtype(precision, device).itemsize * 2 + CHILD_WORKSPACE_BYTES
         slots = min(slots, max(1, int((free - GPU_HEADROOM_BYTES) // needs)))
     return slots
+
+
+def available_memory() -> int | None:
+    """The memory that processes can still take without swapping (Linux's MemAvailable); None
+    where the system does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _environment(slots: int) -> dict[str, str]:
@@ -245,11 +282,12 @@ def compile_graph(job: PrefillJob) -> None:
     try:
         if job.graph == MOTION_GRAPH:
             engine.encode_motion({"image": torch.zeros(job.shape)})
-        elif job.graph == RENDER_GRAPH:
+        elif job.graph == RENDER_GRAPH and job.part is not None:
             source = engine.encode_source({"image": torch.zeros(1, 3, RESOLUTION, RESOLUTION)})
-            engine.render({"z_target": torch.zeros(job.shape), **{name: source[name] for name in FEATURE_NAMES}})
+            engine.compile_render_part(job.part, torch.zeros(job.shape), tuple(source[name] for name in FEATURE_NAMES))
         else:
-            raise ValueError(f"no graph named {job.graph!r} in the torch engine")
+            raise ValueError(f"the torch engine compiles no graph {job.graph + job.part_label()!r} (the renderer's jobs "
+                             "name their part)")
     finally:
         engine.close()
 
@@ -295,7 +333,7 @@ def main(argv: list[str]) -> int:
     job = PrefillJob.from_json(argv[0])
     started = time.monotonic()
     compile_graph(job)
-    log.info("compiled the %s for input %s in %.0f s", job.graph, job.shape, time.monotonic() - started)
+    log.info("compiled the %s for input %s in %.0f s", job.graph + job.part_label(), job.shape, time.monotonic() - started)
     return 0
 
 

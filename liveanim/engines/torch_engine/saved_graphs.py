@@ -136,8 +136,8 @@ class SavedGraph:
         self._unusable: set[tuple[Path, int, int]] = set()
         self._lock = threading.Lock()  # one load or compile of a shape at a time
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = shape_key(inputs)
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        key = shape_key(inputs[:1])
         graph = self._graphs.get(key)
         if graph is None:
             with self._lock:
@@ -148,8 +148,9 @@ class SavedGraph:
     def load(self, *inputs: torch.Tensor) -> bool:
         """Load the saved graph for inputs like these, if there is a usable one (seconds; never a
         compile, nor a wait for one under way on another thread); whether the graph for them is
-        ready now."""
-        key = shape_key(inputs)
+        ready now. A graph is kept by its first input, which for a module decides the others'
+        shapes (the renderer's parts: the latent's batch)."""
+        key = shape_key(inputs[:1])
         if not self._lock.acquire(blocking=False):
             return key in self._graphs
         try:
@@ -243,9 +244,10 @@ class _BoundGraph:
         given = iter(inputs)
         return [weight if weight is not None else next(given) for weight in weights]
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The module's output: a tensor, or a tuple where the module returns several."""
         outputs = self._compiled(*self.arguments(self._weights, inputs))
-        return outputs[0]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def _names_path(path: Path) -> Path:
