@@ -35,7 +35,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import os
 import platform
 import sys
