@@ -1001,6 +1001,29 @@ def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_dri
     assert "ready: torch on cpu (fp32)" in caplog.text and "pip install" not in caplog.text
 
 
+def test_build_engines_fails_saying_so_when_a_graph_cannot_be_compiled(tmp_path, monkeypatch, caplog):
+    """`build-engines` compiles the torch engine's graphs as a live start does, in the background:
+    one that cannot be compiled must fail the command, saying so, not leave a slow engine behind
+    with a message of success. (The torch engine compiles where Triton makes GPU kernels; here it
+    is told to compile on the CPU, and the compile itself is made to fail.)"""
+    from liveanim.app.cli import main
+    from liveanim.engines.torch_engine import backend, prefill
+    from liveanim.engines.torch_engine.saved_graphs import SavedGraph
+
+    def cannot_compile(self, path, inputs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(backend, "compile_decision", lambda asked, device: True)
+    monkeypatch.setattr(prefill, "IN_CHILD", False)
+    monkeypatch.setattr(SavedGraph, "_compile", cannot_compile)
+    with caplog.at_level(logging.INFO):
+        code = main(["build-engines", "--engine", "torch", "--device", "cpu", "--seeded", "0.125",
+                     "--cache-dir", str(tmp_path)])
+    assert code != 0
+    assert "2 of the 2 compiled graphs of torch on cpu (fp32) [compiled] could not be built" in caplog.text
+    assert "ready:" not in caplog.text
+
+
 def test_the_gpu_engines_script_on_a_machine_without_a_gpu_records_versions_and_says_why_it_skips(tmp_path):
     """scripts/gpu_engines.py (README's record of the exported engines on the H200): its env stage
     and, without onnxruntime-gpu, an ort-cuda stage that says what to carry instead of failing."""

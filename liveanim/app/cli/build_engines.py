@@ -19,6 +19,7 @@ import torch
 from liveanim.app.cli.export import add_weights_options, weights_config
 from liveanim.engines import DEVICES, ENGINE_CHOICES, EngineConfig, build_for_targets, create_engine
 from liveanim.engines.onnxruntime_engine import GPU_PROVIDERS
+from liveanim.errors import EngineError
 from liveanim.export import EXPORT_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     default = ["fp16", "fp32"] if torch.cuda.is_available() and args.device != "cpu" else ["fp32"]
     for precision in args.precision or default:
-        config = weights_config(args, backend=args.engine, device=args.device, precision=precision)
+        # the torch engine compiles as a live start does: its graphs (the renderer's parts) in child processes at once
+        config = weights_config(args, backend=args.engine, device=args.device, precision=precision,
+                                compile_in_background=True)
         started = time.perf_counter()
         if args.gpu_target:
             files = build_for_targets(config, tuple(args.gpu_target))
@@ -58,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
         engine = create_engine(config)
         try:
             engine.prepare()  # ONNX Runtime's TensorRT provider builds at its first run
+            engine.wait_until_compiled()
+            progress = engine.optimizing()
+            if progress is not None and progress.failed:
+                raise EngineError(f"{progress.failed} of the {progress.jobs} compiled graphs of {engine.describe()} "
+                                  "could not be built (the log above says why); they would run uncompiled (slower).")
             log.info("ready: %s (%.0f s)", engine.describe(), time.perf_counter() - started)
         finally:
             engine.close()
