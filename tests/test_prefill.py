@@ -244,6 +244,33 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
         assert within(error, TOLERANCES["fp32"], False), error
 
 
+def test_a_part_compiled_after_uncompiled_stages_takes_what_the_compiled_parts_hand_on(tiny_model, tmp_path,
+                                                                                      monkeypatch):
+    """A child compiles its part of the renderer after the stages before it, run uncompiled: in the
+    GPU forms, whose uncompiled calls lay maps out otherwise than the compiled graphs. The part must
+    then take what the compiled parts before it hand on (on an H200 every part failed so: its input
+    came in another layout). The GPU forms, compiled here on the CPU, in this process."""
+    monkeypatch.setattr(backend, "COMPILED_FORMS", backend.GPU_FORMS)
+    monkeypatch.setattr(backend, "RENDER_PARTS", {"cpu": ((0, 1), (1, 7))})
+    use_caches(tmp_path, monkeypatch)
+    config = replace(CONFIG, compile_in_background=False, cache_dir=tmp_path / "engine")
+    image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    engines = [TorchEngine(config, torch.device("cpu"), model=copy.deepcopy(tiny_model)) for _ in range(2)]
+    uncompiled = TorchEngine(replace(config, compile=False), torch.device("cpu"), model=copy.deepcopy(tiny_model))
+    images = []
+    for engine in (*engines, uncompiled):
+        source = engine.encode_source({"image": image})
+        maps = tuple(source[name] for name in FEATURE_NAMES)
+        if engine is engines[0]:  # what the children do: each part after its uncompiled stages
+            for part in ((1, 7), (0, 1)):
+                engine.compile_render_part(part, source["z"], maps)
+        images.append(engine.render({"z_target": source["z"], **dict(zip(FEATURE_NAMES, maps))})["image"])
+    assert len(list((tmp_path / "engine" / GRAPHS_DIR).glob("renderer-*.pt2"))) == 2
+    for compiled in images[:2]:
+        error = errors(compiled, images[2], is_code=False)
+        assert within(error, TOLERANCES["fp32"], False), error
+
+
 def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, caplog):
     use_caches(tmp_path, monkeypatch)
     engine = _engine(tiny_model, tmp_path)

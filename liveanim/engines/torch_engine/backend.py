@@ -272,7 +272,12 @@ class RenderPart(torch.nn.Module):
             carry, maps = Carry(*tensors[:len(Carry._fields)]), tensors[len(Carry._fields):]
         for index, feat in zip(range(self.first, self.stop), maps, strict=True):
             carry = decoder.run_stage(index, carry, styles, feat)
-        return carry.rgb if self.stop == len(STAGE_NAMES) else tuple(carry)
+        if self.stop == len(STAGE_NAMES):
+            return carry.rgb
+        # one layout for what a part hands on, however it was computed: a part compiled after the
+        # stages before it ran uncompiled (in a child, in other forms) is called with the compiled
+        # parts' outputs, and a compiled graph takes its inputs' layout only
+        return tuple(t.contiguous(memory_format=torch.channels_last) for t in carry)
 
 
 class RenderChain:
