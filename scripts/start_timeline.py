@@ -19,8 +19,8 @@ checkpoint to load instead of seeded weights), BUDGET_S (420), PREFILL (1),
 HANDOFFS (1; 0: Python's lock handed over at its default interval while a graph loads),
 PREPARE (0: as `live` starts; 1: as the window starts, `Engine.prepare` as the engine is built),
 SETUP_S (0; seconds between the engine's preparation and the stream's start: a user setting up),
-DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), PARTS (the engine's: the renderer
-compiled in parts where backend.RENDER_PARTS says so; 'whole': as one graph, as before), CACHE (Inductor's and the
+DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), PARTS ('stages': the renderer
+compiled in parts, one per decoder stage, on CUDA: backend.RENDER_IN_PARTS; default the engine's), CACHE (Inductor's and the
 engine's caches; default a new empty folder, removed afterwards: a first start; the same folder
 twice: a later start).
 Writes $OUT/start-timeline-prefill-{on,off}.json and logs to stderr.
@@ -50,7 +50,7 @@ PREPARE = os.environ.get("PREPARE", "0") != "0"
 SETUP_S = float(os.environ.get("SETUP_S", "0"))
 HANDOFFS = os.environ.get("HANDOFFS", "1") != "0"
 DEVICE = os.environ.get("DEVICE", "cuda")
-WHOLE_RENDERER = os.environ.get("PARTS", "") == "whole"
+IN_PARTS = os.environ.get("PARTS", "") == "stages"
 FRESH = not os.environ.get("CACHE")
 CACHE = Path(tempfile.mkdtemp(prefix="start-timeline-") if FRESH else os.environ["CACHE"])
 SETTLED_S = 10.0  # compiled for this long: full speed reached
@@ -84,8 +84,8 @@ def run() -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     prefill.IN_CHILD = PREFILL
-    if WHOLE_RENDERER:
-        backend.RENDER_PARTS = {}
+    if IN_PARTS:
+        backend.RENDER_IN_PARTS = True
     if not HANDOFFS:
         compiler.HANDOFF_S = sys.getswitchinterval()
     cuda = DEVICE == "cuda"
@@ -136,7 +136,8 @@ def run() -> dict[str, Any]:
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
         gpu=torch.cuda.get_device_name() if cuda else None, device=DEVICE, width=engine_width,
         weights=str(WEIGHTS) if WEIGHTS else "seeded",
-        precision=config.precision, render_parts=backend.render_parts(engine.device), prefill_in_child=PREFILL, quick_handoffs=HANDOFFS, budget_s=BUDGET_S,
+        precision=config.precision, render_parts=backend.render_parts(engine.device), prefill_in_child=PREFILL,
+        quick_handoffs=HANDOFFS, budget_s=BUDGET_S,
         prepared=PREPARE, time_to_prepared_s=prepared_s, setup_s=SETUP_S, stream_start_s=stream_s,
         fresh_cache=FRESH,
         gpu_memory_peak_gib={"this_process": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,

@@ -200,10 +200,10 @@ def test_prepare_loads_what_is_saved_and_starts_compiling_the_rest_before_any_fr
 
 def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_uncompiled(tiny_model, tmp_path,
                                                                                          monkeypatch, caplog):
-    """On CUDA the renderer is compiled in parts (`backend.RENDER_PARTS`), each by a child process of
-    its own at once: the first start's compiled frames must be the uncompiled ones, every part saved,
-    and a later start must load every part at its first frame."""
-    monkeypatch.setattr(backend, "RENDER_PARTS", {"cpu": ((0, 1), (1, 7))})
+    """The renderer compiled in parts (`backend.render_parts`), each by a child process of its own at
+    once: the first start's compiled frames must be the uncompiled ones, every part saved, and a
+    later start must load every part at its first frame."""
+    monkeypatch.setattr(backend, "render_parts", lambda device: ((0, 1), (1, 7)))
     use_caches(tmp_path, monkeypatch)
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
@@ -251,7 +251,7 @@ def test_a_part_compiled_after_uncompiled_stages_takes_what_the_compiled_parts_h
     then take what the compiled parts before it hand on (on an H200 every part failed so: its input
     came in another layout). The GPU forms, compiled here on the CPU, in this process."""
     monkeypatch.setattr(backend, "COMPILED_FORMS", backend.GPU_FORMS)
-    monkeypatch.setattr(backend, "RENDER_PARTS", {"cpu": ((0, 1), (1, 7))})
+    monkeypatch.setattr(backend, "render_parts", lambda device: ((0, 1), (1, 7)))
     use_caches(tmp_path, monkeypatch)
     config = replace(CONFIG, compile_in_background=False, cache_dir=tmp_path / "engine")
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1

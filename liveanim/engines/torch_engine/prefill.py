@@ -5,7 +5,7 @@ on a fresh machine and holds Python's lock for most of it: on a thread of the li
 dropped the live loop to 3-20 FPS for ~4 minutes on an H200. A child process compiles the same
 graph instead and saves it in the engine cache (saved_graphs.py); the engine's compiler thread
 waits for it without holding the lock, then loads it (1-4 s per graph on an H200). The children
-of a start's graphs (on CUDA the renderer's parts each have their own: `backend.RENDER_PARTS`) run
+of a start's graphs (the renderer's parts each their own, where it is compiled in parts) run
 at once, as many as the machine holds, each with its share of the CPU's cores and at a lower
 priority than the live process.
 
@@ -59,7 +59,7 @@ IN_CHILD = True
 # A child still compiling after this long is ended, and the graph compiled in-process.
 TIMEOUT_S = 20 * 60.0
 TAIL_LINES = 6  # of the child's output, in the warning when it fails
-MAX_CHILDREN = 8  # children at once (`child_slots`): a live start's graphs on CUDA (backend.RENDER_PARTS)
+MAX_CHILDREN = 8  # children at once (`child_slots`): a live start's graphs, the renderer's parts each (backend.render_parts)
 CORES_PER_CHILD = 2
 CHILD_NICENESS = 10
 # A child's GPU memory: its model (folded: about twice the weights) and this much for the rest;
@@ -83,7 +83,7 @@ class PrefillJob:
     triton_conv: backend.TRITON_CONV when the engine was made: it picks the kernel forms.
     cache_dir:   the engine's cache folder, where the graph is saved; None: the user's cache.
     part:        the renderer's part to compile, as decoder stages (first, stop)
-                 (`backend.RENDER_PARTS`); None for the motion encoder.
+                 (`backend.render_parts`); None for the motion encoder.
     threads, matmul_precision: this process's settings, taken when the job is made, that the
                  compiled code depends on: torch.get_num_threads() (the CPU's C++ kernels are
                  made for it) and torch.backends.cuda.matmul.fp32_precision (None before PyTorch 2.9).
