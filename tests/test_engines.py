@@ -1001,6 +1001,17 @@ def test_build_engines_by_default_prepares_what_auto_picks(caplog, no_nvidia_dri
     assert "ready: torch on cpu (fp32)" in caplog.text and "pip install" not in caplog.text
 
 
+def test_build_engines_prepares_an_onnx_runtime_engine(tmp_path, caplog):
+    """README's `build-engines` for an engine that compiles nothing in the background: exported,
+    built and ready (it waits for background work only where an engine does some)."""
+    from liveanim.app.cli import main
+
+    with caplog.at_level(logging.INFO):
+        assert main(["build-engines", "--engine", "onnxruntime", "--device", "cpu", "--seeded", "0.125",
+                     "--cache-dir", str(tmp_path)]) == 0
+    assert "ready: onnxruntime" in caplog.text
+
+
 def test_build_engines_fails_saying_so_when_a_graph_cannot_be_compiled(tmp_path, monkeypatch, caplog):
     """`build-engines` compiles the torch engine's graphs as a live start does, in the background:
     one that cannot be compiled must fail the command, saying so, not leave a slow engine behind

@@ -151,6 +151,11 @@ class Engine(ABC):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def wait_until_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until the background work that `optimizing` reports has ended; False on timeout.
+        Engines that do none return at once."""
+        return True
+
     def optimizing(self) -> OptimizingProgress | None:
         """The background work that makes this engine faster, while frames are served the slower
         way; None where the engine does none. Cheap: callers poll it once per frame."""
