@@ -415,6 +415,7 @@ def test_child_slots_follow_the_cores_the_memory_and_the_gpu_memory(monkeypatch)
     assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 2
     monkeypatch.setattr(prefill, "available_memory", lambda: None)  # not Linux: the cores decide
     assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 4
+    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32", graphs=2) == 2, "one slot per graph a start compiles"
     for free, slots in ((80 * gib, 4), (16 * gib, 3), (9 * gib, 1)):  # a full-width fp16 child needs ~4.4 GiB
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 96 * gib))
         assert prefill.child_slots(torch.device("cuda"), 2.0, "fp16") == slots

@@ -135,7 +135,8 @@ class TorchEngine(Engine):
             import_loader()
             if config.compile_in_background:
                 self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
-                                                    child_slots(device, self.model.width, self.precision))
+                                                    child_slots(device, self.model.width, self.precision,
+                                                                graphs=1 + len(render_parts(device))))
         if device.type == "cpu" and self.dtype == torch.float32 and cpu_runs_bf16():
             log.info("this CPU multiplies bf16 in hardware: precision bf16 takes about half the time per frame "
                      "(PSNR 41-47 dB against fp32 on seeded weights; docs/performance.md)")

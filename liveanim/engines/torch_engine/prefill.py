@@ -183,12 +183,13 @@ class ChildCompiler:
             return process
 
 
-def child_slots(device: torch.device, width: float, precision: str) -> int:
+def child_slots(device: torch.device, width: float, precision: str, graphs: int = MAX_CHILDREN) -> int:
     """How many children may compile at once here: two CPU cores each (Inductor's code generation
     is one thread per child; Triton's compiles share the rest), as many as the free memory and the
     GPU's free memory hold next to this process, and one per graph a start compiles at most
-    (`MAX_CHILDREN`)."""
-    slots = min(MAX_CHILDREN, max(1, (os.cpu_count() or 1) // CORES_PER_CHILD))
+    (`graphs`, up to `MAX_CHILDREN`): the cores are shared out among the slots, so a slot no graph
+    needs would only take compile workers from the others."""
+    slots = min(graphs, MAX_CHILDREN, max(1, (os.cpu_count() or 1) // CORES_PER_CHILD))
     available = available_memory()
     if available is not None:
         slots = min(slots, max(1, available // CHILD_MEMORY_BYTES))
