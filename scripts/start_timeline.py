@@ -20,7 +20,8 @@ HANDOFFS (1; 0: Python's lock handed over at its default interval while a graph 
 PREPARE (0: as `live` starts; 1: as the window starts, `Engine.prepare` as the engine is built),
 SETUP_S (0; seconds between the engine's preparation and the stream's start: a user setting up),
 DEVICE (cuda; cpu for a smoke test, in fp32 without CUDA graphs), PARTS ('stages': the renderer
-compiled in parts, one per decoder stage, on CUDA: backend.RENDER_IN_PARTS; default the engine's), CACHE (Inductor's and the
+compiled in parts, one per decoder stage, on CUDA; 'whole': as one graph; default the engine's,
+backend.RENDER_IN_PARTS), CACHE (Inductor's and the
 engine's caches; default a new empty folder, removed afterwards: a first start; the same folder
 twice: a later start).
 Writes $OUT/start-timeline-prefill-{on,off}.json and logs to stderr.
@@ -50,9 +51,10 @@ PREPARE = os.environ.get("PREPARE", "0") != "0"
 SETUP_S = float(os.environ.get("SETUP_S", "0"))
 HANDOFFS = os.environ.get("HANDOFFS", "1") != "0"
 DEVICE = os.environ.get("DEVICE", "cuda")
-IN_PARTS = os.environ.get("PARTS", "") == "stages"
-FRESH = not os.environ.get("CACHE")
-CACHE = Path(tempfile.mkdtemp(prefix="start-timeline-") if FRESH else os.environ["CACHE"])
+PARTS = os.environ.get("PARTS", "")
+TEMPORARY = not os.environ.get("CACHE")  # a new folder, removed afterwards
+CACHE = Path(tempfile.mkdtemp(prefix="start-timeline-") if TEMPORARY else os.environ["CACHE"])
+FRESH = not CACHE.is_dir() or not any(CACHE.iterdir())  # nothing compiled yet: a first start
 SETTLED_S = 10.0  # compiled for this long: full speed reached
 GRAPHS = 2  # compile jobs of a live start: the motion encoder and the renderer at batch 1
 # before torch is imported: every compiled artefact of this run goes to (or comes from) CACHE
@@ -84,8 +86,8 @@ def run() -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     prefill.IN_CHILD = PREFILL
-    if IN_PARTS:
-        backend.RENDER_IN_PARTS = True
+    if PARTS:
+        backend.RENDER_IN_PARTS = PARTS == "stages"
     if not HANDOFFS:
         compiler.HANDOFF_S = sys.getswitchinterval()
     cuda = DEVICE == "cuda"
@@ -180,7 +182,7 @@ def main() -> int:
     try:
         report = run()
     finally:
-        if FRESH:
+        if TEMPORARY:
             shutil.rmtree(CACHE, ignore_errors=True)
     path = OUT / f"start-timeline-prefill-{'on' if PREFILL else 'off'}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -83,11 +83,10 @@ FRAME_BY_FRAME_DEVICES = ("cpu",)
 # batches are padded or split, since each new shape would compile for minutes.
 COMPILED_BATCH = 8
 # The compiled renderer in parts, by decoder stages (first, stop), each compiled by a child process of
-# its own at once on a first start: Inductor compiles a graph on one thread. On an H200 machine the
-# 7 stages' children finished in 39 s where the whole renderer's took 120 s (same device call), but
-# the parts' loads and compiled frames were not measured on a GPU yet (that run found a layout
-# mismatch between parts, fixed since): off until they are (docs/performance.md).
-RENDER_IN_PARTS = False
+# its own at once on a first start: Inductor compiles a graph on one thread. On an H200 (seeded
+# full-width weights, fp16, one device session) a first start reached full speed at 48 s against 103 s
+# for the whole renderer's child, with compiled frames of 16.4 ms against 16.7 ms (docs/performance.md).
+RENDER_IN_PARTS = True
 STAGE_PARTS = tuple((stage, stage + 1) for stage in range(len(STAGE_NAMES)))
 WHOLE_RENDERER = ((0, len(STAGE_NAMES)),)
 
