@@ -202,7 +202,8 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
                                                                                          monkeypatch, caplog):
     """The renderer compiled in parts (`backend.render_parts`), each by a child process of its own at
     once: the first start's compiled frames must be the uncompiled ones, every part saved, and a
-    later start must load every part at its first frame."""
+    later start must load every part at its first frame. A start that finds one part missing (a
+    first start cut short) compiles that part alone."""
     monkeypatch.setattr(backend, "render_parts", lambda device: ((0, 1), (1, 7)))
     use_caches(tmp_path, monkeypatch)
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -236,10 +237,24 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
             assert later.wait_until_compiled(0), "a later start's first frame runs compiled"
         finally:
             later.close()
-    loaded = [message for message in _messages(caplog.records) if message.startswith("loaded the compiled renderer")]
-    assert len(loaded) == 2, loaded
+        loaded = [message for message in _messages(caplog.records)
+                  if message.startswith("loaded the compiled renderer")]
+        assert len(loaded) == 2, loaded
+        for path in (tmp_path / "engine" / GRAPHS_DIR).glob("renderer-stage-0-*"):
+            path.unlink()
+        caplog.clear()
+        mended = _engine(tiny_model, tmp_path)
+        try:
+            frames(mended, 2)
+            assert mended.wait_until_compiled(timeout=TIMEOUT_S)
+            assert mended.optimizing().failed == 0
+            after_mending, = frames(mended, 1)
+        finally:
+            mended.close()
+    children = [message for message in _messages(caplog.records) if message.startswith("compiling renderer")]
+    assert len(children) == 1 and "(stage 0)" in children[0], children
     assert not _messages(caplog.records, logging.WARNING)
-    for actual in (compiled, first_frame):
+    for actual in (compiled, first_frame, after_mending):
         error = errors(actual, interim, is_code=False)
         assert within(error, TOLERANCES["fp32"], False), error
 

@@ -171,8 +171,15 @@ class TorchEngine(Engine):
             return BatchBuckets(uncompiled, 1) if self.device.type in FRAME_BY_FRAME_DEVICES else uncompiled
         compiled = replay(called(saved))
         if self._compiler is not None:
-            children = tuple(PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
-                                        str(self._cache), part=part) for part in parts)
+            jobs = [PrefillJob(name, (), self.model.width, self.precision, str(self.device), TRITON_CONV,
+                               str(self._cache), part=part) for part in parts]
+            graphs = saved.graphs if isinstance(saved, RenderChain) else (saved,)
+
+            def children(x: torch.Tensor) -> list[PrefillJob]:
+                """A child per part not loaded yet: a first start cut short may have saved some."""
+                return [replace(job, shape=tuple(x.shape)) for job, graph in zip(jobs, graphs, strict=True)
+                        if not graph.ready(x)]
+
             return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, children,
                                                   lambda x: saved.load(x, *held())), COMPILED_BATCH)
         return BatchBuckets(compiled, COMPILED_BATCH)
@@ -289,17 +296,17 @@ class RenderChain:
 
     def __init__(self, parts: list[RenderPart], graphs: list[SavedGraph]):
         self._parts = parts
-        self._graphs = graphs
+        self.graphs = tuple(graphs)
 
     def __call__(self, z_target: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
         carry: tuple[torch.Tensor, ...] = ()
-        for part, graph in zip(self._parts, self._graphs, strict=True):
+        for part, graph in zip(self._parts, self.graphs, strict=True):
             carry = graph(z_target, *carry, *maps[part.first:part.stop])
         return carry
 
     def load(self, z_target: torch.Tensor, *maps: torch.Tensor) -> bool:
         """Load every part's saved graph that there is (`SavedGraph.load`); whether all are ready."""
-        return all([graph.load(z_target) for graph in self._graphs])  # a list: every part tried
+        return all([graph.load(z_target) for graph in self.graphs])  # a list: every part tried
 
 
 def _part_name(part: RenderPart) -> str:

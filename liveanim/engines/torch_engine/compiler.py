@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
@@ -213,10 +212,11 @@ class CompiledWhenReady:
     """
 
     def __init__(self, name: str, compiled: GraphFn, interim: GraphFn, compiler: BackgroundCompiler,
-                 children: Sequence[PrefillJob] = (), load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
+                 children: Callable[[torch.Tensor], Sequence[PrefillJob]] = lambda x: (),
+                 load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
         """name:       the graph, for the compiler's job labels (e.g. 'renderer').
-        children:   what child processes need to compile this graph (one per part) first, less the
-                    input shape (filled in per shape); none: compiled in this process only.
+        children:   the child processes that compile this graph for inputs like the one given
+                    first, one per part not loaded yet; none: compiled in this process only.
         load_saved: loads the saved compiled graph for an input like this one, if there is a
                     usable one, and says whether it did (never compiles)."""
         self._name = name
@@ -245,8 +245,7 @@ class CompiledWhenReady:
         if calls == 2:
             example = tuple(a.clone() for a in args)
             _finish_gpu_work(example)  # the compiler thread reads the copies on another stream
-            children = [replace(child, shape=tuple(args[0].shape)) for child in self._children]
-            self._compiler.submit(label, lambda: self._prepare(key, example), children)
+            self._compiler.submit(label, lambda: self._prepare(key, example), self._children(args[0]))
         return self._interim(*args)
 
     def _loaded(self, key: ShapeKey, args: tuple[torch.Tensor, ...]) -> torch.Tensor | None:

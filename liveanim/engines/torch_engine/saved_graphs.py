@@ -162,6 +162,10 @@ class SavedGraph:
             self._lock.release()
         return True
 
+    def ready(self, first_input: torch.Tensor) -> bool:
+        """Whether the graph for inputs like these is loaded or compiled in this process."""
+        return shape_key((first_input,)) in self._graphs
+
     def _prepare(self, inputs: tuple[torch.Tensor, ...]) -> _BoundGraph:
         path = self._store.path(self._name, inputs[0])
         return self._load(path) or self._compile(path, inputs)
