@@ -240,6 +240,7 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
         loaded = [message for message in _messages(caplog.records)
                   if message.startswith("loaded the compiled renderer")]
         assert len(loaded) == 2, loaded
+        assert not _messages(caplog.records, logging.WARNING)
         for path in (tmp_path / "engine" / GRAPHS_DIR).glob("renderer-stage-0-*"):
             path.unlink()
         caplog.clear()
