@@ -150,9 +150,9 @@ class SavedGraph:
         compile, nor a wait for one under way on another thread); whether the graph for them is
         ready now. A graph is kept by its first input, which for a module decides the others'
         shapes (the renderer's parts: the latent's batch)."""
-        key = shape_key(inputs[:1])
         if not self._lock.acquire(blocking=False):
-            return key in self._graphs
+            return self.ready(inputs[0])
+        key = shape_key(inputs[:1])
         try:
             graph = self._graphs.get(key) or self._load(self._store.path(self._name, inputs[0]))
             if graph is None:
