@@ -205,8 +205,11 @@ class SavedGraph:
                           if spec.kind not in (*_WEIGHTS, InputKind.USER_INPUT)]
             if unexpected:
                 raise TypeError(f"the {self._name} has inputs that are neither weights nor arguments: {unexpected}")
-            names = [spec.target if spec.kind in _WEIGHTS else None for spec in exported.graph_signature.input_specs]
+            names = prune_unread_weights(exported)
             weights = self._weights(names)
+            unset = [name for name, weight in zip(names, weights) if weight is not None and weight.is_meta]
+            if unset:
+                raise ValueError(f"the {self._name} reads weights that have no values: {unset[:3]}")
             flat = _BoundGraph.arguments(weights, example)
             with torch._inductor.config.patch(INDUCTOR_SETTINGS):
                 compiled = torch._inductor.standalone_compile(exported.graph_module, flat,
@@ -252,6 +255,23 @@ class _BoundGraph:
         """The module's output: a tensor, or a tuple where the module returns several."""
         outputs = self._compiled(*self.arguments(self._weights, inputs))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def prune_unread_weights(exported: torch.export.ExportedProgram) -> list[str | None]:
+    """The names of the weights that the exported graph reads, in the order of its inputs (None for
+    the call's own inputs), after removing the inputs of the weights it does not read (in place).
+    Export makes every weight of the module an input: a part of the renderer would take all ~800
+    of the model's, and a child process that compiles it would need them all in memory."""
+    graph = exported.graph_module.graph
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+    names = []
+    for spec, node in zip(exported.graph_signature.input_specs, placeholders, strict=True):
+        if spec.kind in _WEIGHTS and not node.users:
+            graph.erase_node(node)
+        else:
+            names.append(spec.target if spec.kind in _WEIGHTS else None)
+    exported.graph_module.recompile()
+    return names
 
 
 def _names_path(path: Path) -> Path:
