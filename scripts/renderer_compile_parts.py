@@ -9,7 +9,8 @@ A part "a-b" is the engine's `RenderPart` of the decoder's stages a..b-1 (0: 8x8
 the latent and the state that stage a takes, with the styles of its own layers; "0-7" is the whole
 renderer.
 The model is the engine's: full width (WIDTH, 2.0), fp16, the GPU forms, channels-last, folded,
-placeholder weights on the GPU (the compiled code does not depend on the values). Each child
+with placeholder weights on the GPU for the part's modules only, as a child of the engine makes it
+(placeholder.py; the compiled code does not depend on the values). Each child
 reports its export and compile times, the exported graph's size, and the compiled part's time per
 call (median of REPEATS calls, synchronized, launches included; the parts one after the other once
 every compile has ended).
@@ -85,36 +86,28 @@ def _sync(device) -> None:
 def child(part: str) -> None:
     import torch
 
-    from liveanim.contract import FEATURE_NAMES
-    from liveanim.engines.base import EngineConfig
     from liveanim.engines.torch_engine import backend, prefill, saved_graphs
+    from liveanim.engines.torch_engine.placeholder import PlaceholderEngine
 
     first, last = (int(n) for n in part.split("-"))
     device = torch.device(DEVICE)
-    dtype = torch.float16 if DEVICE == "cuda" else torch.float32
     precision = "fp16" if DEVICE == "cuda" else "fp32"
-    job = prefill.PrefillJob(prefill.RENDER_GRAPH, (1, int(512 * WIDTH)), WIDTH, precision, DEVICE, False)
-    config = EngineConfig(backend="torch", device=DEVICE, precision=precision, width=WIDTH, compile=False,
-                          cuda_graphs=False)
-    engine = backend.TorchEngine(config, device, prefill._placeholder_model(job, device))
-    with torch.inference_mode():
-        source = engine.encode_source({"image": torch.zeros(1, 3, 512, 512)})
-    feats = [source[name].to(device, dtype).contiguous() for name in FEATURE_NAMES]  # as `SourceMaps` holds them
-    z = torch.zeros(1, int(512 * WIDTH), device=device, dtype=dtype)
-    with torch.no_grad():
-        carried = backend.RenderPart(engine.model, 0, first)(z, *feats[:first]) if first > 0 else ()
-
-    inputs = (z, *carried, *feats[first:last])
+    job = prefill.PrefillJob(prefill.RENDER_GRAPH, (1, int(512 * WIDTH)), WIDTH, precision, DEVICE, False,
+                             part=(first, last))
+    engine = PlaceholderEngine(job)  # the weights that the part reads, and its inputs, as a child makes them
+    given = engine.part_inputs
+    feats = [feat.contiguous() for feat in given.maps]  # as `SourceMaps` holds them
+    inputs = (given.z_target, *given.carry, *feats[first:last])
     timings = {}
     t0 = time.perf_counter()
     with torch.no_grad():
         exported = torch.export.export(backend.RenderPart(engine.model, first, last), inputs, strict=False)
         timings["export_s"] = round(time.perf_counter() - t0, 1)
         timings["graph_nodes"] = len(exported.graph_module.graph.nodes)
-        tensors = {**dict(exported.named_parameters()), **dict(exported.named_buffers()), **exported.constants}
-        given = iter(inputs)
-        flat = [tensors[spec.target] if spec.target in tensors else next(given)
-                for spec in exported.graph_signature.input_specs]
+        tensors = {**dict(exported.named_parameters()), **dict(exported.named_buffers())}
+        arguments = iter(inputs)
+        flat = [tensors[name] if name is not None else next(arguments)
+                for name in saved_graphs.prune_unread_weights(exported)]
         t1 = time.perf_counter()
         with torch._inductor.config.patch(saved_graphs.INDUCTOR_SETTINGS):
             compiled = torch._inductor.standalone_compile(exported.graph_module, flat,

@@ -11,6 +11,7 @@ graph from placeholder weights: other values, the same graph.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine import backend, prefill
 from liveanim.engines.torch_engine.backend import TorchEngine
 from liveanim.engines.torch_engine.compiler import HANDOFF_S, BackgroundCompiler
+from liveanim.engines.torch_engine.placeholder import PlaceholderEngine
 from liveanim.engines.torch_engine.prefill import PrefillJob
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR
 from liveanim.export.verify import TOLERANCES, errors, within
@@ -260,31 +262,66 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
         assert within(error, TOLERANCES["fp32"], False), error
 
 
-def test_a_part_compiled_after_uncompiled_stages_takes_what_the_compiled_parts_hand_on(tiny_model, tmp_path,
-                                                                                      monkeypatch):
-    """A child compiles its part of the renderer after the stages before it, run uncompiled: in the
-    GPU forms, whose uncompiled calls lay maps out otherwise than the compiled graphs. The part must
-    then take what the compiled parts before it hand on (on an H200 every part failed so: its input
-    came in another layout). The GPU forms, compiled here on the CPU, in this process."""
+def test_parts_compiled_from_placeholder_inputs_take_what_the_live_engine_hands_them(tiny_model, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """A child compiles its part of the renderer from placeholder weights and inputs made on the meta
+    device (placeholder.py), never running the stages before it. The live engine must then load each
+    part and render as uncompiled: in the GPU forms, whose uncompiled calls lay maps out otherwise
+    than the compiled graphs (on an H200 every part once failed so: its input came in another
+    layout). Each part's graph must take only the weights it reads. The children's work, compiled
+    here on the CPU, in this process."""
     monkeypatch.setattr(backend, "COMPILED_FORMS", backend.GPU_FORMS)
+    monkeypatch.setattr(backend, "TRITON_CONV", False)  # compile_graph sets it from the job
     monkeypatch.setattr(backend, "render_parts", lambda device: ((0, 1), (1, 7)))
     use_caches(tmp_path, monkeypatch)
     config = replace(CONFIG, compile_in_background=False, cache_dir=tmp_path / "engine")
+    latent = (1, tiny_model.latent_dim)
+    for part in ((1, 7), (0, 1)):
+        prefill.compile_graph(PrefillJob(prefill.RENDER_GRAPH, latent, tiny_model.width, "fp32", "cpu", False,
+                                         str(tmp_path / "engine"), part=part))
+    graphs = tmp_path / "engine" / GRAPHS_DIR
+    read = {path.name.rsplit("-", 1)[0]: json.loads(path.read_text()) for path in graphs.glob("renderer-*.inputs.json")}
+    modules = {graph: {name.removeprefix("model.dec.").split(".")[0] for name in names if name is not None}
+               for graph, names in read.items()}
+    assert modules == {"renderer-stage-0": {"bank", "input", "conv1", *_stage_modules("_512")},
+                       "renderer-stages-1-6": {"bank", *(module for name in "234567" for module in _stage_modules(name))}}
+
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    engines = [TorchEngine(config, torch.device("cpu"), model=copy.deepcopy(tiny_model)) for _ in range(2)]
+    live = TorchEngine(config, torch.device("cpu"), model=copy.deepcopy(tiny_model))
     uncompiled = TorchEngine(replace(config, compile=False), torch.device("cpu"), model=copy.deepcopy(tiny_model))
     images = []
-    for engine in (*engines, uncompiled):
-        source = engine.encode_source({"image": image})
-        maps = tuple(source[name] for name in FEATURE_NAMES)
-        if engine is engines[0]:  # what the children do: each part after its uncompiled stages
-            for part in ((1, 7), (0, 1)):
-                engine.compile_render_part(part, source["z"], maps)
-        images.append(engine.render({"z_target": source["z"], **dict(zip(FEATURE_NAMES, maps))})["image"])
-    assert len(list((tmp_path / "engine" / GRAPHS_DIR).glob("renderer-*.pt2"))) == 2
-    for compiled in images[:2]:
-        error = errors(compiled, images[2], is_code=False)
-        assert within(error, TOLERANCES["fp32"], False), error
+    with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+        for engine in (live, uncompiled):
+            source = engine.encode_source({"image": image})
+            images.append(engine.render(source | {"z_target": source["z"]})["image"])
+    assert len([message for message in _messages(caplog.records) if message.startswith("loaded the compiled")]) == 2
+    assert not any(message.startswith("compiling") for message in _messages(caplog.records))
+    error = errors(images[0], images[1], is_code=False)
+    assert within(error, TOLERANCES["fp32"], False), error
+
+
+def _stage_modules(name: str) -> set[str]:
+    """The decoder's modules of the stage of checkpoint prefix `name` (decoder.STAGE_NAMES)."""
+    return {f"conv{name}_1", f"conv{name}_2", f"conv{name}_2_rgb", f"rgb{name}", f"flow{name}"} | (
+        set() if name == "_512" else {f"conv{name}_2_up"})
+
+
+def test_a_child_holds_only_the_weights_its_graph_reads():
+    """At the released model's width a child gives memory to a fraction of the model: the weights
+    of its graph, and no more than `weight_bytes` says (what `child_slots` counts per child)."""
+    for graph, part, share in ((prefill.MOTION_GRAPH, None, 0.12), (prefill.RENDER_GRAPH, (1, 2), 0.28),
+                               (prefill.RENDER_GRAPH, (6, 7), 0.10)):
+        shape = (1, 3, 512, 512) if part is None else (1, 1024)
+        engine = PlaceholderEngine(PrefillJob(graph, shape, 2.0, "fp32", "cpu", False, None, part=part))
+        try:
+            tensors = list(itertools.chain(engine.model.parameters(), engine.model.buffers()))
+            held = sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
+            whole = sum(t.numel() * t.element_size() for t in tensors)
+            module = backend.MotionGraph(engine.model) if part is None else backend.RenderPart(engine.model, *part)
+            assert held <= share * whole, (graph, part, held / whole)
+            assert backend.weight_bytes(module) <= held < backend.weight_bytes(module) + 1e6, (graph, part)
+        finally:
+            engine.close()
 
 
 def test_closing_the_engine_ends_the_child(tiny_model, tmp_path, monkeypatch, caplog):
@@ -418,23 +455,26 @@ def _session_members(session: int) -> list[int]:
 
 def test_child_slots_follow_the_cores_the_memory_and_the_gpu_memory(monkeypatch):
     """Two cores and 3 GiB of memory per child, and no more children than the GPU's free memory
-    holds next to the live process: on a small machine the graphs are compiled one after the other."""
+    holds next to the live process, each with the largest graph's weights: on a small machine the
+    graphs are compiled one after the other."""
     gib = 2**30
     monkeypatch.setattr(prefill, "available_memory", lambda: 64 * gib)
     monkeypatch.setattr(prefill.os, "cpu_count", lambda: 2)
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 1
+    assert prefill.child_slots(torch.device("cpu"), gib) == 1
     monkeypatch.setattr(prefill.os, "cpu_count", lambda: 32)
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == prefill.MAX_CHILDREN == 8
+    assert prefill.child_slots(torch.device("cpu"), gib) == prefill.MAX_CHILDREN == 8
     monkeypatch.setattr(prefill.os, "cpu_count", lambda: 8)
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 4
+    assert prefill.child_slots(torch.device("cpu"), gib) == 4
     monkeypatch.setattr(prefill, "available_memory", lambda: 7 * gib)
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 2
+    assert prefill.child_slots(torch.device("cpu"), gib) == 2
     monkeypatch.setattr(prefill, "available_memory", lambda: None)  # not Linux: the cores decide
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32") == 4
-    assert prefill.child_slots(torch.device("cpu"), 2.0, "fp32", graphs=2) == 2, "one slot per graph a start compiles"
-    for free, slots in ((80 * gib, 4), (16 * gib, 3), (9 * gib, 1)):  # a full-width fp16 child needs ~4.4 GiB
+    assert prefill.child_slots(torch.device("cpu"), gib) == 4
+    assert prefill.child_slots(torch.device("cpu"), gib, graphs=2) == 2, "one slot per graph a start compiles"
+    # a child with 0.5 GiB of weights needs 2.25 GiB; with the whole released model (2 GiB folded), 3.75 GiB
+    for free, weights, slots in ((80 * gib, gib // 2, 4), (9 * gib, gib // 2, 3), (12 * gib, 2 * gib, 2),
+                                 (3 * gib, gib // 2, 1)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 96 * gib))
-        assert prefill.child_slots(torch.device("cuda"), 2.0, "fp16") == slots
+        assert prefill.child_slots(torch.device("cuda"), weights) == slots, (free, weights)
 
 
 def test_this_machine_s_available_memory_is_read():

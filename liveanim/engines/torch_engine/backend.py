@@ -30,6 +30,7 @@ The renderer reads the source maps from `SourceMaps`, converted once per source,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import replace
@@ -109,16 +110,11 @@ class TorchEngine(Engine):
         self.compiled = compile_decision(config.compile, device)
         if self.graphs and device.type != "cuda":
             raise BackendUnavailable(f"CUDA graphs need an NVIDIA GPU, not {device}; leave them off.")
-        model = model if model is not None else load_model(config)
-        try:
-            self.model = model.to(device=device, dtype=self.dtype)
-        except torch.cuda.OutOfMemoryError:
-            raise out_of_memory(device, "loading the model") from None
-        self._directions = self.model.directions().float()
         on_gpu = device.type == "cuda"  # the GPU forms run uncompiled too (`KernelForms.eager_forms`)
         forms = gpu_forms(self.dtype) if on_gpu else COMPILED_FORMS if self.compiled else UNCOMPILED_FORMS
         channels_last = device.type in CHANNELS_LAST_DEVICES
-        fold_for_inference(self.model, forms, channels_last=channels_last)
+        self.model = self._take_over(model if model is not None else load_model(config), forms, channels_last)
+        self._directions = self.model.directions().float()
         # one layout for every caller: one compiled graph (found in the cache)
         self._image_layout = torch.channels_last if self.compiled or channels_last else torch.preserve_format
         if self.compiled and on_gpu:
@@ -126,6 +122,8 @@ class TorchEngine(Engine):
                      "(minutes) and saved in the engine cache; later starts load them in seconds",
                      "in the background, running uncompiled (slower) meanwhile," if config.compile_in_background
                      else "at their first frame")
+        motion = MotionGraph(self.model)
+        parts = [RenderPart(self.model, first, stop) for first, stop in render_parts(device)]
         self._cache = self._store = self._compiler = None
         if self.compiled:
             self._cache = cache_root(config.cache_dir)
@@ -133,21 +131,28 @@ class TorchEngine(Engine):
             self._store = GraphStore(self._cache / GRAPHS_DIR, key)
             import_loader()
             if config.compile_in_background:
+                largest = max(weight_bytes(graph) for graph in (motion, *parts))
                 self._compiler = BackgroundCompiler(device, CompileTimes(self._cache, key),
-                                                    child_slots(device, self.model.width, self.precision,
-                                                                graphs=1 + len(render_parts(device))))
+                                                    child_slots(device, largest, graphs=1 + len(parts)))
         if device.type == "cpu" and self.dtype == torch.float32 and cpu_runs_bf16():
             log.info("this CPU multiplies bf16 in hardware: precision bf16 takes about half the time per frame "
                      "(PSNR 41-47 dB against fp32 on seeded weights; docs/performance.md)")
         self._source = SourceMaps(device, self.dtype)
         self._render_lock = threading.Lock()  # one source in the maps per call
         self._modules_lock = threading.Lock()  # no module called while a graph is exported (SavedGraph)
-        motion = MotionGraph(self.model)
         self._motion = self._accelerated(MOTION_GRAPH, motion, self._saved(MOTION_GRAPH, motion))
-        parts = [RenderPart(self.model, first, stop) for first, stop in render_parts(device)]
         chain = RenderChain(parts, [self._saved(_part_name(part), part) for part in parts]) if self.compiled else None
         self._decode = self._accelerated(RENDER_GRAPH, RenderPart(self.model), chain,
                                          lambda: self._source.maps, [(part.first, part.stop) for part in parts])
+
+    def _take_over(self, model: LIAX, forms: KernelForms, channels_last: bool) -> LIAX:
+        """`model` on the engine's device in its dtype, folded for inference in `forms` (in place)."""
+        try:
+            model = model.to(device=self.device, dtype=self.dtype)
+        except torch.cuda.OutOfMemoryError:
+            raise out_of_memory(self.device, "loading the model") from None
+        fold_for_inference(model, forms, channels_last=channels_last)
+        return model
 
     def _saved(self, name: str, module: torch.nn.Module) -> SavedGraph | None:
         """`module`'s saved graph, where the engine compiles."""
@@ -184,20 +189,20 @@ class TorchEngine(Engine):
                                                   lambda x: saved.load(x, *held())), COMPILED_BATCH)
         return BatchBuckets(compiled, COMPILED_BATCH)
 
-    def compile_render_part(self, stages: tuple[int, int], z_target: torch.Tensor, maps: tuple[torch.Tensor, ...]) -> None:
-        """Compile (or load) the renderer's part of decoder stages `stages` for inputs like these,
-        after the stages before it, uncompiled: what a child process does (prefill.py), whatever
-        parts this engine's own renderer has."""
+    def compile_render_part(self, stages: tuple[int, int], z_target: torch.Tensor, carry: tuple[torch.Tensor, ...],
+                            maps: tuple[torch.Tensor, ...]) -> None:
+        """Compile (or load) the renderer's part of decoder stages `stages` for inputs like these:
+        the latent, what the part before it hands on (`RenderPart`; none for the first part) and
+        the source's maps. What a child process does (placeholder.py), whatever parts this engine's
+        own renderer has."""
         if not self.compiled:
             raise BackendUnavailable("this engine does not compile its graphs")
         first, stop = stages
         part = RenderPart(self.model, first, stop)
-        z_target = z_target.to(self.device, self.dtype)
         with torch.inference_mode(), self._render_lock:
             self._source.hold(list(maps))  # the maps in the layout the renderer is called with
-            maps = self._source.maps
-            carry = RenderPart(self.model, 0, first)(z_target, *maps[:first]) if first > 0 else ()
-            self._saved(_part_name(part), part)(z_target, *carry, *maps[first:stop])
+            self._saved(_part_name(part), part)(z_target.to(self.device, self.dtype), *carry,
+                                                *self._source.maps[first:stop])
 
     @property
     def directions(self) -> torch.Tensor:
@@ -260,6 +265,10 @@ class MotionGraph(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model.encode_motion(image)
 
+    def reads(self) -> list[torch.nn.Module]:
+        """The modules whose weights the graph reads."""
+        return [self.model.enc]
+
 
 class RenderPart(torch.nn.Module):
     """Decoder stages `first`..`stop`-1 with the source's maps of those stages as inputs
@@ -284,10 +293,25 @@ class RenderPart(torch.nn.Module):
             carry = decoder.run_stage(index, carry, styles, feat)
         if self.stop == len(STAGE_NAMES):
             return carry.rgb
-        # one layout for what a part hands on, however it was computed: a part compiled after the
-        # stages before it ran uncompiled (in a child, in other forms) is called with the compiled
-        # parts' outputs, and a compiled graph takes its inputs' layout only
+        # one layout for what a part hands on, however it was computed: a child compiles its part
+        # for inputs laid out by an uncompiled run of the stages before it (placeholder.py: other
+        # forms), the part is then called with the compiled parts' outputs, and a compiled graph
+        # takes its inputs' layout only
         return tuple(t.contiguous(memory_format=torch.channels_last) for t in carry)
+
+    def reads(self) -> list[torch.nn.Module]:
+        """The modules whose weights the part reads: the styles' (batched in the bank once folded,
+        else in each stage's convs), the start's in the first part, and its stages'."""
+        decoder = self.model.dec
+        start = [decoder.input, decoder.conv1] if self.first == 0 else []
+        stages = [module for index in range(self.first, self.stop) for module in decoder.stage(index)]
+        return [module for module in (decoder.bank, *start, *stages) if module is not None]
+
+
+def weight_bytes(graph: MotionGraph | RenderPart) -> int:
+    """The memory of the weights that `graph` reads (a child process that compiles it holds these)."""
+    return sum(t.numel() * t.element_size() for module in graph.reads()
+               for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 class RenderChain:

@@ -10,11 +10,10 @@ at once, as many as the machine holds, each with its share of the CPU's cores an
 priority than the live process.
 
 The child builds the graph through the engine itself (a `TorchEngine` of the same width,
-precision, device, kernel forms and cache folder, called with inputs of the job's shape), from
-placeholder weights: a saved graph takes the weights as inputs, so it serves any weights of the
-same shapes (tests/test_prefill.py checks it). The child never reads the checkpoint. The job
-carries the process-wide settings that the compiled code depends on and a process of ours may
-change (CPU threads, the fp32 matmul precision: one test helper leaves it changed); the others
+precision, device, kernel forms and cache folder, called with inputs of the job's shape), with
+placeholder weights, only those that its graph reads (placeholder.py). The job carries the
+process-wide settings that the compiled code depends on and a process of ours may change (CPU
+threads, the fp32 matmul precision: one test helper leaves it changed); the others
 (deterministic algorithms, default dtype) stay PyTorch's defaults in both.
 
     python -m liveanim.engines.torch_engine.prefill '<PrefillJob as JSON>'
@@ -27,7 +26,6 @@ closes: its parent ended, however it ended.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -44,8 +42,6 @@ from typing import IO
 
 import torch
 
-from liveanim.engines.devices import resolve_dtype
-from liveanim.model import LIAX
 from liveanim.model.decoder import STAGE_NAMES
 
 log = logging.getLogger(__name__)
@@ -62,12 +58,13 @@ TAIL_LINES = 6  # of the child's output, in the warning when it fails
 MAX_CHILDREN = 8  # children at once (`child_slots`): a live start's graphs, the renderer's parts each (backend.render_parts)
 CORES_PER_CHILD = 2
 CHILD_NICENESS = 10
-# A child's GPU memory: its model (folded: about twice the weights) and this much for the rest;
-# the live process keeps this much free besides.
-CHILD_WORKSPACE_BYTES = 1 << 30
+# A child's GPU memory: the weights its graph reads and this much for the rest (CUDA's context, the
+# graph's inputs and activations, Inductor's benchmarks). On an H200, children that each held the
+# whole model (2.15 GB folded, full width, fp16) took 3.8 GB each: 11.9 GB in use with 2 of them,
+# 34.8 GB with 8. The live process keeps GPU_HEADROOM_BYTES free besides.
+CHILD_WORKSPACE_BYTES = 7 << 28
 GPU_HEADROOM_BYTES = 2 << 30
 CHILD_MEMORY_BYTES = 3 << 30  # a child's own memory: PyTorch, Inductor and its compile workers
-FULL_WIDTH, FULL_WIDTH_PARAMETERS = 2.0, 0.91e9  # the released model
 _STOP_WAIT_S = 5.0  # for a stopped child to end before it is killed
 
 
@@ -183,20 +180,20 @@ class ChildCompiler:
             return process
 
 
-def child_slots(device: torch.device, width: float, precision: str, graphs: int = MAX_CHILDREN) -> int:
+def child_slots(device: torch.device, weight_bytes: int, graphs: int = MAX_CHILDREN) -> int:
     """How many children may compile at once here: two CPU cores each (Inductor's code generation
     is one thread per child; Triton's compiles share the rest), as many as the free memory and the
-    GPU's free memory hold next to this process, and one per graph a start compiles at most
-    (`graphs`, up to `MAX_CHILDREN`): the cores are shared out among the slots, so a slot no graph
-    needs would only take compile workers from the others."""
+    GPU's free memory hold next to this process (a child holds at most `weight_bytes` of weights,
+    the largest graph's), and one per graph a start compiles at most (`graphs`, up to
+    `MAX_CHILDREN`): the cores are shared out among the slots, so a slot no graph needs would only
+    take compile workers from the others."""
     slots = min(graphs, MAX_CHILDREN, max(1, (os.cpu_count() or 1) // CORES_PER_CHILD))
     available = available_memory()
     if available is not None:
         slots = min(slots, max(1, available // CHILD_MEMORY_BYTES))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        parameters = FULL_WIDTH_PARAMETERS * (width / FULL_WIDTH) ** 2
-        needs = parameters * resolve_dtype(precision, device).itemsize * 2 + CHILD_WORKSPACE_BYTES
+        needs = weight_bytes + CHILD_WORKSPACE_BYTES
         slots = min(slots, max(1, int((free - GPU_HEADROOM_BYTES) // needs)))
     return slots
 
@@ -263,47 +260,19 @@ def _tail(output: IO[bytes]) -> str:
 
 
 def compile_graph(job: PrefillJob) -> None:
-    """Compile and save the graph `job` names the way the engine does: an engine made as the live
-    process made its own (compiled at the first call instead of in the background, without CUDA
-    graphs, which do not change the compiled code) runs it once."""
-    from liveanim.contract import FEATURE_NAMES
-    from liveanim.engines.base import EngineConfig
+    """Compile and save the graph `job` names the way the live process's engine does."""
     from liveanim.engines.torch_engine import backend
-    from liveanim.model import RESOLUTION
+    from liveanim.engines.torch_engine.placeholder import PlaceholderEngine
 
     torch.set_num_threads(job.threads)
     if job.matmul_precision is not None:
         torch.backends.cuda.matmul.fp32_precision = job.matmul_precision
     backend.TRITON_CONV = job.triton_conv
-    config = EngineConfig(backend="torch", device=job.device, precision=job.precision, width=job.width,
-                          compile=True, cuda_graphs=False,
-                          cache_dir=Path(job.cache_dir) if job.cache_dir is not None else None)
-    device = torch.device(job.device)
-    engine = backend.TorchEngine(config, device, _placeholder_model(job, device))
+    engine = PlaceholderEngine(job)
     try:
-        if job.graph == MOTION_GRAPH:
-            engine.encode_motion({"image": torch.zeros(job.shape)})
-        elif job.graph == RENDER_GRAPH and job.part is not None:
-            source = engine.encode_source({"image": torch.zeros(1, 3, RESOLUTION, RESOLUTION)})
-            engine.compile_render_part(job.part, torch.zeros(job.shape), tuple(source[name] for name in FEATURE_NAMES))
-        else:
-            raise ValueError(f"the torch engine compiles no graph {job.graph + job.part_label()!r} (the renderer's jobs "
-                             "name their part)")
+        engine.compile_job()
     finally:
         engine.close()
-
-
-def _placeholder_model(job: PrefillJob, device: torch.device) -> LIAX:
-    """A model of the job's width made straight on `device` in the engine's dtype, with random
-    values: the graph does not depend on them. Seeded weights are made on the CPU in fp32 (~10 s
-    and 3.6 GB of memory at full width), too much for each of several children."""
-    with torch.device("meta"):
-        model = LIAX(job.width)
-    model = model.to(dtype=resolve_dtype(job.precision, device)).to_empty(device=device)
-    with torch.no_grad():
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            tensor.uniform_(0.5, 1.0)  # positive: no divisions by zero
-    return model.eval().requires_grad_(False)
 
 
 def _exit_with_parent() -> None:
