@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,7 +140,7 @@ def test_the_child_compiles_and_this_process_loads_the_saved_graph(first_start, 
     seeded = load_model(replace(CONFIG, seeded=True, width=0.125))
     name, weight = next(tiny_model.named_parameters())
     assert not torch.equal(weight, seeded.get_parameter(name)), "the child's weights are others"
-    assert any(re.fullmatch(f"compiled {re.escape(MOTION_JOB)} {IN_CHILD} in \\d+ s; loading it", message)
+    assert any(re.fullmatch(f"compiled {re.escape(MOTION_JOB)} {IN_CHILD} in \\d+ s", message)
                for message in _messages(first_start.log))
     assert (first_start.cache_hits, first_start.cache_misses) == (1, 0), "loaded, not compiled, in this process"
     assert any(message.startswith("loaded the compiled motion encoder from ") for message in _messages(first_start.log))
@@ -228,7 +229,7 @@ def test_the_renderer_in_parts_is_compiled_by_a_child_per_part_and_renders_as_un
         for stages in ("stage 0", "stages 1-6"):
             assert any(re.fullmatch(f"compiling renderer \\[\\(1, \\d+\\)\\] \\({stages}\\) {IN_CHILD} \\(pid \\d+\\)",
                                     message) for message in messages), stages
-        assert any(re.fullmatch(r"compiled renderer \[\(1, \d+\)\] in 2 separate processes in \d+ s; loading it",
+        assert any(re.fullmatch(r"compiled renderer \[\(1, \d+\)\] in 2 separate processes in \d+ s",
                                 message) for message in messages)
         saved = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / "engine" / GRAPHS_DIR).glob("renderer*.pt2"))
         assert saved == ["renderer-stage-0", "renderer-stages-1-6"]
@@ -494,7 +495,7 @@ def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
             for job in jobs:
-                compiler.submit(job.graph, lambda: None, [job])
+                compiler.submit(job.graph, lambda: None, [(job, lambda: None)])
             assert compiler.wait(timeout=TIMEOUT_S)
     finally:
         compiler.close()
@@ -503,6 +504,36 @@ def test_the_children_of_two_jobs_run_at_once(tmp_path, monkeypatch, caplog):
     failed = [index for index, message in enumerate(messages) if "failed" in message]
     assert len(started) == len(failed) == 2
     assert max(started) < min(failed), "the second child started before the first one ended"
+
+
+def test_each_child_s_graph_is_loaded_as_it_ends_while_the_others_still_compile(monkeypatch):
+    """A first start's children end one by one (a stage at 512x512 compiles faster than one at 8x8):
+    what one saved is loaded then, not once the slowest has ended, and the job runs after every
+    load. The children's processes are replaced by calls that end when the test says: the order is
+    the behaviour here, and real children would take minutes."""
+    release = threading.Event()
+
+    def child_process(self: prefill.ChildCompiler, job: PrefillJob, label: str) -> None:
+        if job.graph == "slow":
+            assert release.wait(TIMEOUT_S)
+
+    monkeypatch.setattr(prefill.ChildCompiler, "run", child_process)
+    events: list[str] = []
+    jobs = [PrefillJob(name, (1, 64), 0.125, "fp32", "cpu", False) for name in ("slow", "quick")]
+    compiler = BackgroundCompiler(torch.device("cpu"), child_slots=2)
+    try:
+        compiler.submit("a graph", lambda: events.append("job"),
+                        [(job, lambda name=job.graph: events.append(f"loaded {name}")) for job in jobs])
+        deadline = time.monotonic() + 30
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events == ["loaded quick"], "the quick child's graph is loaded while the slow one compiles"
+        release.set()
+        assert compiler.wait(timeout=TIMEOUT_S)
+    finally:
+        release.set()
+        compiler.close()
+    assert events == ["loaded quick", "loaded slow", "job"]
 
 
 def test_a_graph_loads_with_python_s_lock_handed_over_quickly():

@@ -30,6 +30,7 @@ The renderer reads the source maps from `SourceMaps`, converted once per source,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -45,7 +46,7 @@ from liveanim.engines.devices import cpu_runs_bf16, gpu_compiler_missing, out_of
 from liveanim.engines.loading import load_model
 from liveanim.engines.torch_engine.batching import BatchBuckets, GraphFn
 from liveanim.engines.torch_engine.compile_times import CompileTimes, compile_key
-from liveanim.engines.torch_engine.compiler import BackgroundCompiler, CompiledWhenReady
+from liveanim.engines.torch_engine.compiler import BackgroundCompiler, ChildJob, CompiledWhenReady
 from liveanim.engines.torch_engine.cuda_graphs import GraphReplay, release_cached_memory
 from liveanim.engines.torch_engine.prefill import MOTION_GRAPH, RENDER_GRAPH, PrefillJob, child_slots, stages_label
 from liveanim.engines.torch_engine.saved_graphs import GRAPHS_DIR, GraphStore, SavedGraph, import_loader
@@ -180,10 +181,11 @@ class TorchEngine(Engine):
                                str(self._cache), part=part) for part in parts]
             graphs = saved.graphs if isinstance(saved, RenderChain) else (saved,)
 
-            def children(x: torch.Tensor) -> list[PrefillJob]:
-                """A child per part not loaded yet: a first start cut short may have saved some."""
-                return [replace(job, shape=tuple(x.shape)) for job, graph in zip(jobs, graphs, strict=True)
-                        if not graph.ready(x)]
+            def children(x: torch.Tensor) -> list[ChildJob]:
+                """A child per part not loaded yet (a first start cut short may have saved some),
+                and the load of what it saves."""
+                return [(replace(job, shape=tuple(x.shape)), functools.partial(graph.load, x))
+                        for job, graph in zip(jobs, graphs, strict=True) if not graph.ready(x)]
 
             return BatchBuckets(CompiledWhenReady(name, compiled, replay(eager), self._compiler, children,
                                                   lambda x: saved.load(x, *held())), COMPILED_BATCH)

@@ -6,8 +6,9 @@ Inductor holds Python's lock for most of a compile, so on a fresh machine a comp
 alone slowed the callers (the live loop: 3-20 FPS for ~4 minutes on an H200). So a job whose graph
 is not saved yet (saved_graphs.py) first has it compiled and saved by a child process (prefill.py)
 while the thread only waits; then the thread loads it. The children of the jobs submitted run at
-once, up to the slots the machine has. While the thread loads, Python hands its lock over more
-often (`_quick_handoffs`), so that the callers keep their pace."""
+once, up to the slots the machine has, and the thread loads what each saved as it ends, while the
+others still compile. While the thread loads, Python hands its lock over more often
+(`_quick_handoffs`), so that the callers keep their pace."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
@@ -31,6 +32,10 @@ from liveanim.engines.torch_engine.prefill import ChildCompiler, ChildFailed, Pr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A graph (or part of one) for a child process to compile and save, and the call that loads it.
+ChildJob = tuple[PrefillJob, Callable[[], object]]
+# The children of a job under way, each with the call that loads what it saves.
+Children = dict[Future, Callable[[], object]]
 
 # Python's lock goes to a waiting thread after this long (its default: 5 ms) while the compiler
 # thread loads a graph. The live loop gives the lock up dozens of times a frame (GPU waits, numpy,
@@ -53,7 +58,7 @@ class BackgroundCompiler:
         """child_slots: child processes at once (`prefill.child_slots`)."""
         self._device = device
         self._times = times
-        self._jobs: queue.Queue[tuple[str, Callable[[], None], list[Future], float] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, Callable[[], None], Children, float] | None] = queue.Queue()
         self._child = ChildCompiler(child_slots)
         # threads that wait for the children (without Python's lock): one per child that can be asked for
         self._children = ThreadPoolExecutor(prefill.MAX_CHILDREN, thread_name_prefix="engine-child")
@@ -64,15 +69,16 @@ class BackgroundCompiler:
         self._submitted = self._finished = self._failed = 0
         self._closed = False
 
-    def submit(self, label: str, job: Callable[[], None], children: Sequence[PrefillJob] = ()) -> None:
+    def submit(self, label: str, job: Callable[[], None], children: Sequence[ChildJob] = ()) -> None:
         """Run `job()` on the compiler thread (started on the first job), in inference mode.
 
         label:    names the job in the log and in the measured times, the same on every start
                   (e.g. 'renderer [(1, 512)]'). A job that raises is logged, and its graph keeps
                   running uncompiled.
         children: the graphs (or parts of one) that `job` prepares, to compile and save in child
-                  processes first (`prefill.IN_CHILD`), started now, so that `job` loads them. A
-                  child that fails is logged, and `job` compiles what it did not.
+                  processes first (`prefill.IN_CHILD`), started now, each with the call that loads
+                  what its child saved: the thread makes it as the child ends, before `job`. A child
+                  that fails is logged, and `job` compiles what it did not.
         """
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
@@ -80,8 +86,8 @@ class BackgroundCompiler:
         with self._state:
             self._submitted += 1
             self._queued.append(label)
-        compiling = [self._children.submit(self._child.run, child, label + child.part_label())
-                     for child in children if prefill.IN_CHILD and not self._closed]
+        compiling = {self._children.submit(self._child.run, child, label + child.part_label()): load
+                     for child, load in children if prefill.IN_CHILD and not self._closed}
         self._jobs.put((label, job, compiling, time.monotonic()))
 
     def run_here(self, label: str, job: Callable[[], T | None]) -> T | None:
@@ -139,19 +145,19 @@ class BackgroundCompiler:
             while (item := self._jobs.get()) is not None:
                 self._run_job(*item)
 
-    def _run_job(self, label: str, job: Callable[[], None], children: list[Future], submitted: float) -> None:
+    def _run_job(self, label: str, job: Callable[[], None], children: Children, submitted: float) -> None:
         with self._state:
             self._queued.remove(label)
             self._running = (label, time.monotonic())
         failed = False
         try:
-            if children:
-                self._wait_for_children(label, children, submitted)
+            loading = self._wait_for_children(label, children, submitted) if children else 0.0
             if not self._closed:
                 started = time.monotonic()
                 with _quick_handoffs():
                     job()
-                self._done_in("compiled", label, started)  # what the next start takes: no children then
+                # what the next start takes in this process (it loads every graph; no children then)
+                self._done_in("compiled", label, started - loading)
         except Exception:
             failed = True
             log.warning("compiling %s failed; it keeps running uncompiled (slower)", label, exc_info=True)
@@ -169,24 +175,33 @@ class BackgroundCompiler:
         if self._times is not None:
             self._times.record(label, seconds)
 
-    def _wait_for_children(self, label: str, children: list[Future], submitted: float) -> None:
-        """Wait for the job's child processes (started when the job was submitted)."""
+    def _wait_for_children(self, label: str, children: Children, submitted: float) -> float:
+        """Wait for the job's child processes (started when the job was submitted), loading what
+        each saved as it ends; the seconds spent loading."""
         failures = []
-        for child in children:
+        loading = 0.0
+        for child in as_completed(children):
             try:
                 child.result()
             except (ChildFailed, CancelledError) as failure:  # cancelled: the engine was closed
                 failures.append(failure)
+                continue
+            if not self._closed:
+                started = time.monotonic()
+                with _quick_handoffs():
+                    children[child]()
+                loading += time.monotonic() - started
         if self._closed:
-            return
+            return loading
         where = "a separate process" if len(children) == 1 else f"{len(children)} separate processes"
         if failures:
             if len(children) > 1:
                 where = f"{len(failures)} of {where}"
             log.warning("compiling %s in %s failed, so it is compiled in this one (slower frames meanwhile): %s",
                         label, where, "; ".join(map(str, failures)))
-            return
-        log.info("compiled %s in %s in %.0f s; loading it", label, where, time.monotonic() - submitted)
+        else:
+            log.info("compiled %s in %s in %.0f s", label, where, time.monotonic() - submitted)
+        return loading
 
 
 @contextlib.contextmanager
@@ -212,11 +227,12 @@ class CompiledWhenReady:
     """
 
     def __init__(self, name: str, compiled: GraphFn, interim: GraphFn, compiler: BackgroundCompiler,
-                 children: Callable[[torch.Tensor], Sequence[PrefillJob]] = lambda x: (),
+                 children: Callable[[torch.Tensor], Sequence[ChildJob]] = lambda x: (),
                  load_saved: Callable[[torch.Tensor], bool] = lambda x: False):
         """name:       the graph, for the compiler's job labels (e.g. 'renderer').
         children:   the child processes that compile this graph for inputs like the one given
-                    first, one per part not loaded yet; none: compiled in this process only.
+                    first, one per part not loaded yet, each with the call that loads its part;
+                    none: compiled in this process only.
         load_saved: loads the saved compiled graph for an input like this one, if there is a
                     usable one, and says whether it did (never compiles)."""
         self._name = name
