@@ -7,6 +7,7 @@ model and Inductor's C++ code generation. Only the motion encoder is compiled (~
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -203,6 +204,29 @@ config = EngineConfig(backend="torch", device="cpu", precision="fp32", compile=T
 TorchEngine(config, torch.device("cpu"), LIAX(0.125)).close()
 print(before, {_LOADER!r} in sys.modules)
 """
+
+
+class _TwoLayers(torch.nn.Module):
+    """A probe whose second layer is not called, and has no values (the meta device), as in a child
+    process the weights of the graphs it does not compile (placeholder.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Linear(4, 4)
+        self.second = torch.nn.Linear(4, 4).to_empty(device="meta")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first(x)
+
+
+def test_a_graph_takes_only_the_weights_it_reads(tmp_path):
+    """A saved graph's inputs are the weights its graph reads: a part of the renderer does not take
+    the whole model's, and a child need not give the others memory."""
+    module, x = _TwoLayers(), torch.randn(2, 4)
+    graph = saved_graphs.SavedGraph("probe", module, GraphStore(tmp_path, "key"), threading.Lock())
+    torch.testing.assert_close(graph(x), module.first(x))
+    names, = [json.loads(path.read_text()) for path in tmp_path.glob("*.inputs.json")]
+    assert names == ["first.weight", "first.bias", None]
 
 
 def test_an_engine_that_compiles_has_imported_the_loader_before_its_first_frame(tmp_path):

@@ -207,9 +207,6 @@ class SavedGraph:
                 raise TypeError(f"the {self._name} has inputs that are neither weights nor arguments: {unexpected}")
             names = prune_unread_weights(exported)
             weights = self._weights(names)
-            unset = [name for name, weight in zip(names, weights) if weight is not None and weight.is_meta]
-            if unset:
-                raise ValueError(f"the {self._name} reads weights that have no values: {unset[:3]}")
             flat = _BoundGraph.arguments(weights, example)
             with torch._inductor.config.patch(INDUCTOR_SETTINGS):
                 compiled = torch._inductor.standalone_compile(exported.graph_module, flat,
