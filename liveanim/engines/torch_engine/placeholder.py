@@ -5,7 +5,7 @@ A saved graph takes the weights as inputs, so it serves any weights of the same 
 (tests/test_prefill.py checks it): the child never reads the checkpoint. Its model is made on the
 meta device (shapes, no memory), folded there as the live engine folds its own, and only the
 modules that the job's graph reads (`reads()`) then get memory on the device. Every child held the
-whole model before (4.2 GB folded at full width in fp32, 2.1 GB in fp16); a decoder stage reads
+whole model before (4.2 GB folded at full width in fp32, 2.15 GB in fp16); a decoder stage reads
 at most 27% of it (the modulation bank's rows of every layer included), the motion encoder 11%,
 the 512x512 stage 10% (tests/test_prefill.py), so a GPU beside the live process holds more
 children at once (`child_slots`). The graph's inputs are made the same way: their shapes and

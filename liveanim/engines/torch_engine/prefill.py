@@ -61,7 +61,8 @@ CHILD_NICENESS = 10
 # A child's GPU memory: the weights its graph reads and this much for the rest (CUDA's context, the
 # graph's inputs and activations, Inductor's benchmarks). On an H200, children that each held the
 # whole model (2.15 GB folded, full width, fp16) took 3.8 GB each: 11.9 GB in use with 2 of them,
-# 34.8 GB with 8. The live process keeps GPU_HEADROOM_BYTES free besides.
+# 34.8 GB with 8 (1.65 GB besides the model; rounded up). The live process keeps GPU_HEADROOM_BYTES
+# free besides.
 CHILD_WORKSPACE_BYTES = 7 << 28
 GPU_HEADROOM_BYTES = 2 << 30
 CHILD_MEMORY_BYTES = 3 << 30  # a child's own memory: PyTorch, Inductor and its compile workers
