@@ -536,6 +536,46 @@ def test_each_child_s_graph_is_loaded_as_it_ends_while_the_others_still_compile(
     assert events == ["loaded quick", "loaded slow", "job"]
 
 
+def test_a_child_that_ran_out_of_gpu_memory_is_run_again_alone(monkeypatch, caplog):
+    """Children share the GPU's memory, and `child_slots` only estimates what each takes: one that
+    ran out of it is run again once the others have ended, and only a child that fails otherwise
+    (or again) leaves its graph to this process, whose compile would slow the frames for minutes.
+    The children's processes are replaced by calls that fail as the test says."""
+    runs: list[str] = []
+
+    def child_process(self: prefill.ChildCompiler, job: PrefillJob, label: str) -> None:
+        runs.append(job.graph)
+        if job.graph == "broken":
+            raise prefill.ChildFailed("it ended with exit status 1; its last output:\nValueError: no such graph")
+        if job.graph == "large" and runs.count("large") == 1:
+            raise prefill.ChildFailed("it ended with exit status 1; its last output:\ntorch.OutOfMemoryError: CUDA "
+                                      "out of memory.", out_of_memory=True)
+
+    monkeypatch.setattr(prefill.ChildCompiler, "run", child_process)
+    events: list[str] = []
+    jobs = [PrefillJob(name, (1, 64), 0.125, "fp32", "cpu", False) for name in ("large", "broken")]
+    compiler = BackgroundCompiler(torch.device("cpu"), child_slots=2)
+    try:
+        with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
+            compiler.submit("a graph", lambda: events.append("job"),
+                            [(job, lambda name=job.graph: events.append(f"loaded {name}")) for job in jobs])
+            assert compiler.wait(timeout=TIMEOUT_S)
+    finally:
+        compiler.close()
+    assert sorted(runs) == ["broken", "large", "large"] and events == ["loaded large", "job"]
+    assert any(message.startswith("compiling a graph again in a separate process, alone: it ran out of GPU memory")
+               for message in _messages(caplog.records))
+    warnings = _messages(caplog.records, logging.WARNING)
+    assert len(warnings) == 1 and "1 of 2 separate processes failed" in warnings[0] and "no such graph" in warnings[0]
+
+
+def test_a_child_s_output_tells_when_it_ran_out_of_gpu_memory():
+    assert prefill.ran_out_of_memory("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert prefill.ran_out_of_memory("RuntimeError: Triton Error [CUDA]: out of memory")
+    assert not prefill.ran_out_of_memory("triton.runtime.errors.OutOfResources: out of resource: shared memory")
+    assert not prefill.ran_out_of_memory("ValueError: the torch engine compiles no graph 'graph 0'")
+
+
 def test_a_graph_loads_with_python_s_lock_handed_over_quickly():
     """While a graph loads on the compiler thread, the live loop's thread gets Python's lock back
     within `HANDOFF_S`; the interval is restored afterwards."""

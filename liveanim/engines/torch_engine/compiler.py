@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A graph (or part of one) for a child process to compile and save, and the call that loads it.
 ChildJob = tuple[PrefillJob, Callable[[], object]]
-# The children of a job under way, each with the call that loads what it saves.
-Children = dict[Future, Callable[[], object]]
+# The children of a job under way, each with its job and the call that loads what it saves.
+Children = dict[Future, ChildJob]
 
 # Python's lock goes to a waiting thread after this long (its default: 5 ms) while the compiler
 # thread loads a graph. The live loop gives the lock up dozens of times a frame (GPU waits, numpy,
@@ -86,7 +86,7 @@ class BackgroundCompiler:
         with self._state:
             self._submitted += 1
             self._queued.append(label)
-        compiling = {self._children.submit(self._child.run, child, label + child.part_label()): load
+        compiling = {self._children.submit(self._child.run, child, label + child.part_label()): (child, load)
                      for child, load in children if prefill.IN_CHILD and not self._closed}
         self._jobs.put((label, job, compiling, time.monotonic()))
 
@@ -177,20 +177,36 @@ class BackgroundCompiler:
 
     def _wait_for_children(self, label: str, children: Children, submitted: float) -> float:
         """Wait for the job's child processes (started when the job was submitted), loading what
-        each saved as it ends; the seconds spent loading."""
-        failures = []
+        each saved as it ends; the seconds spent loading. A child that ran out of the GPU's memory
+        beside the others is run again once they have ended: alone, it may fit, and a compile in
+        this process would slow the frames for minutes."""
+        failures: list[BaseException] = []
+        retries: list[ChildJob] = []
         loading = 0.0
         for child in as_completed(children):
             try:
                 child.result()
-            except (ChildFailed, CancelledError) as failure:  # cancelled: the engine was closed
+            except ChildFailed as failure:
+                if failure.out_of_memory:
+                    retries.append(children[child])
+                else:
+                    failures.append(failure)
+                continue
+            except CancelledError as failure:  # the engine was closed
                 failures.append(failure)
                 continue
-            if not self._closed:
-                started = time.monotonic()
-                with _quick_handoffs():
-                    children[child]()
-                loading += time.monotonic() - started
+            loading += self._load(children[child][1])
+        for job, load in retries:
+            if self._closed:
+                break
+            log.info("compiling %s again in a separate process, alone: it ran out of GPU memory beside the others",
+                     label + job.part_label())
+            try:
+                self._child.run(job, label + job.part_label())
+            except ChildFailed as failure:
+                failures.append(failure)
+                continue
+            loading += self._load(load)
         if self._closed:
             return loading
         where = "a separate process" if len(children) == 1 else f"{len(children)} separate processes"
@@ -202,6 +218,15 @@ class BackgroundCompiler:
         else:
             log.info("compiled %s in %s in %.0f s", label, where, time.monotonic() - submitted)
         return loading
+
+    def _load(self, load: Callable[[], object]) -> float:
+        """Load what a child saved, unless the engine was closed; the seconds it took."""
+        if self._closed:
+            return 0.0
+        started = time.monotonic()
+        with _quick_handoffs():
+            load()
+        return time.monotonic() - started
 
 
 @contextlib.contextmanager

@@ -123,7 +123,15 @@ def stages_label(part: tuple[int, int] | None) -> str:
 
 
 class ChildFailed(Exception):
-    """The child process ended without compiling its graph; the message says why."""
+    """The child process ended without compiling its graph; the message says why.
+
+    out_of_memory: it ran out of the GPU's memory (PyTorch's error said so), which the children
+                   beside it may have taken: alone, it may fit.
+    """
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
 
 
 class ChildCompiler:
@@ -151,13 +159,14 @@ class ChildCompiler:
                 code = process.wait(TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 _end(process)
-                raise ChildFailed(f"it did not finish in {TIMEOUT_S:.0f} s{_tail(output)}") from None
+                raise ChildFailed(f"it did not finish in {TIMEOUT_S:.0f} s{_tail(_text(output))}") from None
             finally:
                 process.stdin.close()
                 with self._lock:
                     self._processes.discard(process)
             if code != 0:
-                raise ChildFailed(f"it ended with {_exit_cause(code)}{_tail(output)}")
+                text = _text(output)
+                raise ChildFailed(f"it ended with {_exit_cause(code)}{_tail(text)}", ran_out_of_memory(text))
 
     def stop(self) -> None:
         """End the children under way, with their own processes (Inductor's compile workers), and
@@ -253,11 +262,22 @@ def _exit_cause(code: int) -> str:
         return f"signal {-code}"
 
 
-def _tail(output: IO[bytes]) -> str:
-    """The last lines the child wrote, to quote after the cause."""
+def _text(output: IO[bytes]) -> str:
+    """What the child wrote."""
     output.seek(0)
-    lines = [line for line in output.read().decode(errors="replace").splitlines() if line.strip()]
+    return output.read().decode(errors="replace")
+
+
+def _tail(text: str) -> str:
+    """The last lines the child wrote, to quote after the cause."""
+    lines = [line for line in text.splitlines() if line.strip()]
     return "; its last output:\n" + "\n".join(lines[-TAIL_LINES:]) if lines else " (no output)"
+
+
+def ran_out_of_memory(text: str) -> bool:
+    """Whether a child's output says that it ran out of the GPU's memory: PyTorch's error
+    ("torch.OutOfMemoryError: CUDA out of memory"), or Triton's where it loads a kernel."""
+    return "OutOfMemoryError" in text or "out of memory" in text.lower()
 
 
 def compile_graph(job: PrefillJob) -> None:
