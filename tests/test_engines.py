@@ -846,7 +846,7 @@ def test_a_prepared_cuda_engine_compiles_both_graphs_before_any_frame(tiny_model
         prepared = threading.Thread(target=engine.prepare, name="window")
         prepared.start()
         prepared.join()
-        assert engine.optimizing().jobs == 2, "prepare() asked for both graphs' compiles"
+        assert engine.optimizing().graphs == 2, "prepare() asked for both graphs' compiles"
         assert engine.wait_until_compiled(timeout=600)
         progress = engine.optimizing()
         assert (progress.finished, progress.failed) == (2, 0)

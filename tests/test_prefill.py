@@ -189,7 +189,7 @@ def test_prepare_loads_what_is_saved_and_starts_compiling_the_rest_before_any_fr
         with caplog.at_level(logging.INFO, logger="liveanim.engines.torch_engine"):
             engine.prepare()
             progress = engine.optimizing()
-            assert (progress.finished, progress.jobs) == (1, 2), "the motion encoder loaded, the renderer asked for"
+            assert (progress.finished, progress.graphs) == (1, 2), "the motion encoder loaded, the renderer asked for"
             assert any(re.fullmatch(f"loaded {re.escape(MOTION_JOB)} in [0-9.]+ s", message)
                        for message in _messages(caplog.records))
             pid = _wait_for_child(caplog.records)
@@ -534,6 +534,50 @@ def test_each_child_s_graph_is_loaded_as_it_ends_while_the_others_still_compile(
         release.set()
         compiler.close()
     assert events == ["loaded quick", "loaded slow", "job"]
+
+
+def test_the_progress_counts_each_part_as_its_child_ends_and_completes_when_the_job_ends(monkeypatch):
+    """A first start compiles the renderer in parts, side by side, for most of a minute: the count
+    shown ("optimizing for this GPU: 3 of 8") moves as each part's child ends, not once for the
+    whole renderer, and says "done" only once the job has prepared the whole graph after the loads.
+    The children's processes are replaced by calls that end when the test says."""
+    released = {name: threading.Event() for name in ("a", "b", "c", "job")}
+    job_started = threading.Event()
+
+    def child_process(self: prefill.ChildCompiler, job: PrefillJob, label: str) -> None:
+        assert released[job.graph].wait(TIMEOUT_S)
+
+    def job() -> None:
+        job_started.set()
+        assert released["job"].wait(TIMEOUT_S)
+
+    def progress_reaches(finished: int) -> tuple[int, int, bool]:
+        deadline = time.monotonic() + TIMEOUT_S
+        while compiler.progress().finished < finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        progress = compiler.progress()
+        return progress.finished, progress.graphs, progress.done
+
+    monkeypatch.setattr(prefill.ChildCompiler, "run", child_process)
+    parts = [PrefillJob(name, (1, 64), 0.125, "fp32", "cpu", False) for name in ("a", "b", "c")]
+    compiler = BackgroundCompiler(torch.device("cpu"), child_slots=3)
+    try:
+        compiler.submit("renderer", job, [(part, lambda: None) for part in parts])
+        assert progress_reaches(0) == (0, 3, False)
+        released["b"].set()
+        assert progress_reaches(1) == (1, 3, False)
+        released["a"].set()
+        assert progress_reaches(2) == (2, 3, False)
+        released["c"].set()
+        assert job_started.wait(TIMEOUT_S)
+        assert progress_reaches(2) == (2, 3, False), "every part is loaded, but the job still prepares the graph"
+        released["job"].set()
+        assert compiler.wait(timeout=TIMEOUT_S)
+        assert progress_reaches(3) == (3, 3, True)
+    finally:
+        for event in released.values():
+            event.set()
+        compiler.close()
 
 
 def test_a_child_that_ran_out_of_gpu_memory_is_run_again_alone(monkeypatch, caplog):

@@ -69,25 +69,26 @@ class EngineConfig:
 @dataclass(frozen=True)
 class OptimizingProgress:
     """How far an engine is with the work it does in the background to run faster on this machine
-    (the torch engine: compiling its per-frame graphs), one job at a time.
+    (the torch engine: compiling its per-frame graphs), counted in graphs: a graph compiled in
+    parts counts each part, so that the count moves while the parts compile side by side.
 
-    finished:    jobs ended (failed ones included).
-    jobs:        jobs asked for so far (more may come: one per new input shape).
-    failed:      jobs that failed (their graphs keep running the slower way).
-    remaining_s: seconds until every job asked for has ended, estimated from how long each took the
-                 last time on this machine; None where one was never measured.
-    first_time:  no job was ever measured on this machine (GPU, PyTorch, precision, model).
+    finished:    graphs ready (failed ones included); equal to `graphs` only once all work has ended.
+    graphs:      graphs asked for so far (more may come: one set per new input shape).
+    failed:      graphs that failed (they keep running the slower way).
+    remaining_s: seconds until every graph asked for is ready, estimated from how long each took
+                 the last time on this machine; None where one was never measured.
+    first_time:  nothing was ever measured on this machine (GPU, PyTorch, precision, model).
     """
 
     finished: int
-    jobs: int
+    graphs: int
     failed: int = 0
     remaining_s: float | None = None
     first_time: bool = False
 
     @property
     def done(self) -> bool:
-        return self.finished == self.jobs
+        return self.finished == self.graphs
 
 
 class Engine(ABC):

@@ -69,14 +69,14 @@ class Optimizing(SessionEvent):
     """The engine makes faster graphs for this GPU in the background (compiling them); frames come
     more slowly until it is done.
 
-    job:         the job under way, counted from 1.
-    jobs:        of this many asked for so far.
+    graph:       the graph under way, counted from 1 (a graph compiled in parts counts each part).
+    graphs:      of this many asked for so far.
     remaining_s: seconds left, estimated from the last time on this GPU; None where not measured.
     first_time:  nothing was ever measured on this GPU (with this PyTorch, precision and model).
     """
 
-    job: int
-    jobs: int
+    graph: int
+    graphs: int
     remaining_s: float | None
     first_time: bool
 
@@ -86,14 +86,14 @@ class Optimizing(SessionEvent):
             left = f", {_duration(self.remaining_s)} left"
         else:
             left = ", first time on this GPU: a few minutes" if self.first_time else ""
-        return f"optimizing for this GPU: {self.job} of {self.jobs}{left}"
+        return f"optimizing for this GPU: {self.graph} of {self.graphs}{left}"
 
 
 @dataclass(frozen=True)
 class Optimized(SessionEvent):
     """The engine's background optimizing has ended: full speed, except for graphs that failed.
 
-    failed: jobs that failed (their graphs keep running the slower way; the log says why).
+    failed: graphs that failed (they keep running the slower way; the log says why).
     """
 
     failed: int = 0
@@ -130,7 +130,7 @@ class OptimizingReports:
         if progress.done:
             self._shown = None
             return Optimized(progress.failed)
-        event = Optimizing(progress.finished + 1, progress.jobs, progress.remaining_s, progress.first_time)
+        event = Optimizing(progress.finished + 1, progress.graphs, progress.remaining_s, progress.first_time)
         if self._shown is not None and event.message == self._shown.message:
             return None
         self._shown = event

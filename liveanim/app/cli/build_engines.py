@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             engine.wait_until_compiled()
             progress = engine.optimizing()
             if progress is not None and progress.failed:
-                raise EngineError(f"{progress.failed} of the {progress.jobs} compiled graphs of {engine.describe()} "
+                raise EngineError(f"{progress.failed} of the {progress.graphs} compiled graphs of {engine.describe()} "
                                   "could not be built (the log above says why); they would run uncompiled (slower).")
             log.info("ready: %s (%.0f s)", engine.describe(), time.perf_counter() - started)
         finally:

@@ -51,8 +51,9 @@ def _finish_gpu_work(tensors: tuple[torch.Tensor, ...]) -> None:
 
 class BackgroundCompiler:
     """One thread that prepares compiled graphs, one job at a time, so that callers need not wait
-    for them. It times each job's in-process part (what a later start takes), for the progress
-    shown meanwhile (`progress`) and, through `times`, for the next start's estimate."""
+    for them. It times each job from its submission to its end (its children's compiles, and any
+    wait behind an earlier job, included), for the next start that compiles it: `progress` expects
+    each job to end as long after its submission as it did then."""
 
     def __init__(self, device: torch.device, times: CompileTimes | None = None, child_slots: int = 1):
         """child_slots: child processes at once (`prefill.child_slots`)."""
@@ -64,9 +65,12 @@ class BackgroundCompiler:
         self._children = ThreadPoolExecutor(prefill.MAX_CHILDREN, thread_name_prefix="engine-child")
         self._thread: threading.Thread | None = None
         self._state = threading.Condition()  # guards the counts below
-        self._queued: list[str] = []  # labels of the jobs not started yet
-        self._running: tuple[str, float] | None = None  # the job under way, and when it started
-        self._submitted = self._finished = self._failed = 0
+        self._pending: list[tuple[str, float]] = []  # the jobs not ended yet: label, when submitted
+        self._running: Children | None = None  # the children of the job under way
+        self._submitted = self._finished = 0  # jobs
+        # graphs, for the progress shown: a job counts one, or one per part its children compile
+        self._graphs = self._graphs_finished = self._graphs_failed = 0
+        self._parts_loaded = 0  # of the job under way, as its children end
         self._closed = False
 
     def submit(self, label: str, job: Callable[[], None], children: Sequence[ChildJob] = ()) -> None:
@@ -83,17 +87,20 @@ class BackgroundCompiler:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="engine-compiler", daemon=True)
             self._thread.start()
-        with self._state:
-            self._submitted += 1
-            self._queued.append(label)
         compiling = {self._children.submit(self._child.run, child, label + child.part_label()): (child, load)
                      for child, load in children if prefill.IN_CHILD and not self._closed}
-        self._jobs.put((label, job, compiling, time.monotonic()))
+        submitted = time.monotonic()
+        with self._state:
+            self._submitted += 1
+            self._graphs += _graphs_of(compiling)
+            self._pending.append((label, submitted))
+        self._jobs.put((label, job, compiling, submitted))
 
     def run_here(self, label: str, job: Callable[[], T | None]) -> T | None:
         """Run `job()` on this thread instead (a saved graph loaded where it is called first); it
-        counts as a job done, and is timed like one, only when it returns something. A job that
-        raises is logged, and None returned: the caller goes on as if it had found nothing."""
+        counts as a job done only when it returns something. Its time is logged, not kept: it says
+        nothing about a compile. A job that raises is logged, and None returned: the caller goes on
+        as if it had found nothing."""
         started = time.monotonic()
         try:
             result = job()
@@ -102,10 +109,12 @@ class BackgroundCompiler:
             return None
         if result is None:
             return None
-        self._done_in("loaded", label, started)
+        log.info("loaded %s in %.1f s", label, time.monotonic() - started)
         with self._state:
             self._submitted += 1
             self._finished += 1
+            self._graphs += 1
+            self._graphs_finished += 1
             self._state.notify_all()
         return result
 
@@ -115,10 +124,13 @@ class BackgroundCompiler:
             return self._state.wait_for(lambda: self._finished == self._submitted, timeout)
 
     def progress(self) -> OptimizingProgress:
-        """Jobs finished and asked for, and the time left by the last start's measurements."""
+        """Graphs ready and asked for, and the time left by the last start's measurements. The job
+        under way counts the parts loaded so far, all but its last one: after the loads it still
+        prepares the whole graph, and only its end makes the count complete."""
         with self._state:
-            return OptimizingProgress(self._finished, self._submitted, self._failed, self._remaining_s(),
-                                      first_time=self._times is None or not self._times.last)
+            running = min(self._parts_loaded, _graphs_of(self._running) - 1) if self._running is not None else 0
+            return OptimizingProgress(self._graphs_finished + running, self._graphs, self._graphs_failed,
+                                      self._remaining_s(), first_time=self._times is None or not self._times.last)
 
     def close(self) -> None:
         """Skip the jobs not started yet and end a child process under way; an in-process compile
@@ -129,14 +141,14 @@ class BackgroundCompiler:
         self._jobs.put(None)
 
     def _remaining_s(self) -> float | None:
-        """Under `_state`: the last start's time of each job still to come, less what the running
-        one has taken so far; None where one of them was never measured."""
+        """Under `_state`: seconds until the last of the jobs not ended yet is expected to end (each
+        as long after its submission as the last time: the jobs' children run side by side, and a
+        job that waits behind another waited then too); None where one was never measured."""
         last = self._times.last if self._times is not None else {}
-        labels = self._queued + ([self._running[0]] if self._running else [])
-        if not all(label in last for label in labels):
+        if not all(label in last for label, _ in self._pending):
             return None
-        running = last[self._running[0]] - (time.monotonic() - self._running[1]) if self._running else 0.0
-        return max(running, 0.0) + sum(last[label] for label in self._queued)
+        now = time.monotonic()
+        return max([0.0] + [submitted + last[label] - now for label, submitted in self._pending])
 
     def _run(self) -> None:
         with torch.inference_mode(), contextlib.ExitStack() as scope:
@@ -147,42 +159,38 @@ class BackgroundCompiler:
 
     def _run_job(self, label: str, job: Callable[[], None], children: Children, submitted: float) -> None:
         with self._state:
-            self._queued.remove(label)
-            self._running = (label, time.monotonic())
+            self._running = children
+            self._parts_loaded = 0
         failed = False
         try:
-            loading = self._wait_for_children(label, children, submitted) if children else 0.0
+            if children:
+                self._wait_for_children(label, children, submitted)
             if not self._closed:
-                started = time.monotonic()
                 with _quick_handoffs():
                     job()
-                # what the next start takes in this process (it loads every graph; no children then)
-                self._done_in("compiled", label, started - loading)
+                seconds = time.monotonic() - submitted
+                log.info("compiled %s in %.1f s since it was asked for", label, seconds)
+                if self._times is not None:
+                    self._times.record(label, seconds)
         except Exception:
             failed = True
             log.warning("compiling %s failed; it keeps running uncompiled (slower)", label, exc_info=True)
         finally:
             with self._state:
+                self._pending.remove((label, submitted))
                 self._running = None
                 self._finished += 1
-                self._failed += failed
+                self._graphs_finished += _graphs_of(children)
+                self._graphs_failed += _graphs_of(children) if failed else 0
                 self._state.notify_all()
 
-    def _done_in(self, verb: str, label: str, started: float) -> None:
-        """Log how long a job took since `started`, and keep it for the next start's estimates."""
-        seconds = time.monotonic() - started
-        log.info("%s %s in %.1f s", verb, label, seconds)
-        if self._times is not None:
-            self._times.record(label, seconds)
-
-    def _wait_for_children(self, label: str, children: Children, submitted: float) -> float:
+    def _wait_for_children(self, label: str, children: Children, submitted: float) -> None:
         """Wait for the job's child processes (started when the job was submitted), loading what
-        each saved as it ends; the seconds spent loading. A child that ran out of the GPU's memory
-        beside the others is run again once they have ended: alone, it may fit, and a compile in
-        this process would slow the frames for minutes."""
+        each saved as it ends. A child that ran out of the GPU's memory beside the others is run
+        again once they have ended: alone, it may fit, and a compile in this process would slow the
+        frames for minutes."""
         failures: list[BaseException] = []
         retries: list[ChildJob] = []
-        loading = 0.0
         for child in as_completed(children):
             try:
                 child.result()
@@ -195,7 +203,7 @@ class BackgroundCompiler:
             except CancelledError as failure:  # the engine was closed
                 failures.append(failure)
                 continue
-            loading += self._load(children[child][1])
+            self._load(children[child][1])
         for job, load in retries:
             if self._closed:
                 break
@@ -206,9 +214,9 @@ class BackgroundCompiler:
             except ChildFailed as failure:
                 failures.append(failure)
                 continue
-            loading += self._load(load)
+            self._load(load)
         if self._closed:
-            return loading
+            return
         where = "a separate process" if len(children) == 1 else f"{len(children)} separate processes"
         if failures:
             if len(children) > 1:
@@ -217,16 +225,21 @@ class BackgroundCompiler:
                         label, where, "; ".join(map(str, failures)))
         else:
             log.info("compiled %s in %s in %.0f s", label, where, time.monotonic() - submitted)
-        return loading
 
-    def _load(self, load: Callable[[], object]) -> float:
-        """Load what a child saved, unless the engine was closed; the seconds it took."""
+    def _load(self, load: Callable[[], object]) -> None:
+        """Load what a child saved, unless the engine was closed; a part of the job ready."""
         if self._closed:
-            return 0.0
-        started = time.monotonic()
+            return
         with _quick_handoffs():
             load()
-        return time.monotonic() - started
+        with self._state:
+            self._parts_loaded += 1
+
+
+def _graphs_of(children: Children) -> int:
+    """The graphs a job prepares, as the progress counts them: one per part that a child compiles,
+    or the one graph it compiles in this process."""
+    return max(len(children), 1)
 
 
 @contextlib.contextmanager
