@@ -1,5 +1,5 @@
-"""Progress while the engine optimizes for this GPU in the background: counts from the compiler's
-job queue, the time left from the last start's measurements, as session events."""
+"""Progress while the engine optimizes for this GPU in the background: the graphs the compiler
+prepares, counted, the time left from the last start's measurements, as session events."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _report(compiler: BackgroundCompiler, reports: OptimizingReports) -> str | N
     return event.message if event is not None else None
 
 
-def test_the_first_time_counts_jobs_and_keeps_their_times_for_the_next(tmp_path):
+def test_the_first_time_counts_graphs_and_keeps_their_times_for_the_next(tmp_path):
     times = CompileTimes(tmp_path, KEY)
     compiler, held, reports = BackgroundCompiler(torch.device("cpu"), times), HeldJobs(), OptimizingReports()
     assert _report(compiler, reports) is None, "nothing asked: nothing said"

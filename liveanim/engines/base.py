@@ -75,8 +75,8 @@ class OptimizingProgress:
     finished:    graphs ready (failed ones included); equal to `graphs` only once all work has ended.
     graphs:      graphs asked for so far (more may come: one set per new input shape).
     failed:      graphs that failed (they keep running the slower way).
-    remaining_s: seconds until every graph asked for is ready, estimated from how long each took
-                 the last time on this machine; None where one was never measured.
+    remaining_s: seconds until every graph asked for is ready, estimated from how long each job took
+                 from its submission the last time on this machine; None where one was never measured.
     first_time:  nothing was ever measured on this machine (GPU, PyTorch, precision, model).
     """
 
