@@ -67,8 +67,8 @@ class BackgroundCompiler:
         self._state = threading.Condition()  # guards the counts below
         self._pending: list[tuple[str, float]] = []  # the jobs not ended yet: label, when submitted
         self._running: Children | None = None  # the children of the job under way
-        self._submitted = self._finished = 0  # jobs
-        # graphs, for the progress shown: a job counts one, or one per part its children compile
+        # graphs asked for, ready and failed: a job counts one, or one per part its children
+        # compile, and its count is complete only once it has ended
         self._graphs = self._graphs_finished = self._graphs_failed = 0
         self._parts_loaded = 0  # of the job under way, as its children end
         self._closed = False
@@ -91,7 +91,6 @@ class BackgroundCompiler:
                      for child, load in children if prefill.IN_CHILD and not self._closed}
         submitted = time.monotonic()
         with self._state:
-            self._submitted += 1
             self._graphs += _graphs_of(compiling)
             self._pending.append((label, submitted))
         self._jobs.put((label, job, compiling, submitted))
@@ -111,8 +110,6 @@ class BackgroundCompiler:
             return None
         log.info("loaded %s in %.1f s", label, time.monotonic() - started)
         with self._state:
-            self._submitted += 1
-            self._finished += 1
             self._graphs += 1
             self._graphs_finished += 1
             self._state.notify_all()
@@ -121,7 +118,7 @@ class BackgroundCompiler:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far has finished; False on timeout."""
         with self._state:
-            return self._state.wait_for(lambda: self._finished == self._submitted, timeout)
+            return self._state.wait_for(lambda: self._graphs_finished == self._graphs, timeout)
 
     def progress(self) -> OptimizingProgress:
         """Graphs ready and asked for, and the time left by the last start's measurements. The job
@@ -179,7 +176,6 @@ class BackgroundCompiler:
             with self._state:
                 self._pending.remove((label, submitted))
                 self._running = None
-                self._finished += 1
                 self._graphs_finished += _graphs_of(children)
                 self._graphs_failed += _graphs_of(children) if failed else 0
                 self._state.notify_all()
